@@ -1,0 +1,268 @@
+//! The `modelc` command line: `check` and `summary` (more commands come with
+//! the later stages). Every command writes to the given streams and returns
+//! an exit code, so tests run it in-process.
+
+use std::ffi::OsString;
+use std::io::Write;
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use modelc_compiler::check::train::{FinetuneInfo, TrainInfo};
+use modelc_compiler::summary::{summarize, Summary};
+use modelc_compiler::{Program, Sources};
+
+use crate::render;
+
+#[derive(Parser)]
+#[command(name = "modelc", version, about = "A compiler for declarative neural-network specs")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Check .model files: names, arguments, shapes, settings. Exits 1 on any error.
+    Check {
+        /// The files to check.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Show each layer's output shape, parameters, FLOPs and activation memory.
+    Summary {
+        file: PathBuf,
+        /// Only this model or finetune (default: all in the file).
+        #[arg(long)]
+        model: Option<String>,
+        /// For a finetune: the stage whose frozen set is shown (default: the first).
+        #[arg(long)]
+        stage: Option<String>,
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Format {
+    Table,
+    Json,
+}
+
+/// Width diagnostics wrap at.
+const WIDTH: usize = 100;
+
+/// Runs the CLI with `args` (program name first). Returns the exit code.
+pub fn run(args: impl IntoIterator<Item = OsString>, out: &mut dyn Write, err: &mut dyn Write, color: bool) -> i32 {
+    let cli = match Cli::try_parse_from(args) {
+        Ok(c) => c,
+        Err(e) => {
+            let text = if color { e.render().ansi().to_string() } else { e.render().to_string() };
+            let stream: &mut dyn Write = if e.use_stderr() { err } else { out };
+            let _ = write!(stream, "{text}");
+            return e.exit_code();
+        }
+    };
+    let result = match cli.command {
+        Command::Check { files } => check(&files, out, err, color),
+        Command::Summary { file, model, stage, format } => summary(&file, model.as_deref(), stage.as_deref(), format, out, err, color),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            let _ = writeln!(err, "error: {e}");
+            1
+        }
+    }
+}
+
+type Result<T> = std::result::Result<T, String>;
+
+/// Loads and checks `path`; renders the diagnostics to `err` when there are any.
+fn load(path: &std::path::Path, err: &mut dyn Write, color: bool) -> Result<Option<(Sources, Program)>> {
+    let (sources, program, errors) = modelc_compiler::check_path(path)?;
+    if errors.is_empty() {
+        return Ok(Some((sources, program)));
+    }
+    let text = render::diagnostics(&sources, &errors, color, WIDTH);
+    let _ = write!(err, "{text}");
+    let n = errors.len();
+    let _ = writeln!(err, "{}: {n} error{}", path.display(), if n == 1 { "" } else { "s" });
+    Ok(None)
+}
+
+fn check(files: &[PathBuf], out: &mut dyn Write, err: &mut dyn Write, color: bool) -> Result<i32> {
+    let mut failed = 0;
+    for path in files {
+        match load(path, err, color) {
+            Ok(Some((sources, program))) => {
+                let _ = writeln!(out, "ok    {}: {}", path.display(), one_line(&sources, &program));
+            }
+            Ok(None) => failed += 1,
+            Err(e) => {
+                let _ = writeln!(err, "error: {e}");
+                failed += 1;
+            }
+        }
+    }
+    if files.len() > 1 {
+        let _ = writeln!(out, "{} file(s) checked, {} failed", files.len(), failed);
+    }
+    Ok(i32::from(failed > 0))
+}
+
+/// What a valid file holds, in one line.
+fn one_line(sources: &Sources, p: &Program) -> String {
+    let root = modelc_compiler::FileId(0);
+    let _ = sources;
+    let mut parts = Vec::new();
+    for m in p.models.iter().filter(|m| m.file == root) {
+        parts.push(format!("model {} ({} parameters)", m.name, render::thousands(m.param_count())));
+    }
+    for t in p.trains.iter().filter(|t| t.file == root) {
+        parts.push(format!("train {} ({})", t.model, train_line(t)));
+    }
+    for f in p.finetunes.iter().filter(|f| f.file == root) {
+        let stages: Vec<String> = f.stages.iter().map(|s| format!("{} {}ep", s.name, s.epochs)).collect();
+        parts.push(format!("finetune {} from {} ({} stages: {})", f.name, f.base, f.stages.len(), stages.join(", ")));
+    }
+    if parts.is_empty() {
+        "nothing defined".into()
+    } else {
+        parts.join("; ")
+    }
+}
+
+fn train_line(t: &TrainInfo) -> String {
+    let opt = t.optimizer.as_ref().map(|o| format!("{} lr {}", o.name(), o.lr())).unwrap_or_default();
+    let data = t.data.as_ref().map(|d| d.name()).unwrap_or("?");
+    format!("{data}, {opt}, batch {}, {} epochs", t.batch, t.epochs)
+}
+
+fn summary(path: &std::path::Path, only: Option<&str>, stage: Option<&str>, format: Format, out: &mut dyn Write, err: &mut dyn Write, color: bool) -> Result<i32> {
+    let Some((_, program)) = load(path, err, color)? else { return Ok(1) };
+    let root = modelc_compiler::FileId(0);
+    let mut summaries: Vec<Summary> = Vec::new();
+    let mut names = Vec::new();
+    for m in program.models.iter().filter(|m| m.file == root) {
+        names.push(m.name.clone());
+        if only.is_some_and(|o| o != m.name) {
+            continue;
+        }
+        let opt = program.trains.iter().find(|t| t.model == m.name).and_then(|t| t.optimizer.as_ref());
+        summaries.push(summarize(m, None, opt, None));
+    }
+    for f in program.finetunes.iter().filter(|f| f.file == root) {
+        names.push(f.name.clone());
+        if only.is_some_and(|o| o != f.name) {
+            continue;
+        }
+        summaries.push(finetune_summary(f, stage)?);
+    }
+    if summaries.is_empty() {
+        return Err(match only {
+            Some(o) => format!("{} has no model or finetune named `{o}` (it has: {})", path.display(), names.join(", ")),
+            None => format!("{} defines no model or finetune", path.display()),
+        });
+    }
+    match format {
+        Format::Json => {
+            let json = if summaries.len() == 1 { serde_json::to_string_pretty(&summaries[0]) } else { serde_json::to_string_pretty(&summaries) };
+            let _ = writeln!(out, "{}", json.map_err(|e| e.to_string())?);
+        }
+        Format::Table => {
+            for (i, s) in summaries.iter().enumerate() {
+                if i > 0 {
+                    let _ = writeln!(out);
+                }
+                let _ = write!(out, "{}", table(s));
+            }
+        }
+    }
+    Ok(0)
+}
+
+fn finetune_summary(f: &FinetuneInfo, stage: Option<&str>) -> Result<Summary> {
+    let st = match stage {
+        Some(name) => f.stages.iter().find(|s| s.name == name).ok_or_else(|| {
+            let names: Vec<&str> = f.stages.iter().map(|s| s.name.as_str()).collect();
+            format!("finetune `{}` has no stage `{name}` (it has: {})", f.name, names.join(", "))
+        })?,
+        None => f.stages.first().ok_or_else(|| format!("finetune `{}` has no stages", f.name))?,
+    };
+    let mut s = summarize(&f.model, Some(&st.trainable), st.optimizer.as_ref(), Some(&st.name));
+    s.model = format!("{} (from {})", f.name, f.base);
+    Ok(s)
+}
+
+/// The summary as an aligned text table with totals.
+fn table(s: &Summary) -> String {
+    let header = ["layer", "op", "output", "trainable", "frozen", "FLOPs", "activations"];
+    let mut cells: Vec<[String; 7]> = vec![header.map(String::from)];
+    for r in &s.rows {
+        cells.push([
+            r.layer.clone(),
+            r.op.clone(),
+            r.output.clone(),
+            render::thousands(r.trainable),
+            render::thousands(r.frozen),
+            render::thousands(r.flops),
+            render::bytes(r.activation_bytes),
+        ]);
+    }
+    let mut widths = [0usize; 7];
+    for row in &cells {
+        for (w, c) in widths.iter_mut().zip(row) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let title = match &s.stage {
+        Some(st) => format!("{} — stage `{st}`", s.model),
+        None => s.model.clone(),
+    };
+    out.push_str(&format!("{title}\n"));
+    for (i, row) in cells.iter().enumerate() {
+        let mut line = String::new();
+        for (k, c) in row.iter().enumerate() {
+            let pad = widths[k] - c.chars().count();
+            if k >= 3 {
+                line.push_str(&" ".repeat(pad));
+                line.push_str(c);
+            } else {
+                line.push_str(c);
+                line.push_str(&" ".repeat(pad));
+            }
+            line.push_str("  ");
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+        if i == 0 {
+            let total: usize = widths.iter().sum::<usize>() + 2 * (widths.len() - 1);
+            out.push_str(&"─".repeat(total));
+            out.push('\n');
+        }
+    }
+    let t = &s.totals;
+    out.push_str(&format!(
+        "parameters        {} ({} trainable, {} frozen), {}\n",
+        render::thousands(t.params),
+        render::thousands(t.trainable),
+        render::thousands(t.frozen),
+        render::bytes(t.param_bytes)
+    ));
+    match (&s.optimizer, t.optimizer_state_bytes) {
+        (Some(o), Some(b)) => out.push_str(&format!(
+            "optimizer state   {} ({o}); with parameters {}\n",
+            render::bytes(b),
+            render::bytes(b + t.param_bytes)
+        )),
+        _ => out.push_str("optimizer state   unknown (no train block for this model)\n"),
+    }
+    out.push_str(&format!(
+        "per sample        {} FLOPs forward ({}), {} of activations\n",
+        render::thousands(t.flops_per_sample),
+        render::si(t.flops_per_sample),
+        render::bytes(t.activation_bytes_per_sample)
+    ));
+    out
+}

@@ -1,0 +1,6 @@
+//! The modelc runtime: the command-line interface and, as the project grows,
+//! tensors, data sources and the trainer. The binary in `main.rs` is a thin
+//! shell around [`cli::run`], so tests drive the CLI in-process.
+
+pub mod cli;
+pub mod render;
