@@ -183,7 +183,7 @@ pub enum CheckError {
         first: SourceSpan,
     },
 
-    #[error("{callee} takes {expected} tensor input(s), found {found}")]
+    #[error("{callee} takes {expected}, found {found}")]
     #[diagnostic(code(E0306))]
     InputCount {
         callee: String,

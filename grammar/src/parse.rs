@@ -236,7 +236,8 @@ impl<'s> Builder<'s> {
             return self.first_word(rest);
         }
         let after = self.src[first.span.end..sp.end].trim_start();
-        (after.starts_with('=') && !after.starts_with("==")).then_some(first)
+        let assigns = after.starts_with(":=") || (after.starts_with('=') && !after.starts_with("=="));
+        assigns.then_some(first)
     }
 
     // ------------------------------------------------------------ model
@@ -426,7 +427,11 @@ impl<'s> Builder<'s> {
             Rule::call => Expr { kind: ExprKind::Call(self.call(p)), span: sp },
             Rule::ident => Expr { kind: ExprKind::Name(ident(Some(p))), span: sp },
             Rule::number => {
+                let before = self.errors.len();
                 let (value, is_int) = self.number(&p);
+                if self.errors.len() > before {
+                    return error_expr(sp);
+                }
                 Expr { kind: ExprKind::Number { value, is_int }, span: sp }
             }
             Rule::string => Expr { kind: ExprKind::Str(self.string(p)), span: sp },
@@ -519,7 +524,8 @@ impl<'s> Builder<'s> {
                     text: p.as_str().to_string(),
                     span: span(p).into(),
                 });
-                0
+                // A harmless stand-in, so the checker reports nothing more.
+                1
             }
         }
     }

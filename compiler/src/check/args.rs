@@ -244,12 +244,26 @@ pub fn bind(
     let mut given: BTreeMap<&'static str, Span> = BTreeMap::new();
     let mut positional = 0usize;
     for arg in args {
+        // An argument the parser already reported stands for itself.
+        if matches!(&arg.value.kind, ExprKind::Name(n) if n.name.is_empty()) {
+            if let Some(p) = arg.name.as_ref().and_then(|n| params.iter().find(|p| p.name == n.name)).or(params.get(positional)) {
+                given.insert(p.name, arg.span);
+            }
+            positional += usize::from(arg.name.is_none());
+            continue;
+        }
         let value = constant(&arg.value);
         let param = match &arg.name {
             Some(name) => match params.iter().find(|p| p.name == name.name) {
                 Some(p) => p,
                 None => {
-                    let help = closest(&name.name, params.iter().map(|p| p.name))
+                    let near = closest(&name.name, params.iter().map(|p| p.name));
+                    // A likely typo of a parameter stands for it: do not also
+                    // report that parameter missing.
+                    if let Some(p) = params.iter().find(|p| Some(p.name) == near) {
+                        given.entry(p.name).or_insert(name.span);
+                    }
+                    let help = near
                         .map(|c| format!("did you mean `{c}`?"))
                         .or_else(|| Some(format!("{callee} takes {}", arg_list(params))));
                     errors.push(CheckError::UnknownArgument {

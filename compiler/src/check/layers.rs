@@ -117,10 +117,10 @@ pub enum Inputs {
 impl Inputs {
     pub fn describe(self) -> &'static str {
         match self {
-            Inputs::None => "no",
-            Inputs::One => "one",
-            Inputs::Two => "two",
-            Inputs::Many => "two or more",
+            Inputs::None => "no tensor inputs",
+            Inputs::One => "one tensor input",
+            Inputs::Two => "two tensor inputs",
+            Inputs::Many => "two or more tensor inputs",
         }
     }
 

@@ -179,13 +179,19 @@ fn finetune(f: &ast::Finetune, file: FileId, base_file: FileId, base: &ast::Mode
             FinetuneStmt::Setting(_) => {}
         }
     }
-    let (model, model_errors) = model::ModelChecker::new(base_file, overrides).check(base);
+    let (model, model_errors): (ModelInfo, Vec<Located>) = model::ModelChecker::new(base_file, overrides).check(base);
     // Errors in the base model's own lines were reported when it was checked
     // alone; keep only those that the finetune's changes cause.
     let before: Vec<Located> = model::ModelChecker::new(base_file, model::Overrides::default()).check(base).1;
     let new_errors: Vec<Located> = model_errors.into_iter().filter(|e| !before.contains(e)).collect();
     let had_errors = !new_errors.is_empty();
-    errors.extend(new_errors);
+    // When a replacement or target named nothing, what follows from the
+    // unchanged model is noise.
+    if ok {
+        errors.extend(new_errors);
+    }
+    let mut model = model;
+    model.has_errors |= !ok;
     let replaced: Vec<String> = model
         .params
         .iter()

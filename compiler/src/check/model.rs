@@ -79,6 +79,8 @@ pub struct ModelInfo {
     pub metrics: Vec<(String, usize)>,
     /// Every binding with its span and node, top level only (for finetuning).
     pub bindings: BTreeMap<String, (usize, Span)>,
+    /// True when checking the model reported errors (its data are partial).
+    pub has_errors: bool,
 }
 
 impl ModelInfo {
@@ -163,7 +165,10 @@ pub struct ModelChecker<'a> {
     /// model has no loss.
     broken_loss: bool,
     broken_input: bool,
+    broken_any: bool,
     too_big: bool,
+    /// (prediction, target) pairs already reported as mismatched.
+    reported: HashSet<(usize, usize)>,
 }
 
 impl<'a> ModelChecker<'a> {
@@ -189,7 +194,9 @@ impl<'a> ModelChecker<'a> {
             overrides,
             broken_loss: false,
             broken_input: false,
+            broken_any: false,
             too_big: false,
+            reported: HashSet::new(),
         }
     }
 
@@ -218,7 +225,9 @@ impl<'a> ModelChecker<'a> {
                 // Reported by the finetune checker, which knows the span.
             }
         }
+        let has_errors = !self.errors.is_empty() || self.broken_input || self.broken_loss || self.broken_any;
         let info = ModelInfo {
+            has_errors,
             name: model.name.name.clone(),
             file: self.file,
             span: model.span,
@@ -360,6 +369,7 @@ impl<'a> ModelChecker<'a> {
                     if !is_loss {
                         let found = format!("a tensor of shape {}", self.nodes[n].ty.shape);
                         self.err(CheckError::NotALoss { found, span: value.span.into() });
+                        self.broken_loss = true;
                         return;
                     }
                     self.loss = Some((n, *span));
@@ -403,6 +413,7 @@ impl<'a> ModelChecker<'a> {
                 }
             }
             Stmt::Error { first_word, defines, .. } => {
+                self.broken_any = true;
                 match first_word.as_ref().map(|w| w.name.as_str()) {
                     Some("loss") => self.broken_loss = true,
                     Some("input") => self.broken_input = true,
@@ -487,6 +498,7 @@ impl<'a> ModelChecker<'a> {
         match ty {
             TypeExpr::Class { classes, classes_span, per_token, .. } => {
                 if !target {
+                    self.broken_input = true;
                     self.err(CheckError::WrongKind {
                         name: format!("class[{classes}]"),
                         actual: "a target type".into(),
@@ -524,10 +536,12 @@ impl<'a> ModelChecker<'a> {
                             })
                         });
                         self.err(CheckError::Unknown { kind: "type", name: other.to_string(), span: dtype.span.into(), help });
+                        self.broken_input |= !target;
                         return None;
                     }
                 };
                 if let Some((_, sp)) = dims.iter().find(|(d, _)| *d == 0) {
+                    self.broken_input |= !target;
                     self.err(CheckError::OutOfRange {
                         callee: "the type".into(),
                         name: "dimension".into(),
@@ -724,7 +738,11 @@ impl<'a> ModelChecker<'a> {
             return;
         }
         let visible: Vec<String> = self.scopes.iter().flat_map(|s| s.names.keys().cloned()).collect();
-        let help = did_you_mean(&id.name, visible.iter().map(String::as_str));
+        let help = if self.inputs.is_empty() && !self.broken_input {
+            Some(format!("the model has no input yet; declare it: `input {}: f32[…]`", id.name))
+        } else {
+            did_you_mean(&id.name, visible.iter().map(String::as_str))
+        };
         self.err(CheckError::Undefined { name: id.name.clone(), span: id.span.into(), help });
     }
 
@@ -926,7 +944,7 @@ impl<'a> ModelChecker<'a> {
                             }
                         } else {
                             CheckError::BadInputShape {
-                                layer: display_call(call),
+                                layer: call.callee.name.clone(),
                                 expected: e.expected,
                                 found: found_s,
                                 span: call.span.into(),
@@ -985,6 +1003,10 @@ impl<'a> ModelChecker<'a> {
         let per_token = matches!(self.nodes[target].op, Op::Target { per_token: true, .. });
         let pspan = inputs[0].1;
         let mismatch = |this: &mut Self, reason: String, help: Option<String>| {
+            // Report a pair once, not again for every metric that uses it.
+            if !this.reported.insert((pred, target)) {
+                return None;
+            }
             this.err(CheckError::TargetMismatch {
                 func: func.to_string(),
                 reason,
@@ -1103,8 +1125,34 @@ fn count_layers(e: &Expr, with_params: bool) -> usize {
     }
 }
 
+/// A call as the user would write it: `dense(128, bias: false)`.
 fn display_call(c: &Call) -> String {
-    c.callee.name.clone()
+    if !c.parens {
+        return c.callee.name.clone();
+    }
+    let args: Vec<String> = c
+        .args
+        .iter()
+        .map(|a| {
+            let v = show(&a.value);
+            match &a.name {
+                Some(n) => format!("{}: {v}", n.name),
+                None => v,
+            }
+        })
+        .collect();
+    format!("{}({})", c.callee.name, args.join(", "))
+}
+
+fn show(e: &Expr) -> String {
+    match &e.kind {
+        ExprKind::Name(n) => n.name.clone(),
+        ExprKind::Number { value, .. } => args::fmt_num(*value),
+        ExprKind::Str(s) => format!("{s:?}"),
+        ExprKind::Call(c) => display_call(c),
+        ExprKind::Neg(x) => format!("-{}", show(x)),
+        _ => "…".into(),
+    }
 }
 
 fn snippet(e: &Expr) -> String {

@@ -256,6 +256,9 @@ impl<'a> SettingsChecker<'a> {
                 Setting::Item { key, args, span } => {
                     let Some((_, _, places)) = SETTINGS.iter().find(|(k, _, _)| *k == key.name) else {
                         let allowed: Vec<&str> = SETTINGS.iter().filter(|(_, _, p)| p.contains(&block)).map(|(k, _, _)| *k).collect();
+                        if let Some(near) = closest(&key.name, allowed.iter().copied()) {
+                            raw.broken.insert(near.to_string());
+                        }
                         let help = did_you_mean(&key.name, allowed.iter().copied()).or_else(|| Some(format!("{} takes {}", block.describe(), args::one_of(&allowed))));
                         self.err(CheckError::Unknown { kind: "setting", name: key.name.clone(), span: key.span.into(), help });
                         continue;
@@ -533,7 +536,7 @@ impl<'a> SettingsChecker<'a> {
         self.require(&raw, "batch", block.clone(), t.model.span, "add e.g. `batch 64`");
         self.require(&raw, "epochs", block.clone(), t.model.span, "add e.g. `epochs 5`");
         self.require(&raw, "optimizer", block, t.model.span, "add e.g. `optimizer adam(lr: 1e-3)`");
-        if let Some(m) = model {
+        if let Some(m) = model.filter(|m| !m.has_errors) {
             if let (Some(d), Some(sp)) = (&info.data, spans.get("data")) {
                 self.data_fits(d, *sp, m);
             }
@@ -656,10 +659,12 @@ impl<'a> SettingsChecker<'a> {
         self.require(&raw, "weights", block.clone(), f.name.span, "add e.g. `weights \"runs/base/best.safetensors\"`");
         self.require(&raw, "data", block.clone(), f.name.span, "add e.g. `data mnist(\"data/mnist\")`");
         self.require(&raw, "batch", block.clone(), f.name.span, "add e.g. `batch 64`");
-        if let (Some(d), Some(sp)) = (&info.data, spans.get("data")) {
-            self.data_fits(d, *sp, &model);
+        if !model.has_errors {
+            if let (Some(d), Some(sp)) = (&info.data, spans.get("data")) {
+                self.data_fits(d, *sp, &model);
+            }
+            self.early_stop_fits(&info, &spans, &model);
         }
-        self.early_stop_fits(&info, &spans, &model);
         let weights = raw
             .items
             .iter()
