@@ -22,8 +22,6 @@ pub enum SyntaxError {
     Unclosed {
         #[label("this `{{` has no matching `}}`")]
         open: SourceSpan,
-        #[label("the file ends here")]
-        end: SourceSpan,
     },
 
     #[error("unexpected `}}`: there is no open block to close")]

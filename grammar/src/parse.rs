@@ -80,11 +80,7 @@ impl<'s> Builder<'s> {
     /// every other malformed piece is swallowed by a recovery rule).
     fn whole_file_error(&mut self, e: pest::error::Error<Rule>) {
         if let Some(open) = unclosed_brace(self.src) {
-            let end = self.src.len();
-            self.errors.push(SyntaxError::Unclosed {
-                open: (open, 1).into(),
-                end: (end, 0).into(),
-            });
+            self.errors.push(SyntaxError::Unclosed { open: (open, 1).into() });
         } else {
             self.errors.push(self.convert(&e, 0, self.src));
         }
