@@ -14,7 +14,10 @@ struct MapLoader(HashMap<PathBuf, String>);
 
 impl Loader for MapLoader {
     fn load(&self, path: &Path) -> Result<String, String> {
-        self.0.get(path).cloned().ok_or_else(|| "no such file".into())
+        self.0
+            .get(path)
+            .cloned()
+            .ok_or_else(|| "no such file".into())
     }
 }
 
@@ -34,7 +37,15 @@ fn tokens(text: &str) -> Vec<&str> {
     let mut out = Vec::new();
     let mut start = 0;
     let chars: Vec<(usize, char)> = text.char_indices().collect();
-    let class = |c: char| if c.is_alphanumeric() || c == '_' || c == '.' { 0 } else if c.is_whitespace() { 1 } else { 2 };
+    let class = |c: char| {
+        if c.is_alphanumeric() || c == '_' || c == '.' {
+            0
+        } else if c.is_whitespace() {
+            1
+        } else {
+            2
+        }
+    };
     for w in chars.windows(2) {
         let ((_, a), (j, b)) = (w[0], w[1]);
         if class(a) != class(b) || class(a) == 2 {
@@ -60,13 +71,16 @@ fn mutation() -> impl Strategy<Value = Mutation> {
         any::<usize>().prop_map(Mutation::Delete),
         any::<usize>().prop_map(Mutation::Duplicate),
         (any::<usize>(), any::<usize>()).prop_map(|(a, b)| Mutation::Swap(a, b)),
-        (any::<usize>(), prop_oneof![
-            "[ -~\n]{1,6}",
-            "[{}()\\[\\]|>:,=\"#.]{1,3}",
-            any::<String>().prop_map(|s| s.chars().take(4).collect()),
-            Just("999999999999999999999".to_string()),
-            Just("((((((((((".to_string()),
-        ])
+        (
+            any::<usize>(),
+            prop_oneof![
+                "[ -~\n]{1,6}",
+                "[{}()\\[\\]|>:,=\"#.]{1,3}",
+                any::<String>().prop_map(|s| s.chars().take(4).collect()),
+                Just("999999999999999999999".to_string()),
+                Just("((((((((((".to_string()),
+            ]
+        )
             .prop_map(|(i, s)| Mutation::Insert(i, s)),
         any::<usize>().prop_map(Mutation::Truncate),
     ]
@@ -118,6 +132,9 @@ proptest! {
 fn the_mutator_changes_text() {
     let text = "hidden = image |> dense(128)";
     assert_eq!(tokens(text).concat(), text);
-    assert_eq!(apply(text, &[Mutation::Delete(0)]), " = image |> dense(128)");
+    assert_eq!(
+        apply(text, &[Mutation::Delete(0)]),
+        " = image |> dense(128)"
+    );
     assert_eq!(apply(text, &[Mutation::Truncate(3)]), "hidden =");
 }

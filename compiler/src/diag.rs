@@ -296,7 +296,9 @@ pub enum CheckError {
     #[error("the loss must be a scalar built from loss functions, but this is {found}")]
     #[diagnostic(
         code(E0404),
-        help("use a loss function, e.g. `loss cross_entropy(logits, label)` or `loss mse(pred, y)`")
+        help(
+            "use a loss function, e.g. `loss cross_entropy(logits, label)` or `loss mse(pred, y)`"
+        )
     )]
     NotALoss {
         found: String,
@@ -389,7 +391,10 @@ impl Located {
 }
 
 /// "did you mean `x`?" for the candidate closest to `name`, if any is close.
-pub fn did_you_mean<'a>(name: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<String> {
+pub fn did_you_mean<'a>(
+    name: &str,
+    candidates: impl IntoIterator<Item = &'a str>,
+) -> Option<String> {
     closest(name, candidates).map(|c| format!("did you mean `{c}`?"))
 }
 
@@ -401,8 +406,15 @@ pub fn closest<'a>(name: &str, candidates: impl IntoIterator<Item = &'a str>) ->
     candidates
         .into_iter()
         .filter(|c| *c != name)
-        .map(|c| (strsim::damerau_levenshtein(&lower, &c.to_ascii_lowercase()), c))
-        .filter(|(d, c)| *d <= limit || (c.len() >= 4 && lower.starts_with(&c.to_ascii_lowercase())))
+        .map(|c| {
+            (
+                strsim::damerau_levenshtein(&lower, &c.to_ascii_lowercase()),
+                c,
+            )
+        })
+        .filter(|(d, c)| {
+            *d <= limit || (c.len() >= 4 && lower.starts_with(&c.to_ascii_lowercase()))
+        })
         .min_by_key(|(d, c)| (*d, c.len()))
         .map(|(_, c)| c)
 }

@@ -72,7 +72,11 @@ impl Sources {
                     _ => None,
                 })
                 .collect();
-            let dir = sources.files[next].path.parent().map(Path::to_path_buf).unwrap_or_default();
+            let dir = sources.files[next]
+                .path
+                .parent()
+                .map(Path::to_path_buf)
+                .unwrap_or_default();
             for (rel, span) in imports {
                 let target = dir.join(&rel);
                 let same = |f: &SourceFile| f.path == target;
@@ -104,13 +108,25 @@ impl Sources {
     fn add(&mut self, name: String, path: PathBuf, text: String, errors: &mut Vec<Located>) {
         let id = FileId(self.files.len());
         let (ast, syntax) = modelc_grammar::parse(&text);
-        errors.extend(syntax.into_iter().map(|e| Located { file: id, error: Error::Syntax(e) }));
-        self.files.push(SourceFile { name, path, text, ast });
+        errors.extend(syntax.into_iter().map(|e| Located {
+            file: id,
+            error: Error::Syntax(e),
+        }));
+        self.files.push(SourceFile {
+            name,
+            path,
+            text,
+            ast,
+        });
     }
 
     /// 1-based line number of a byte offset, for messages that cite a line.
     pub fn line_of(&self, file: FileId, offset: usize) -> usize {
         let text = &self.file(file).text;
-        text[..offset.min(text.len())].bytes().filter(|b| *b == b'\n').count() + 1
+        text[..offset.min(text.len())]
+            .bytes()
+            .filter(|b| *b == b'\n')
+            .count()
+            + 1
     }
 }

@@ -57,7 +57,12 @@ pub struct ParamRow {
 
 /// Summarizes `model`. `trainable` is the set of trainable parameter names
 /// (all when `None`); `optimizer` sizes the optimizer state.
-pub fn summarize(model: &ModelInfo, trainable: Option<&BTreeSet<String>>, optimizer: Option<&Optimizer>, stage: Option<&str>) -> Summary {
+pub fn summarize(
+    model: &ModelInfo,
+    trainable: Option<&BTreeSet<String>>,
+    optimizer: Option<&Optimizer>,
+    stage: Option<&str>,
+) -> Summary {
     let is_trainable = |name: &str| trainable.is_none_or(|t| t.contains(name));
     let mut rows = Vec::new();
     for (i, node) in model.nodes.iter().enumerate() {
@@ -75,8 +80,15 @@ pub fn summarize(model: &ModelInfo, trainable: Option<&BTreeSet<String>>, optimi
                 continue;
             }
             Op::Layer { layer } => {
-                let inputs: Vec<_> = node.inputs.iter().map(|n| model.nodes[*n].ty.clone()).collect();
-                (layer.name().to_string(), layers::flops(layer, &inputs, &node.ty))
+                let inputs: Vec<_> = node
+                    .inputs
+                    .iter()
+                    .map(|n| model.nodes[*n].ty.clone())
+                    .collect();
+                (
+                    layer.name().to_string(),
+                    layers::flops(layer, &inputs, &node.ty),
+                )
             }
             Op::Binary { op } if node.ty.shape.rank() > 0 => {
                 let name = match *op {
@@ -97,8 +109,20 @@ pub fn summarize(model: &ModelInfo, trainable: Option<&BTreeSet<String>>, optimi
             }
         }
         // A tensor without a batch (learned positions) is shared by all samples.
-        let per_sample = if node.ty.shape.has_batch() { node.ty.shape.sample_elements() * F32_BYTES } else { 0 };
-        rows.push(Row { layer: node.path.clone(), op, output: node.ty.shape.to_string(), trainable: t, frozen: f, flops, activation_bytes: per_sample });
+        let per_sample = if node.ty.shape.has_batch() {
+            node.ty.shape.sample_elements() * F32_BYTES
+        } else {
+            0
+        };
+        rows.push(Row {
+            layer: node.path.clone(),
+            op,
+            output: node.ty.shape.to_string(),
+            trainable: t,
+            frozen: f,
+            flops,
+            activation_bytes: per_sample,
+        });
     }
     let trainable_total: u64 = rows.iter().map(|r| r.trainable).sum();
     let frozen_total: u64 = rows.iter().map(|r| r.frozen).sum();
@@ -121,7 +145,15 @@ pub fn summarize(model: &ModelInfo, trainable: Option<&BTreeSet<String>>, optimi
         stage: stage.map(String::from),
         optimizer: optimizer.map(|o| o.name().to_string()),
         rows,
-        params: model.params.iter().map(|p| ParamRow { name: p.name.clone(), shape: p.shape.clone(), trainable: is_trainable(&p.name) }).collect(),
+        params: model
+            .params
+            .iter()
+            .map(|p| ParamRow {
+                name: p.name.clone(),
+                shape: p.shape.clone(),
+                trainable: is_trainable(&p.name),
+            })
+            .collect(),
         totals,
     }
 }

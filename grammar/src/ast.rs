@@ -68,12 +68,18 @@ pub struct File {
 #[derive(Clone, Debug, PartialEq)]
 pub enum Item {
     /// `import "other.model"`
-    Import { path: String, span: Span },
+    Import {
+        path: String,
+        span: Span,
+    },
     Model(Model),
     Train(Train),
     Finetune(Finetune),
     /// A top-level piece that did not parse (already reported).
-    Error { first_word: Option<Ident>, span: Span },
+    Error {
+        first_word: Option<Ident>,
+        span: Span,
+    },
 }
 
 /// `model NAME { … }`
@@ -88,11 +94,23 @@ pub struct Model {
 #[derive(Clone, Debug, PartialEq)]
 pub enum Stmt {
     /// `input NAME: TYPE`
-    Input { name: Ident, ty: TypeExpr, span: Span },
+    Input {
+        name: Ident,
+        ty: TypeExpr,
+        span: Span,
+    },
     /// `target NAME: TYPE`
-    Target { name: Ident, ty: TypeExpr, span: Span },
+    Target {
+        name: Ident,
+        ty: TypeExpr,
+        span: Span,
+    },
     /// `NAME = EXPR`
-    Bind { name: Ident, value: Expr, span: Span },
+    Bind {
+        name: Ident,
+        value: Expr,
+        span: Span,
+    },
     /// `repeat N [as NAME] { … }`
     Repeat {
         count: u64,
@@ -104,7 +122,11 @@ pub enum Stmt {
     /// `loss EXPR`
     Loss { value: Expr, span: Span },
     /// `metric [NAME =] EXPR`
-    Metric { name: Option<Ident>, value: Expr, span: Span },
+    Metric {
+        name: Option<Ident>,
+        value: Expr,
+        span: Span,
+    },
     /// A statement that did not parse (already reported). `defines` is the
     /// name it seemed to define, so uses of that name are not reported again.
     Error {
@@ -117,8 +139,17 @@ pub enum Stmt {
 /// A declared type: `f32[1, 28, 28]`, `i32[128]`, `class[10]`, `class[96] per token`.
 #[derive(Clone, Debug, PartialEq)]
 pub enum TypeExpr {
-    Tensor { dtype: Ident, dims: Vec<(u64, Span)>, span: Span },
-    Class { classes: u64, classes_span: Span, per_token: bool, span: Span },
+    Tensor {
+        dtype: Ident,
+        dims: Vec<(u64, Span)>,
+        span: Span,
+    },
+    Class {
+        classes: u64,
+        classes_span: Span,
+        per_token: bool,
+        span: Span,
+    },
 }
 
 impl TypeExpr {
@@ -162,19 +193,36 @@ pub struct Expr {
 pub enum ExprKind {
     Name(Ident),
     /// A numeric literal; `is_int` when written without `.` or exponent.
-    Number { value: f64, is_int: bool },
+    Number {
+        value: f64,
+        is_int: bool,
+    },
     Str(String),
     List(Vec<Expr>),
     /// `a..b`, inclusive of both ends.
-    Range { start: u64, end: u64 },
+    Range {
+        start: u64,
+        end: u64,
+    },
     /// `5 epochs`, `100 steps`
-    Duration { value: f64, is_int: bool, unit: DurationUnit },
+    Duration {
+        value: f64,
+        is_int: bool,
+        unit: DurationUnit,
+    },
     Neg(Box<Expr>),
-    Binary { op: BinOp, lhs: Box<Expr>, rhs: Box<Expr> },
+    Binary {
+        op: BinOp,
+        lhs: Box<Expr>,
+        rhs: Box<Expr>,
+    },
     Call(Call),
     /// `input |> stage`: the stage is a call (or a bare name, stored as a call
     /// with no arguments) whose first tensor input is `input`.
-    Pipe { input: Box<Expr>, stage: Call },
+    Pipe {
+        input: Box<Expr>,
+        stage: Call,
+    },
 }
 
 /// `callee(args…)`, or a bare layer name in a pipeline.
@@ -206,10 +254,17 @@ pub struct Train {
 /// `key args…` inside a train block, a stage or a finetune block, or a stage.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Setting {
-    Item { key: Ident, args: Vec<Arg>, span: Span },
+    Item {
+        key: Ident,
+        args: Vec<Arg>,
+        span: Span,
+    },
     Stage(Stage),
     /// A setting that did not parse (already reported).
-    Error { first_word: Option<Ident>, span: Span },
+    Error {
+        first_word: Option<Ident>,
+        span: Span,
+    },
 }
 
 /// `stage NAME { settings }`
@@ -232,8 +287,16 @@ pub struct Finetune {
 #[derive(Clone, Debug, PartialEq)]
 pub enum FinetuneStmt {
     /// `target NAME: TYPE`: replaces the base model's target.
-    Target { name: Ident, ty: TypeExpr, span: Span },
+    Target {
+        name: Ident,
+        ty: TypeExpr,
+        span: Span,
+    },
     /// `replace NAME = EXPR`: redefines a binding of the base model.
-    Replace { name: Ident, value: Expr, span: Span },
+    Replace {
+        name: Ident,
+        value: Expr,
+        span: Span,
+    },
     Setting(Setting),
 }

@@ -22,7 +22,10 @@ const MAX_NESTING: usize = 64;
 /// and every syntax error found, in source order.
 pub fn parse(src: &str) -> (File, Vec<SyntaxError>) {
     pest::set_error_detail(true);
-    let mut b = Builder { src, errors: Vec::new() };
+    let mut b = Builder {
+        src,
+        errors: Vec::new(),
+    };
     if let Some(err) = nesting_error(src) {
         return (File::default(), vec![err]);
     }
@@ -80,7 +83,9 @@ impl<'s> Builder<'s> {
     /// every other malformed piece is swallowed by a recovery rule).
     fn whole_file_error(&mut self, e: pest::error::Error<Rule>) {
         if let Some(open) = unclosed_brace(self.src) {
-            self.errors.push(SyntaxError::Unclosed { open: (open, 1).into() });
+            self.errors.push(SyntaxError::Unclosed {
+                open: (open, 1).into(),
+            });
         } else {
             self.errors.push(self.convert(&e, 0, self.src));
         }
@@ -130,7 +135,9 @@ impl<'s> Builder<'s> {
                     "BUILTIN_RULE" | "" => continue,
                     "\n" | "\r\n" | "\r" => "end of line".to_string(),
                     " " | "\t" | "\\" | "#" => continue,
-                    t if t.len() == 4 && t.as_bytes()[1] == b'.' && t.as_bytes()[2] == b'.' => continue,
+                    t if t.len() == 4 && t.as_bytes()[1] == b'.' && t.as_bytes()[2] == b'.' => {
+                        continue
+                    }
                     t if t.len() == 1 && t.chars().all(|c| c.is_ascii_uppercase()) => continue,
                     t => format!("`{t}`"),
                 };
@@ -149,8 +156,23 @@ impl<'s> Builder<'s> {
         // Tokens that could merely continue what came before (operators,
         // units, the starts of expressions) crowd out the ones that matter.
         const NOISE: &[&str] = &[
-            "`*`", "`+`", "`-`", "`|>`", "`..`", "`.`", "`epoch`", "`epochs`", "`step`",
-            "`steps`", "`\"`", "`(`", "`[`", "`_`", "`;`", "an operator", "end of input",
+            "`*`",
+            "`+`",
+            "`-`",
+            "`|>`",
+            "`..`",
+            "`.`",
+            "`epoch`",
+            "`epochs`",
+            "`step`",
+            "`steps`",
+            "`\"`",
+            "`(`",
+            "`[`",
+            "`_`",
+            "`;`",
+            "an operator",
+            "end of input",
         ];
         if expected.iter().any(|x| !NOISE.contains(&x.as_str())) {
             expected.retain(|x| !NOISE.contains(&x.as_str()));
@@ -191,7 +213,11 @@ impl<'s> Builder<'s> {
             match p.as_rule() {
                 Rule::import => {
                     let sp = span(&p);
-                    let s = p.into_inner().next().map(|s| self.string(s)).unwrap_or_default();
+                    let s = p
+                        .into_inner()
+                        .next()
+                        .map(|s| self.string(s))
+                        .unwrap_or_default();
                     items.push(Item::Import { path: s, span: sp });
                 }
                 Rule::model => items.push(Item::Model(self.model(p))),
@@ -200,11 +226,15 @@ impl<'s> Builder<'s> {
                 Rule::bad_item => {
                     let sp = trim_span(self.src, span(&p));
                     if self.src[sp.start..sp.end].trim() == "}" {
-                        self.errors.push(SyntaxError::StrayBrace { span: sp.into() });
+                        self.errors
+                            .push(SyntaxError::StrayBrace { span: sp.into() });
                     } else {
                         self.reparse(Rule::item_alone, sp);
                     }
-                    items.push(Item::Error { first_word: self.first_word(sp), span: sp });
+                    items.push(Item::Error {
+                        first_word: self.first_word(sp),
+                        span: sp,
+                    });
                 }
                 _ => {}
             }
@@ -216,8 +246,15 @@ impl<'s> Builder<'s> {
         let text = &self.src[sp.start..sp.end];
         let (s, e) = first_token(text)?;
         let word = &text[s..e];
-        if word.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_') {
-            Some(Ident { name: word.to_string(), span: Span::new(sp.start + s, sp.start + e) })
+        if word
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        {
+            Some(Ident {
+                name: word.to_string(),
+                span: Span::new(sp.start + s, sp.start + e),
+            })
         } else {
             None
         }
@@ -232,7 +269,8 @@ impl<'s> Builder<'s> {
             return self.first_word(rest);
         }
         let after = self.src[first.span.end..sp.end].trim_start();
-        let assigns = after.starts_with(":=") || (after.starts_with('=') && !after.starts_with("=="));
+        let assigns =
+            after.starts_with(":=") || (after.starts_with('=') && !after.starts_with("=="));
         assigns.then_some(first)
     }
 
@@ -243,11 +281,17 @@ impl<'s> Builder<'s> {
         let mut inner = pair.into_inner();
         let name = ident(inner.next());
         let body = inner.next().map(|b| self.model_body(b)).unwrap_or_default();
-        Model { name, body, span: sp }
+        Model {
+            name,
+            body,
+            span: sp,
+        }
     }
 
     fn model_body(&mut self, pair: Pair<Rule>) -> Vec<Stmt> {
-        pair.into_inner().filter_map(|p| self.model_stmt(p)).collect()
+        pair.into_inner()
+            .filter_map(|p| self.model_stmt(p))
+            .collect()
     }
 
     fn model_stmt(&mut self, p: Pair<Rule>) -> Option<Stmt> {
@@ -267,7 +311,11 @@ impl<'s> Builder<'s> {
                 let mut i = p.into_inner();
                 let name = ident(i.next());
                 let value = self.expr(i.next()?);
-                Stmt::Bind { name, value, span: sp }
+                Stmt::Bind {
+                    name,
+                    value,
+                    span: sp,
+                }
             }
             Rule::repeat => {
                 let mut i = p.into_inner();
@@ -283,7 +331,13 @@ impl<'s> Builder<'s> {
                         _ => {}
                     }
                 }
-                Stmt::Repeat { count, count_span, label, body, span: sp }
+                Stmt::Repeat {
+                    count,
+                    count_span,
+                    label,
+                    body,
+                    span: sp,
+                }
             }
             Rule::loss_decl => {
                 let value = self.expr(p.into_inner().next()?);
@@ -298,7 +352,11 @@ impl<'s> Builder<'s> {
                         _ => value = Some(self.expr(q)),
                     }
                 }
-                Stmt::Metric { name, value: value?, span: sp }
+                Stmt::Metric {
+                    name,
+                    value: value?,
+                    span: sp,
+                }
             }
             Rule::bad_stmt => {
                 let sp = trim_span(self.src, sp);
@@ -339,7 +397,12 @@ impl<'s> Builder<'s> {
                         _ => {}
                     }
                 }
-                TypeExpr::Class { classes, classes_span, per_token, span: sp }
+                TypeExpr::Class {
+                    classes,
+                    classes_span,
+                    per_token,
+                    span: sp,
+                }
             }
             _ => {
                 // tensor_type: dtype ident, dims
@@ -347,9 +410,17 @@ impl<'s> Builder<'s> {
                 let dtype = ident(i.next());
                 let dims = i
                     .next()
-                    .map(|d| d.into_inner().map(|q| (self.integer(&q), span(&q))).collect())
+                    .map(|d| {
+                        d.into_inner()
+                            .map(|q| (self.integer(&q), span(&q)))
+                            .collect()
+                    })
                     .unwrap_or_default();
-                TypeExpr::Tensor { dtype, dims, span: sp }
+                TypeExpr::Tensor {
+                    dtype,
+                    dims,
+                    span: sp,
+                }
             }
         }
     }
@@ -361,7 +432,9 @@ impl<'s> Builder<'s> {
         match p.as_rule() {
             Rule::expr => {
                 let mut i = p.into_inner();
-                let Some(first) = i.next() else { return error_expr(sp) };
+                let Some(first) = i.next() else {
+                    return error_expr(sp);
+                };
                 let mut acc = self.expr(first);
                 for (n, stage) in i.enumerate() {
                     if n >= MAX_CHAIN {
@@ -370,13 +443,21 @@ impl<'s> Builder<'s> {
                     }
                     let call = self.stage(stage);
                     let s = acc.span.to(call.span);
-                    acc = Expr { kind: ExprKind::Pipe { input: Box::new(acc), stage: call }, span: s };
+                    acc = Expr {
+                        kind: ExprKind::Pipe {
+                            input: Box::new(acc),
+                            stage: call,
+                        },
+                        span: s,
+                    };
                 }
                 acc
             }
             Rule::sum | Rule::product => {
                 let mut i = p.into_inner();
-                let Some(first) = i.next() else { return error_expr(sp) };
+                let Some(first) = i.next() else {
+                    return error_expr(sp);
+                };
                 let mut acc = self.expr(first);
                 let mut n = 0;
                 while let (Some(op), Some(rhs)) = (i.next(), i.next()) {
@@ -393,7 +474,11 @@ impl<'s> Builder<'s> {
                     let rhs = self.expr(rhs);
                     let s = acc.span.to(rhs.span);
                     acc = Expr {
-                        kind: ExprKind::Binary { op, lhs: Box::new(acc), rhs: Box::new(rhs) },
+                        kind: ExprKind::Binary {
+                            op,
+                            lhs: Box::new(acc),
+                            rhs: Box::new(rhs),
+                        },
                         span: s,
                     };
                 }
@@ -408,7 +493,10 @@ impl<'s> Builder<'s> {
                 let mut e = self.expr(prim);
                 // `--x` is `x`; keep at most one negation.
                 if negs % 2 == 1 {
-                    e = Expr { kind: ExprKind::Neg(Box::new(e)), span: sp };
+                    e = Expr {
+                        kind: ExprKind::Neg(Box::new(e)),
+                        span: sp,
+                    };
                 }
                 e
             }
@@ -420,26 +508,44 @@ impl<'s> Builder<'s> {
                 }
                 None => error_expr(sp),
             },
-            Rule::call => Expr { kind: ExprKind::Call(self.call(p)), span: sp },
-            Rule::ident => Expr { kind: ExprKind::Name(ident(Some(p))), span: sp },
+            Rule::call => Expr {
+                kind: ExprKind::Call(self.call(p)),
+                span: sp,
+            },
+            Rule::ident => Expr {
+                kind: ExprKind::Name(ident(Some(p))),
+                span: sp,
+            },
             Rule::number => {
                 let before = self.errors.len();
                 let (value, is_int) = self.number(&p);
                 if self.errors.len() > before {
                     return error_expr(sp);
                 }
-                Expr { kind: ExprKind::Number { value, is_int }, span: sp }
+                Expr {
+                    kind: ExprKind::Number { value, is_int },
+                    span: sp,
+                }
             }
-            Rule::string => Expr { kind: ExprKind::Str(self.string(p)), span: sp },
+            Rule::string => Expr {
+                kind: ExprKind::Str(self.string(p)),
+                span: sp,
+            },
             Rule::list => {
                 let items = p.into_inner().map(|q| self.expr(q)).collect();
-                Expr { kind: ExprKind::List(items), span: sp }
+                Expr {
+                    kind: ExprKind::List(items),
+                    span: sp,
+                }
             }
             Rule::range => {
                 let mut i = p.into_inner();
                 let start = i.next().map(|q| self.integer(&q)).unwrap_or(0);
                 let end = i.next().map(|q| self.integer(&q)).unwrap_or(0);
-                Expr { kind: ExprKind::Range { start, end }, span: sp }
+                Expr {
+                    kind: ExprKind::Range { start, end },
+                    span: sp,
+                }
             }
             Rule::duration => {
                 let mut i = p.into_inner();
@@ -448,7 +554,14 @@ impl<'s> Builder<'s> {
                     Some(u) if u.starts_with("step") => DurationUnit::Steps,
                     _ => DurationUnit::Epochs,
                 };
-                Expr { kind: ExprKind::Duration { value, is_int, unit }, span: sp }
+                Expr {
+                    kind: ExprKind::Duration {
+                        value,
+                        is_int,
+                        unit,
+                    },
+                    span: sp,
+                }
             }
             _ => error_expr(sp),
         }
@@ -467,8 +580,18 @@ impl<'s> Builder<'s> {
         let sp = span(&p);
         match p.into_inner().next() {
             Some(q) if q.as_rule() == Rule::call => self.call(q),
-            Some(q) => Call { callee: ident(Some(q)), args: Vec::new(), parens: false, span: sp },
-            None => Call { callee: ident(None), args: Vec::new(), parens: false, span: sp },
+            Some(q) => Call {
+                callee: ident(Some(q)),
+                args: Vec::new(),
+                parens: false,
+                span: sp,
+            },
+            None => Call {
+                callee: ident(None),
+                args: Vec::new(),
+                parens: false,
+                span: sp,
+            },
         }
     }
 
@@ -477,7 +600,12 @@ impl<'s> Builder<'s> {
         let mut i = p.into_inner();
         let callee = ident(i.next());
         let args = i.next().map(|a| self.args(a)).unwrap_or_default();
-        Call { callee, args, parens: true, span: sp }
+        Call {
+            callee,
+            args,
+            parens: true,
+            span: sp,
+        }
     }
 
     fn args(&mut self, p: Pair<Rule>) -> Vec<Arg> {
@@ -494,7 +622,11 @@ impl<'s> Builder<'s> {
                 _ => value = self.expr(q),
             }
         }
-        Arg { name, value, span: sp }
+        Arg {
+            name,
+            value,
+            span: sp,
+        }
     }
 
     fn number(&mut self, p: &Pair<Rule>) -> (f64, bool) {
@@ -552,11 +684,17 @@ impl<'s> Builder<'s> {
         let mut i = pair.into_inner();
         let model = ident(i.next());
         let settings = i.next().map(|s| self.settings(s)).unwrap_or_default();
-        Train { model, settings, span: sp }
+        Train {
+            model,
+            settings,
+            span: sp,
+        }
     }
 
     fn settings(&mut self, pair: Pair<Rule>) -> Vec<Setting> {
-        pair.into_inner().filter_map(|p| self.setting(p, Rule::setting_alone)).collect()
+        pair.into_inner()
+            .filter_map(|p| self.setting(p, Rule::setting_alone))
+            .collect()
     }
 
     fn setting(&mut self, p: Pair<Rule>, alone: Rule) -> Option<Setting> {
@@ -566,18 +704,29 @@ impl<'s> Builder<'s> {
                 let mut i = p.into_inner();
                 let key = ident(i.next());
                 let args = i.next().map(|a| self.args(a)).unwrap_or_default();
-                Setting::Item { key, args, span: sp }
+                Setting::Item {
+                    key,
+                    args,
+                    span: sp,
+                }
             }
             Rule::stage => {
                 let mut i = p.into_inner();
                 let name = ident(i.next());
                 let settings = i.next().map(|s| self.settings(s)).unwrap_or_default();
-                Setting::Stage(Stage { name, settings, span: sp })
+                Setting::Stage(Stage {
+                    name,
+                    settings,
+                    span: sp,
+                })
             }
             Rule::bad_stmt => {
                 let sp = trim_span(self.src, sp);
                 self.reparse(alone, sp);
-                Setting::Error { first_word: self.first_word(sp), span: sp }
+                Setting::Error {
+                    first_word: self.first_word(sp),
+                    span: sp,
+                }
             }
             _ => return None,
         })
@@ -595,7 +744,11 @@ impl<'s> Builder<'s> {
                 match p.as_rule() {
                     Rule::target_decl => {
                         if let Some((name, ty)) = self.target_decl(p) {
-                            body.push(FinetuneStmt::Target { name, ty, span: psp });
+                            body.push(FinetuneStmt::Target {
+                                name,
+                                ty,
+                                span: psp,
+                            });
                         }
                     }
                     Rule::replace => {
@@ -603,7 +756,11 @@ impl<'s> Builder<'s> {
                         let name = ident(j.next());
                         if let Some(v) = j.next() {
                             let value = self.expr(v);
-                            body.push(FinetuneStmt::Replace { name, value, span: psp });
+                            body.push(FinetuneStmt::Replace {
+                                name,
+                                value,
+                                span: psp,
+                            });
                         }
                     }
                     _ => {
@@ -614,19 +771,36 @@ impl<'s> Builder<'s> {
                 }
             }
         }
-        Finetune { name, base, body, span: sp }
+        Finetune {
+            name,
+            base,
+            body,
+            span: sp,
+        }
     }
 }
 
 fn ident(p: Option<Pair<Rule>>) -> Ident {
     match p {
-        Some(p) => Ident { name: p.as_str().to_string(), span: span(&p) },
-        None => Ident { name: String::new(), span: Span::default() },
+        Some(p) => Ident {
+            name: p.as_str().to_string(),
+            span: span(&p),
+        },
+        None => Ident {
+            name: String::new(),
+            span: Span::default(),
+        },
     }
 }
 
 fn error_expr(sp: Span) -> Expr {
-    Expr { kind: ExprKind::Name(Ident { name: String::new(), span: sp }), span: sp }
+    Expr {
+        kind: ExprKind::Name(Ident {
+            name: String::new(),
+            span: sp,
+        }),
+        span: sp,
+    }
 }
 
 /// Drops trailing whitespace and newlines from a span so labels sit on the line.
@@ -643,7 +817,8 @@ fn first_token(text: &str) -> Option<(usize, usize)> {
     let rest = &text[start..];
     let c = rest.chars().next()?;
     let len = if c.is_ascii_alphanumeric() || c == '_' {
-        rest.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).unwrap_or(rest.len())
+        rest.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(rest.len())
     } else {
         c.len_utf8()
     };
@@ -757,7 +932,9 @@ fn describe(rule: Rule) -> Option<&'static str> {
         | Rule::loss_decl
         | Rule::metric_decl => "a statement",
         Rule::setting => "a setting",
-        Rule::model | Rule::train | Rule::finetune | Rule::import => "`model`, `train`, `finetune` or `import`",
+        Rule::model | Rule::train | Rule::finetune | Rule::import => {
+            "`model`, `train`, `finetune` or `import`"
+        }
         Rule::model_body | Rule::settings | Rule::finetune_body => "`{`",
         Rule::per_token => "`per token`",
         Rule::add_op | Rule::mul_op => "an operator",
@@ -775,22 +952,34 @@ mod tests {
         let src = "model m {\n  input image: f32[784]\n  target label: class[10]\n  h = image |> dense(128) |> relu\n  logits = h\n    |> dense(10)\n  loss cross_entropy(logits, label)\n}\n";
         let (file, errors) = parse(src);
         assert!(errors.is_empty(), "{errors:?}");
-        let Item::Model(m) = &file.items[0] else { panic!("not a model: {file:?}") };
+        let Item::Model(m) = &file.items[0] else {
+            panic!("not a model: {file:?}")
+        };
         assert_eq!(m.name.name, "m");
         assert_eq!(m.body.len(), 5);
-        let Stmt::Bind { value, .. } = &m.body[3] else { panic!() };
+        let Stmt::Bind { value, .. } = &m.body[3] else {
+            panic!()
+        };
         assert!(matches!(value.kind, ExprKind::Pipe { .. }));
-        assert_eq!(&src[value.span.start..value.span.end], "h\n    |> dense(10)");
+        assert_eq!(
+            &src[value.span.start..value.span.end],
+            "h\n    |> dense(10)"
+        );
     }
 
     #[test]
     fn reports_every_bad_line_and_keeps_the_rest() {
-        let src = "model m {\n  input image f32[784]\n  h = image |> dense(128\n  y = h |> relu\n}\n";
+        let src =
+            "model m {\n  input image f32[784]\n  h = image |> dense(128\n  y = h |> relu\n}\n";
         let (file, errors) = parse(src);
         assert_eq!(errors.len(), 2, "{errors:?}");
-        let Item::Model(m) = &file.items[0] else { panic!() };
+        let Item::Model(m) = &file.items[0] else {
+            panic!()
+        };
         assert!(matches!(&m.body[2], Stmt::Bind { name, .. } if name.name == "y"));
-        let Stmt::Error { defines, .. } = &m.body[1] else { panic!() };
+        let Stmt::Error { defines, .. } = &m.body[1] else {
+            panic!()
+        };
         assert_eq!(defines.as_ref().map(|d| d.name.as_str()), Some("h"));
     }
 
@@ -798,15 +987,27 @@ mod tests {
     fn pipe_binds_looser_than_plus() {
         let (file, errors) = parse("model m { y = a + b |> relu }");
         assert!(errors.is_empty(), "{errors:?}");
-        let Item::Model(m) = &file.items[0] else { panic!() };
-        let Stmt::Bind { value, .. } = &m.body[0] else { panic!() };
-        let ExprKind::Pipe { input, .. } = &value.kind else { panic!("{value:?}") };
-        assert!(matches!(input.kind, ExprKind::Binary { op: BinOp::Add, .. }));
+        let Item::Model(m) = &file.items[0] else {
+            panic!()
+        };
+        let Stmt::Bind { value, .. } = &m.body[0] else {
+            panic!()
+        };
+        let ExprKind::Pipe { input, .. } = &value.kind else {
+            panic!("{value:?}")
+        };
+        assert!(matches!(
+            input.kind,
+            ExprKind::Binary { op: BinOp::Add, .. }
+        ));
     }
 
     #[test]
     fn unclosed_block_is_one_clear_error() {
         let (_, errors) = parse("model m {\n  x = y\n");
-        assert!(matches!(errors.as_slice(), [SyntaxError::Unclosed { .. }]), "{errors:?}");
+        assert!(
+            matches!(errors.as_slice(), [SyntaxError::Unclosed { .. }]),
+            "{errors:?}"
+        );
     }
 }

@@ -14,7 +14,11 @@ use modelc_compiler::{Program, Sources};
 use crate::render;
 
 #[derive(Parser)]
-#[command(name = "modelc", version, about = "A compiler for declarative neural-network specs")]
+#[command(
+    name = "modelc",
+    version,
+    about = "A compiler for declarative neural-network specs"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -52,11 +56,20 @@ enum Format {
 const WIDTH: usize = 100;
 
 /// Runs the CLI with `args` (program name first). Returns the exit code.
-pub fn run(args: impl IntoIterator<Item = OsString>, out: &mut dyn Write, err: &mut dyn Write, color: bool) -> i32 {
+pub fn run(
+    args: impl IntoIterator<Item = OsString>,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+    color: bool,
+) -> i32 {
     let cli = match Cli::try_parse_from(args) {
         Ok(c) => c,
         Err(e) => {
-            let text = if color { e.render().ansi().to_string() } else { e.render().to_string() };
+            let text = if color {
+                e.render().ansi().to_string()
+            } else {
+                e.render().to_string()
+            };
             let stream: &mut dyn Write = if e.use_stderr() { err } else { out };
             let _ = write!(stream, "{text}");
             return e.exit_code();
@@ -64,7 +77,20 @@ pub fn run(args: impl IntoIterator<Item = OsString>, out: &mut dyn Write, err: &
     };
     let result = match cli.command {
         Command::Check { files } => check(&files, out, err, color),
-        Command::Summary { file, model, stage, format } => summary(&file, model.as_deref(), stage.as_deref(), format, out, err, color),
+        Command::Summary {
+            file,
+            model,
+            stage,
+            format,
+        } => summary(
+            &file,
+            model.as_deref(),
+            stage.as_deref(),
+            format,
+            out,
+            err,
+            color,
+        ),
     };
     match result {
         Ok(code) => code,
@@ -78,7 +104,11 @@ pub fn run(args: impl IntoIterator<Item = OsString>, out: &mut dyn Write, err: &
 type Result<T> = std::result::Result<T, String>;
 
 /// Loads and checks `path`; renders the diagnostics to `err` when there are any.
-fn load(path: &std::path::Path, err: &mut dyn Write, color: bool) -> Result<Option<(Sources, Program)>> {
+fn load(
+    path: &std::path::Path,
+    err: &mut dyn Write,
+    color: bool,
+) -> Result<Option<(Sources, Program)>> {
     let (sources, program, errors) = modelc_compiler::check_path(path)?;
     if errors.is_empty() {
         return Ok(Some((sources, program)));
@@ -86,7 +116,12 @@ fn load(path: &std::path::Path, err: &mut dyn Write, color: bool) -> Result<Opti
     let text = render::diagnostics(&sources, &errors, color, WIDTH);
     let _ = write!(err, "{text}");
     let n = errors.len();
-    let _ = writeln!(err, "{}: {n} error{}", path.display(), if n == 1 { "" } else { "s" });
+    let _ = writeln!(
+        err,
+        "{}: {n} error{}",
+        path.display(),
+        if n == 1 { "" } else { "s" }
+    );
     Ok(None)
 }
 
@@ -95,7 +130,12 @@ fn check(files: &[PathBuf], out: &mut dyn Write, err: &mut dyn Write, color: boo
     for path in files {
         match load(path, err, color) {
             Ok(Some((sources, program))) => {
-                let _ = writeln!(out, "ok    {}: {}", path.display(), one_line(&sources, &program));
+                let _ = writeln!(
+                    out,
+                    "ok    {}: {}",
+                    path.display(),
+                    one_line(&sources, &program)
+                );
             }
             Ok(None) => failed += 1,
             Err(e) => {
@@ -116,14 +156,28 @@ fn one_line(sources: &Sources, p: &Program) -> String {
     let _ = sources;
     let mut parts = Vec::new();
     for m in p.models.iter().filter(|m| m.file == root) {
-        parts.push(format!("model {} ({} parameters)", m.name, render::thousands(m.param_count())));
+        parts.push(format!(
+            "model {} ({} parameters)",
+            m.name,
+            render::thousands(m.param_count())
+        ));
     }
     for t in p.trains.iter().filter(|t| t.file == root) {
         parts.push(format!("train {} ({})", t.model, train_line(t)));
     }
     for f in p.finetunes.iter().filter(|f| f.file == root) {
-        let stages: Vec<String> = f.stages.iter().map(|s| format!("{} {}ep", s.name, s.epochs)).collect();
-        parts.push(format!("finetune {} from {} ({} stages: {})", f.name, f.base, f.stages.len(), stages.join(", ")));
+        let stages: Vec<String> = f
+            .stages
+            .iter()
+            .map(|s| format!("{} {}ep", s.name, s.epochs))
+            .collect();
+        parts.push(format!(
+            "finetune {} from {} ({} stages: {})",
+            f.name,
+            f.base,
+            f.stages.len(),
+            stages.join(", ")
+        ));
     }
     if parts.is_empty() {
         "nothing defined".into()
@@ -133,13 +187,27 @@ fn one_line(sources: &Sources, p: &Program) -> String {
 }
 
 fn train_line(t: &TrainInfo) -> String {
-    let opt = t.optimizer.as_ref().map(|o| format!("{} lr {}", o.name(), o.lr())).unwrap_or_default();
+    let opt = t
+        .optimizer
+        .as_ref()
+        .map(|o| format!("{} lr {}", o.name(), o.lr()))
+        .unwrap_or_default();
     let data = t.data.as_ref().map(|d| d.name()).unwrap_or("?");
     format!("{data}, {opt}, batch {}, {} epochs", t.batch, t.epochs)
 }
 
-fn summary(path: &std::path::Path, only: Option<&str>, stage: Option<&str>, format: Format, out: &mut dyn Write, err: &mut dyn Write, color: bool) -> Result<i32> {
-    let Some((_, program)) = load(path, err, color)? else { return Ok(1) };
+fn summary(
+    path: &std::path::Path,
+    only: Option<&str>,
+    stage: Option<&str>,
+    format: Format,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+    color: bool,
+) -> Result<i32> {
+    let Some((_, program)) = load(path, err, color)? else {
+        return Ok(1);
+    };
     let root = modelc_compiler::FileId(0);
     let mut summaries: Vec<Summary> = Vec::new();
     let mut names = Vec::new();
@@ -148,7 +216,11 @@ fn summary(path: &std::path::Path, only: Option<&str>, stage: Option<&str>, form
         if only.is_some_and(|o| o != m.name) {
             continue;
         }
-        let opt = program.trains.iter().find(|t| t.model == m.name).and_then(|t| t.optimizer.as_ref());
+        let opt = program
+            .trains
+            .iter()
+            .find(|t| t.model == m.name)
+            .and_then(|t| t.optimizer.as_ref());
         summaries.push(summarize(m, None, opt, None));
     }
     for f in program.finetunes.iter().filter(|f| f.file == root) {
@@ -160,13 +232,21 @@ fn summary(path: &std::path::Path, only: Option<&str>, stage: Option<&str>, form
     }
     if summaries.is_empty() {
         return Err(match only {
-            Some(o) => format!("{} has no model or finetune named `{o}` (it has: {})", path.display(), names.join(", ")),
+            Some(o) => format!(
+                "{} has no model or finetune named `{o}` (it has: {})",
+                path.display(),
+                names.join(", ")
+            ),
             None => format!("{} defines no model or finetune", path.display()),
         });
     }
     match format {
         Format::Json => {
-            let json = if summaries.len() == 1 { serde_json::to_string_pretty(&summaries[0]) } else { serde_json::to_string_pretty(&summaries) };
+            let json = if summaries.len() == 1 {
+                serde_json::to_string_pretty(&summaries[0])
+            } else {
+                serde_json::to_string_pretty(&summaries)
+            };
             let _ = writeln!(out, "{}", json.map_err(|e| e.to_string())?);
         }
         Format::Table => {
@@ -185,18 +265,38 @@ fn finetune_summary(f: &FinetuneInfo, stage: Option<&str>) -> Result<Summary> {
     let st = match stage {
         Some(name) => f.stages.iter().find(|s| s.name == name).ok_or_else(|| {
             let names: Vec<&str> = f.stages.iter().map(|s| s.name.as_str()).collect();
-            format!("finetune `{}` has no stage `{name}` (it has: {})", f.name, names.join(", "))
+            format!(
+                "finetune `{}` has no stage `{name}` (it has: {})",
+                f.name,
+                names.join(", ")
+            )
         })?,
-        None => f.stages.first().ok_or_else(|| format!("finetune `{}` has no stages", f.name))?,
+        None => f
+            .stages
+            .first()
+            .ok_or_else(|| format!("finetune `{}` has no stages", f.name))?,
     };
-    let mut s = summarize(&f.model, Some(&st.trainable), st.optimizer.as_ref(), Some(&st.name));
+    let mut s = summarize(
+        &f.model,
+        Some(&st.trainable),
+        st.optimizer.as_ref(),
+        Some(&st.name),
+    );
     s.model = format!("{} (from {})", f.name, f.base);
     Ok(s)
 }
 
 /// The summary as an aligned text table with totals.
 fn table(s: &Summary) -> String {
-    let header = ["layer", "op", "output", "trainable", "frozen", "FLOPs", "activations"];
+    let header = [
+        "layer",
+        "op",
+        "output",
+        "trainable",
+        "frozen",
+        "FLOPs",
+        "activations",
+    ];
     let mut cells: Vec<[String; 7]> = vec![header.map(String::from)];
     for r in &s.rows {
         cells.push([

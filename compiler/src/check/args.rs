@@ -64,7 +64,10 @@ pub fn unit_name(u: DurationUnit) -> &'static str {
 /// constant (a tensor expression).
 pub fn constant(e: &Expr) -> Option<Value> {
     Some(match &e.kind {
-        ExprKind::Number { value, is_int: true } => Value::Int(*value as i64),
+        ExprKind::Number {
+            value,
+            is_int: true,
+        } => Value::Int(*value as i64),
         ExprKind::Number { value, .. } => Value::Float(*value),
         ExprKind::Str(s) => Value::Str(s.clone()),
         ExprKind::Name(n) if n.name == "true" => Value::Bool(true),
@@ -87,15 +90,25 @@ pub fn constant(e: &Expr) -> Option<Value> {
 #[derive(Clone, Copy, Debug)]
 pub enum Ty {
     /// A whole number in `[min, max]`.
-    Int { min: i64, max: i64 },
+    Int {
+        min: i64,
+        max: i64,
+    },
     /// A number in the interval; `open_max` excludes the upper bound.
-    Float { min: f64, max: f64, open_min: bool, open_max: bool },
+    Float {
+        min: f64,
+        max: f64,
+        open_min: bool,
+        open_max: bool,
+    },
     Bool,
     Str,
     /// One of a fixed set of names.
     Choice(&'static [&'static str]),
     /// A whole number `k` or a pair `[a, b]`, each at least `min`.
-    IntOrPair { min: i64 },
+    IntOrPair {
+        min: i64,
+    },
     /// `same`, `valid`, a whole number or a pair.
     Padding,
     /// `5 epochs` or `100 steps`.
@@ -109,16 +122,47 @@ pub enum Ty {
 }
 
 impl Ty {
-    pub const POSITIVE_INT: Ty = Ty::Int { min: 1, max: i64::MAX };
-    pub const NON_NEGATIVE_INT: Ty = Ty::Int { min: 0, max: i64::MAX };
-    pub const POSITIVE: Ty = Ty::Float { min: 0.0, max: f64::INFINITY, open_min: true, open_max: true };
-    pub const NON_NEGATIVE: Ty = Ty::Float { min: 0.0, max: f64::INFINITY, open_min: false, open_max: true };
+    pub const POSITIVE_INT: Ty = Ty::Int {
+        min: 1,
+        max: i64::MAX,
+    };
+    pub const NON_NEGATIVE_INT: Ty = Ty::Int {
+        min: 0,
+        max: i64::MAX,
+    };
+    pub const POSITIVE: Ty = Ty::Float {
+        min: 0.0,
+        max: f64::INFINITY,
+        open_min: true,
+        open_max: true,
+    };
+    pub const NON_NEGATIVE: Ty = Ty::Float {
+        min: 0.0,
+        max: f64::INFINITY,
+        open_min: false,
+        open_max: true,
+    };
     /// `[0, 1)`: momentum, betas, dropout rates.
-    pub const UNIT_OPEN: Ty = Ty::Float { min: 0.0, max: 1.0, open_min: false, open_max: true };
+    pub const UNIT_OPEN: Ty = Ty::Float {
+        min: 0.0,
+        max: 1.0,
+        open_min: false,
+        open_max: true,
+    };
     /// `(0, 1]`: decay factors.
-    pub const UNIT_HALF_OPEN: Ty = Ty::Float { min: 0.0, max: 1.0, open_min: true, open_max: false };
+    pub const UNIT_HALF_OPEN: Ty = Ty::Float {
+        min: 0.0,
+        max: 1.0,
+        open_min: true,
+        open_max: false,
+    };
     /// `(0, 1)`: fractions such as a validation split.
-    pub const FRACTION: Ty = Ty::Float { min: 0.0, max: 1.0, open_min: true, open_max: true };
+    pub const FRACTION: Ty = Ty::Float {
+        min: 0.0,
+        max: 1.0,
+        open_min: true,
+        open_max: true,
+    };
 
     fn expected(&self) -> String {
         match self {
@@ -165,11 +209,19 @@ pub enum Default {
 }
 
 pub const fn req(name: &'static str, ty: Ty) -> Param {
-    Param { name, ty, default: None }
+    Param {
+        name,
+        ty,
+        default: None,
+    }
 }
 
 pub const fn opt(name: &'static str, ty: Ty, default: Default) -> Param {
-    Param { name, ty, default: Some(default) }
+    Param {
+        name,
+        ty,
+        default: Some(default),
+    }
 }
 
 /// Bound configuration arguments: name → (value, span of the value).
@@ -240,13 +292,21 @@ pub fn bind(
     args: &[&Arg],
     errors: &mut Vec<CheckError>,
 ) -> Bound {
-    let mut out = Bound { values: BTreeMap::new(), span: call_span };
+    let mut out = Bound {
+        values: BTreeMap::new(),
+        span: call_span,
+    };
     let mut given: BTreeMap<&'static str, Span> = BTreeMap::new();
     let mut positional = 0usize;
     for arg in args {
         // An argument the parser already reported stands for itself.
         if matches!(&arg.value.kind, ExprKind::Name(n) if n.name.is_empty()) {
-            if let Some(p) = arg.name.as_ref().and_then(|n| params.iter().find(|p| p.name == n.name)).or(params.get(positional)) {
+            if let Some(p) = arg
+                .name
+                .as_ref()
+                .and_then(|n| params.iter().find(|p| p.name == n.name))
+                .or(params.get(positional))
+            {
                 given.insert(p.name, arg.span);
             }
             positional += usize::from(arg.name.is_none());
@@ -278,7 +338,10 @@ pub fn bind(
             None => {
                 // A bare name that is a boolean parameter is a flag: `causal`.
                 if let Some(Value::Name(n)) = &value {
-                    if let Some(p) = params.iter().find(|p| p.name == n && matches!(p.ty, Ty::Bool)) {
+                    if let Some(p) = params
+                        .iter()
+                        .find(|p| p.name == n && matches!(p.ty, Ty::Bool))
+                    {
                         record(p, Value::Bool(true), arg.span, &mut out, &mut given, errors);
                         continue;
                     }
@@ -410,9 +473,20 @@ fn check_value(callee: &str, p: &Param, v: &Value, span: Span) -> Option<CheckEr
             }
         }
         (Ty::Int { .. }, Value::Float(f)) => {
-            return Some(wrong(Some(format!("use a whole number, e.g. {}", f.round()))));
+            return Some(wrong(Some(format!(
+                "use a whole number, e.g. {}",
+                f.round()
+            ))));
         }
-        (Ty::Float { min, max, open_min, open_max }, v @ (Value::Int(_) | Value::Float(_))) => {
+        (
+            Ty::Float {
+                min,
+                max,
+                open_min,
+                open_max,
+            },
+            v @ (Value::Int(_) | Value::Float(_)),
+        ) => {
             let x = v.as_f64().unwrap_or(0.0);
             let below = if open_min { x <= min } else { x < min };
             let above = if open_max { x >= max } else { x > max };
@@ -424,20 +498,27 @@ fn check_value(callee: &str, p: &Param, v: &Value, span: Span) -> Option<CheckEr
         (Ty::Call, Value::Call) | (Ty::Range, Value::Range(..)) => {
             if let Value::Range(a, b) = v {
                 if a > b {
-                    return Some(range(format!("{a}..{b}"), "a range whose start is not after its end".into()));
+                    return Some(range(
+                        format!("{a}..{b}"),
+                        "a range whose start is not after its end".into(),
+                    ));
                 }
             }
         }
         (Ty::Call, Value::Name(_)) => {} // `optimizer sgd` without parentheses
         (Ty::Choice(choices), Value::Name(n) | Value::Str(n)) => {
             if !choices.contains(&n.as_str()) {
-                let help = closest(n, choices.iter().copied())
-                    .map(|c| format!("did you mean `{c}`?"));
+                let help =
+                    closest(n, choices.iter().copied()).map(|c| format!("did you mean `{c}`?"));
                 return Some(wrong(help));
             }
         }
         (Ty::IntOrPair { .. } | Ty::Padding, _) if pair_ok(v) => {
-            let min = if let Ty::IntOrPair { min } = p.ty { min } else { 0 };
+            let min = if let Ty::IntOrPair { min } = p.ty {
+                min
+            } else {
+                0
+            };
             let bad = pair_values(v).into_iter().find(|x| *x < min);
             if let Some(x) = bad {
                 return Some(range(x.to_string(), int_range(min, i64::MAX)));
@@ -451,11 +532,16 @@ fn check_value(callee: &str, p: &Param, v: &Value, span: Span) -> Option<CheckEr
         }
         (Ty::Duration, Value::Duration(x, _)) => {
             if *x < 0.0 || x.fract() != 0.0 {
-                return Some(range(fmt_num(*x), "a whole number of epochs or steps".into()));
+                return Some(range(
+                    fmt_num(*x),
+                    "a whole number of epochs or steps".into(),
+                ));
             }
         }
         (Ty::Duration, Value::Int(i)) => {
-            return Some(wrong(Some(format!("say which unit: `{i} epochs` or `{i} steps`"))));
+            return Some(wrong(Some(format!(
+                "say which unit: `{i} epochs` or `{i} steps`"
+            ))));
         }
         _ => return Some(wrong(None)),
     }
@@ -473,7 +559,16 @@ fn pair_ok(v: &Value) -> bool {
 fn pair_values(v: &Value) -> Vec<i64> {
     match v {
         Value::Int(i) => vec![*i],
-        Value::List(l) => l.iter().filter_map(|x| if let Value::Int(i) = x { Some(*i) } else { None }).collect(),
+        Value::List(l) => l
+            .iter()
+            .filter_map(|x| {
+                if let Value::Int(i) = x {
+                    Some(*i)
+                } else {
+                    None
+                }
+            })
+            .collect(),
         _ => vec![],
     }
 }
@@ -488,7 +583,11 @@ fn int_range(min: i64, max: i64) -> String {
 
 fn float_range(min: f64, max: f64, open_min: bool, open_max: bool) -> String {
     if max.is_infinite() {
-        return if open_min { format!("greater than {}", fmt_num(min)) } else { format!("at least {}", fmt_num(min)) };
+        return if open_min {
+            format!("greater than {}", fmt_num(min))
+        } else {
+            format!("at least {}", fmt_num(min))
+        };
     }
     format!(
         "in {}{}, {}{}",

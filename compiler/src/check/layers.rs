@@ -16,22 +16,54 @@ use super::types::{DType, Dim, Shape, TensorType};
 #[derive(Clone, Debug, PartialEq, Serialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum Layer {
-    Dense { units: u64, bias: bool },
-    Conv2d { filters: u64, kernel: (u64, u64), stride: (u64, u64), padding: (u64, u64), bias: bool },
-    Maxpool { size: (u64, u64), stride: (u64, u64) },
-    Avgpool { size: (u64, u64), stride: (u64, u64) },
+    Dense {
+        units: u64,
+        bias: bool,
+    },
+    Conv2d {
+        filters: u64,
+        kernel: (u64, u64),
+        stride: (u64, u64),
+        padding: (u64, u64),
+        bias: bool,
+    },
+    Maxpool {
+        size: (u64, u64),
+        stride: (u64, u64),
+    },
+    Avgpool {
+        size: (u64, u64),
+        stride: (u64, u64),
+    },
     Flatten,
-    Dropout { rate: f64 },
+    Dropout {
+        rate: f64,
+    },
     Relu,
     Sigmoid,
     Tanh,
     Gelu,
-    Softmax { axis: usize },
-    Layernorm { eps: f64 },
-    Embed { vocab: u64, dim: u64 },
-    Positions { length: u64, dim: u64 },
-    Attention { heads: u64, causal: bool },
-    Concat { axis: usize },
+    Softmax {
+        axis: usize,
+    },
+    Layernorm {
+        eps: f64,
+    },
+    Embed {
+        vocab: u64,
+        dim: u64,
+    },
+    Positions {
+        length: u64,
+        dim: u64,
+    },
+    Attention {
+        heads: u64,
+        causal: bool,
+    },
+    Concat {
+        axis: usize,
+    },
     Add,
 }
 
@@ -144,7 +176,15 @@ pub struct Sig {
 const AVERAGES: &[&str] = &["macro", "micro", "weighted"];
 
 pub const SIGS: &[Sig] = &[
-    Sig { name: "dense", kind: Kind::Layer, inputs: Inputs::One, params: &[req("units", Ty::POSITIVE_INT), opt("bias", Ty::Bool, D::Bool(true))] },
+    Sig {
+        name: "dense",
+        kind: Kind::Layer,
+        inputs: Inputs::One,
+        params: &[
+            req("units", Ty::POSITIVE_INT),
+            opt("bias", Ty::Bool, D::Bool(true)),
+        ],
+    },
     Sig {
         name: "conv2d",
         kind: Kind::Layer,
@@ -157,28 +197,150 @@ pub const SIGS: &[Sig] = &[
             opt("bias", Ty::Bool, D::Bool(true)),
         ],
     },
-    Sig { name: "maxpool", kind: Kind::Layer, inputs: Inputs::One, params: &[req("size", Ty::IntOrPair { min: 1 }), opt("stride", Ty::IntOrPair { min: 1 }, D::Absent)] },
-    Sig { name: "avgpool", kind: Kind::Layer, inputs: Inputs::One, params: &[req("size", Ty::IntOrPair { min: 1 }), opt("stride", Ty::IntOrPair { min: 1 }, D::Absent)] },
-    Sig { name: "flatten", kind: Kind::Layer, inputs: Inputs::One, params: &[] },
-    Sig { name: "dropout", kind: Kind::Layer, inputs: Inputs::One, params: &[req("rate", Ty::UNIT_OPEN)] },
-    Sig { name: "relu", kind: Kind::Layer, inputs: Inputs::One, params: &[] },
-    Sig { name: "sigmoid", kind: Kind::Layer, inputs: Inputs::One, params: &[] },
-    Sig { name: "tanh", kind: Kind::Layer, inputs: Inputs::One, params: &[] },
-    Sig { name: "gelu", kind: Kind::Layer, inputs: Inputs::One, params: &[] },
-    Sig { name: "softmax", kind: Kind::Layer, inputs: Inputs::One, params: &[opt("axis", Ty::Int { min: -8, max: 8 }, D::Int(-1))] },
-    Sig { name: "layernorm", kind: Kind::Layer, inputs: Inputs::One, params: &[opt("eps", Ty::POSITIVE, D::Float(1e-5))] },
-    Sig { name: "embed", kind: Kind::Layer, inputs: Inputs::One, params: &[req("vocab", Ty::POSITIVE_INT), req("dim", Ty::POSITIVE_INT)] },
-    Sig { name: "positions", kind: Kind::Layer, inputs: Inputs::None, params: &[req("length", Ty::POSITIVE_INT), req("dim", Ty::POSITIVE_INT)] },
-    Sig { name: "attention", kind: Kind::Layer, inputs: Inputs::One, params: &[req("heads", Ty::POSITIVE_INT), opt("causal", Ty::Bool, D::Bool(false))] },
-    Sig { name: "concat", kind: Kind::Layer, inputs: Inputs::Many, params: &[opt("axis", Ty::Int { min: -8, max: 8 }, D::Int(-1))] },
-    Sig { name: "add", kind: Kind::Layer, inputs: Inputs::Many, params: &[] },
-    Sig { name: "cross_entropy", kind: Kind::Loss, inputs: Inputs::Two, params: &[opt("label_smoothing", Ty::UNIT_OPEN, D::Float(0.0))] },
-    Sig { name: "binary_cross_entropy", kind: Kind::Loss, inputs: Inputs::Two, params: &[opt("from_logits", Ty::Bool, D::Bool(false))] },
-    Sig { name: "mse", kind: Kind::Loss, inputs: Inputs::Two, params: &[] },
-    Sig { name: "accuracy", kind: Kind::Metric, inputs: Inputs::Two, params: &[] },
-    Sig { name: "precision", kind: Kind::Metric, inputs: Inputs::Two, params: &[opt("average", Ty::Choice(AVERAGES), D::Name("macro"))] },
-    Sig { name: "recall", kind: Kind::Metric, inputs: Inputs::Two, params: &[opt("average", Ty::Choice(AVERAGES), D::Name("macro"))] },
-    Sig { name: "f1", kind: Kind::Metric, inputs: Inputs::Two, params: &[opt("average", Ty::Choice(AVERAGES), D::Name("macro"))] },
+    Sig {
+        name: "maxpool",
+        kind: Kind::Layer,
+        inputs: Inputs::One,
+        params: &[
+            req("size", Ty::IntOrPair { min: 1 }),
+            opt("stride", Ty::IntOrPair { min: 1 }, D::Absent),
+        ],
+    },
+    Sig {
+        name: "avgpool",
+        kind: Kind::Layer,
+        inputs: Inputs::One,
+        params: &[
+            req("size", Ty::IntOrPair { min: 1 }),
+            opt("stride", Ty::IntOrPair { min: 1 }, D::Absent),
+        ],
+    },
+    Sig {
+        name: "flatten",
+        kind: Kind::Layer,
+        inputs: Inputs::One,
+        params: &[],
+    },
+    Sig {
+        name: "dropout",
+        kind: Kind::Layer,
+        inputs: Inputs::One,
+        params: &[req("rate", Ty::UNIT_OPEN)],
+    },
+    Sig {
+        name: "relu",
+        kind: Kind::Layer,
+        inputs: Inputs::One,
+        params: &[],
+    },
+    Sig {
+        name: "sigmoid",
+        kind: Kind::Layer,
+        inputs: Inputs::One,
+        params: &[],
+    },
+    Sig {
+        name: "tanh",
+        kind: Kind::Layer,
+        inputs: Inputs::One,
+        params: &[],
+    },
+    Sig {
+        name: "gelu",
+        kind: Kind::Layer,
+        inputs: Inputs::One,
+        params: &[],
+    },
+    Sig {
+        name: "softmax",
+        kind: Kind::Layer,
+        inputs: Inputs::One,
+        params: &[opt("axis", Ty::Int { min: -8, max: 8 }, D::Int(-1))],
+    },
+    Sig {
+        name: "layernorm",
+        kind: Kind::Layer,
+        inputs: Inputs::One,
+        params: &[opt("eps", Ty::POSITIVE, D::Float(1e-5))],
+    },
+    Sig {
+        name: "embed",
+        kind: Kind::Layer,
+        inputs: Inputs::One,
+        params: &[req("vocab", Ty::POSITIVE_INT), req("dim", Ty::POSITIVE_INT)],
+    },
+    Sig {
+        name: "positions",
+        kind: Kind::Layer,
+        inputs: Inputs::None,
+        params: &[
+            req("length", Ty::POSITIVE_INT),
+            req("dim", Ty::POSITIVE_INT),
+        ],
+    },
+    Sig {
+        name: "attention",
+        kind: Kind::Layer,
+        inputs: Inputs::One,
+        params: &[
+            req("heads", Ty::POSITIVE_INT),
+            opt("causal", Ty::Bool, D::Bool(false)),
+        ],
+    },
+    Sig {
+        name: "concat",
+        kind: Kind::Layer,
+        inputs: Inputs::Many,
+        params: &[opt("axis", Ty::Int { min: -8, max: 8 }, D::Int(-1))],
+    },
+    Sig {
+        name: "add",
+        kind: Kind::Layer,
+        inputs: Inputs::Many,
+        params: &[],
+    },
+    Sig {
+        name: "cross_entropy",
+        kind: Kind::Loss,
+        inputs: Inputs::Two,
+        params: &[opt("label_smoothing", Ty::UNIT_OPEN, D::Float(0.0))],
+    },
+    Sig {
+        name: "binary_cross_entropy",
+        kind: Kind::Loss,
+        inputs: Inputs::Two,
+        params: &[opt("from_logits", Ty::Bool, D::Bool(false))],
+    },
+    Sig {
+        name: "mse",
+        kind: Kind::Loss,
+        inputs: Inputs::Two,
+        params: &[],
+    },
+    Sig {
+        name: "accuracy",
+        kind: Kind::Metric,
+        inputs: Inputs::Two,
+        params: &[],
+    },
+    Sig {
+        name: "precision",
+        kind: Kind::Metric,
+        inputs: Inputs::Two,
+        params: &[opt("average", Ty::Choice(AVERAGES), D::Name("macro"))],
+    },
+    Sig {
+        name: "recall",
+        kind: Kind::Metric,
+        inputs: Inputs::Two,
+        params: &[opt("average", Ty::Choice(AVERAGES), D::Name("macro"))],
+    },
+    Sig {
+        name: "f1",
+        kind: Kind::Metric,
+        inputs: Inputs::Two,
+        params: &[opt("average", Ty::Choice(AVERAGES), D::Name("macro"))],
+    },
 ];
 
 pub fn sig(name: &str) -> Option<&'static Sig> {
@@ -193,7 +355,11 @@ pub fn names(kind: Kind) -> impl Iterator<Item = &'static str> {
 pub fn layer(name: &str, a: &Bound, input_rank: usize) -> Option<Layer> {
     let axis = |a: &Bound| {
         let ax = a.int("axis");
-        if ax < 0 { (input_rank as i64 + ax).max(0) as usize } else { ax as usize }
+        if ax < 0 {
+            (input_rank as i64 + ax).max(0) as usize
+        } else {
+            ax as usize
+        }
     };
     let padding = |a: &Bound| match a.get("padding") {
         Some(super::args::Value::Name(n)) if n == "same" => {
@@ -204,7 +370,10 @@ pub fn layer(name: &str, a: &Bound, input_rank: usize) -> Option<Layer> {
         _ => a.pair("padding"),
     };
     Some(match name {
-        "dense" => Layer::Dense { units: a.uint("units"), bias: a.bool("bias") },
+        "dense" => Layer::Dense {
+            units: a.uint("units"),
+            bias: a.bool("bias"),
+        },
         "conv2d" => Layer::Conv2d {
             filters: a.uint("filters"),
             kernel: a.pair("kernel"),
@@ -214,20 +383,41 @@ pub fn layer(name: &str, a: &Bound, input_rank: usize) -> Option<Layer> {
         },
         "maxpool" | "avgpool" => {
             let size = a.pair("size");
-            let stride = if a.get("stride").is_some() { a.pair("stride") } else { size };
-            if name == "maxpool" { Layer::Maxpool { size, stride } } else { Layer::Avgpool { size, stride } }
+            let stride = if a.get("stride").is_some() {
+                a.pair("stride")
+            } else {
+                size
+            };
+            if name == "maxpool" {
+                Layer::Maxpool { size, stride }
+            } else {
+                Layer::Avgpool { size, stride }
+            }
         }
         "flatten" => Layer::Flatten,
-        "dropout" => Layer::Dropout { rate: a.float("rate") },
+        "dropout" => Layer::Dropout {
+            rate: a.float("rate"),
+        },
         "relu" => Layer::Relu,
         "sigmoid" => Layer::Sigmoid,
         "tanh" => Layer::Tanh,
         "gelu" => Layer::Gelu,
         "softmax" => Layer::Softmax { axis: axis(a) },
-        "layernorm" => Layer::Layernorm { eps: a.float("eps") },
-        "embed" => Layer::Embed { vocab: a.uint("vocab"), dim: a.uint("dim") },
-        "positions" => Layer::Positions { length: a.uint("length"), dim: a.uint("dim") },
-        "attention" => Layer::Attention { heads: a.uint("heads"), causal: a.bool("causal") },
+        "layernorm" => Layer::Layernorm {
+            eps: a.float("eps"),
+        },
+        "embed" => Layer::Embed {
+            vocab: a.uint("vocab"),
+            dim: a.uint("dim"),
+        },
+        "positions" => Layer::Positions {
+            length: a.uint("length"),
+            dim: a.uint("dim"),
+        },
+        "attention" => Layer::Attention {
+            heads: a.uint("heads"),
+            causal: a.bool("causal"),
+        },
         "concat" => Layer::Concat { axis: axis(a) },
         "add" => Layer::Add,
         _ => return None,
@@ -236,8 +426,12 @@ pub fn layer(name: &str, a: &Bound, input_rank: usize) -> Option<Layer> {
 
 pub fn loss(name: &str, a: &Bound) -> Option<Loss> {
     Some(match name {
-        "cross_entropy" => Loss::CrossEntropy { label_smoothing: a.float("label_smoothing") },
-        "binary_cross_entropy" => Loss::BinaryCrossEntropy { from_logits: a.bool("from_logits") },
+        "cross_entropy" => Loss::CrossEntropy {
+            label_smoothing: a.float("label_smoothing"),
+        },
+        "binary_cross_entropy" => Loss::BinaryCrossEntropy {
+            from_logits: a.bool("from_logits"),
+        },
         "mse" => Loss::Mse,
         _ => return None,
     })
@@ -269,7 +463,12 @@ pub struct ShapeError {
 }
 
 fn err(expected: impl Into<String>, help: Option<String>) -> ShapeError {
-    ShapeError { expected: expected.into(), help, input: 0, dtype: false }
+    ShapeError {
+        expected: expected.into(),
+        help,
+        input: 0,
+        dtype: false,
+    }
 }
 
 /// The output type of `layer` applied to `inputs`, or why it cannot be.
@@ -292,7 +491,9 @@ pub fn infer(layer: &Layer, inputs: &[TensorType]) -> Result<TensorType, ShapeEr
     }
     let Some(x) = inputs.first() else {
         return match layer {
-            Layer::Positions { length, dim } => f32_out(Shape(vec![Dim::Fixed(*length), Dim::Fixed(*dim)])),
+            Layer::Positions { length, dim } => {
+                f32_out(Shape(vec![Dim::Fixed(*length), Dim::Fixed(*dim)]))
+            }
             _ => Err(err("an input", None)),
         };
     };
@@ -316,7 +517,13 @@ pub fn infer(layer: &Layer, inputs: &[TensorType]) -> Result<TensorType, ShapeEr
             *out.last_mut().unwrap_or(&mut Dim::Batch) = Dim::Fixed(*units);
             f32_out(Shape(out))
         }
-        Layer::Conv2d { filters, kernel, stride, padding, .. } => {
+        Layer::Conv2d {
+            filters,
+            kernel,
+            stride,
+            padding,
+            ..
+        } => {
             let (c, h, w) = image_dims(s).ok_or_else(|| image_error(s, "conv2d"))?;
             let _ = c;
             let oh = window_out(h, kernel.0, stride.0, padding.0);
@@ -332,29 +539,45 @@ pub fn infer(layer: &Layer, inputs: &[TensorType]) -> Result<TensorType, ShapeEr
         Layer::Maxpool { size, stride } | Layer::Avgpool { size, stride } => {
             let name = layer.name();
             let (c, h, w) = image_dims(s).ok_or_else(|| image_error(s, name))?;
-            match (window_out(h, size.0, stride.0, 0), window_out(w, size.1, stride.1, 0)) {
+            match (
+                window_out(h, size.0, stride.0, 0),
+                window_out(w, size.1, stride.1, 0),
+            ) {
                 (Some(oh), Some(ow)) => f32_out(Shape::batched(&[c, oh, ow])),
                 _ => Err(err(
                     format!("an image of at least {}×{}", size.0, size.1),
-                    Some(format!("the {h}×{w} input is smaller than the {}×{} window", size.0, size.1)),
+                    Some(format!(
+                        "the {h}×{w} input is smaller than the {}×{} window",
+                        size.0, size.1
+                    )),
                 )),
             }
         }
         Layer::Flatten => {
             if !s.has_batch() || s.rank() < 2 {
-                return Err(err("[N, …] with at least one dimension after the batch", None));
+                return Err(err(
+                    "[N, …] with at least one dimension after the batch",
+                    None,
+                ));
             }
             f32_out(Shape::batched(&[s.sample_elements()]))
         }
-        Layer::Dropout { .. } | Layer::Relu | Layer::Sigmoid | Layer::Tanh | Layer::Gelu => f32_out(s.clone()),
+        Layer::Dropout { .. } | Layer::Relu | Layer::Sigmoid | Layer::Tanh | Layer::Gelu => {
+            f32_out(s.clone())
+        }
         Layer::Softmax { axis } | Layer::Concat { axis } if *axis >= s.rank() => Err(err(
             format!("an axis below {} for this input", s.rank()),
-            Some(format!("axis counts from 0 (the batch) to {}, or from -1 backwards", s.rank().saturating_sub(1))),
+            Some(format!(
+                "axis counts from 0 (the batch) to {}, or from -1 backwards",
+                s.rank().saturating_sub(1)
+            )),
         )),
-        Layer::Softmax { axis } | Layer::Concat { axis } if *axis == 0 && s.has_batch() => Err(err(
-            "an axis other than the batch",
-            Some("axis 0 is the batch; use -1 for the last dimension".into()),
-        )),
+        Layer::Softmax { axis } | Layer::Concat { axis } if *axis == 0 && s.has_batch() => {
+            Err(err(
+                "an axis other than the batch",
+                Some("axis 0 is the batch; use -1 for the last dimension".into()),
+            ))
+        }
         Layer::Softmax { .. } => f32_out(s.clone()),
         Layer::Layernorm { .. } => {
             if s.rank() < 1 || (s.has_batch() && s.rank() < 2) {
@@ -366,7 +589,9 @@ pub fn infer(layer: &Layer, inputs: &[TensorType]) -> Result<TensorType, ShapeEr
             if x.dtype != DType::I32 {
                 return Err(ShapeError {
                     expected: "i32".into(),
-                    help: Some("embed looks up integer token ids; declare the input as i32[…]".into()),
+                    help: Some(
+                        "embed looks up integer token ids; declare the input as i32[…]".into(),
+                    ),
                     input: 0,
                     dtype: true,
                 });
@@ -375,17 +600,29 @@ pub fn infer(layer: &Layer, inputs: &[TensorType]) -> Result<TensorType, ShapeEr
             out.push(Dim::Fixed(*dim));
             f32_out(Shape(out))
         }
-        Layer::Positions { .. } => Err(err("no input", Some("positions(length, dim: …) takes no input; add it to an embedding".into()))),
+        Layer::Positions { .. } => Err(err(
+            "no input",
+            Some("positions(length, dim: …) takes no input; add it to an embedding".into()),
+        )),
         Layer::Attention { heads, .. } => {
             if !(s.has_batch() && s.rank() == 3) {
-                return Err(err("[N, T, features]", Some("attention works on sequences: embed tokens first".into())));
+                return Err(err(
+                    "[N, T, features]",
+                    Some("attention works on sequences: embed tokens first".into()),
+                ));
             }
             let d = s.last().unwrap_or(0);
             if d % heads != 0 {
-                let divisors: Vec<String> = (1..=d.min(64)).filter(|k| d % k == 0).map(|k| k.to_string()).collect();
+                let divisors: Vec<String> = (1..=d.min(64))
+                    .filter(|k| d % k == 0)
+                    .map(|k| k.to_string())
+                    .collect();
                 return Err(err(
                     format!("a feature size divisible by {heads} heads"),
-                    Some(format!("{d} features split into {} heads", divisors.join(", "))),
+                    Some(format!(
+                        "{d} features split into {} heads",
+                        divisors.join(", ")
+                    )),
                 ));
             }
             f32_out(s.clone())
@@ -395,7 +632,12 @@ pub fn infer(layer: &Layer, inputs: &[TensorType]) -> Result<TensorType, ShapeEr
             let mut total = 0;
             for (i, t) in inputs.iter().enumerate() {
                 let ok = t.shape.rank() == s.rank()
-                    && t.shape.0.iter().zip(dims).enumerate().all(|(k, (a, b))| k == *axis || a == b);
+                    && t.shape
+                        .0
+                        .iter()
+                        .zip(dims)
+                        .enumerate()
+                        .all(|(k, (a, b))| k == *axis || a == b);
                 if !ok {
                     return Err(ShapeError {
                         expected: format!("{s} in every dimension but axis {axis}"),
@@ -441,10 +683,14 @@ fn image_error(s: &Shape, layer: &str) -> ShapeError {
             if side * side == *n {
                 Some(format!("{layer} needs images: declare the input as f32[1, {side}, {side}] (channels, height, width)"))
             } else {
-                Some(format!("{layer} needs images of shape [N, channels, height, width]"))
+                Some(format!(
+                    "{layer} needs images of shape [N, channels, height, width]"
+                ))
             }
         }
-        [h, w] => Some(format!("add a channel dimension: declare the input as f32[1, {h}, {w}]")),
+        [h, w] => Some(format!(
+            "add a channel dimension: declare the input as f32[1, {h}, {w}]"
+        )),
         _ => None,
     };
     err("[N, channels, height, width]", help)
@@ -467,8 +713,17 @@ pub fn params(layer: &Layer, inputs: &[TensorType]) -> Vec<(&'static str, Vec<u6
             }
             p
         }
-        Layer::Conv2d { filters, kernel, bias, .. } => {
-            let c = inputs.first().and_then(|t| image_dims(&t.shape)).map(|d| d.0).unwrap_or(0);
+        Layer::Conv2d {
+            filters,
+            kernel,
+            bias,
+            ..
+        } => {
+            let c = inputs
+                .first()
+                .and_then(|t| image_dims(&t.shape))
+                .map(|d| d.0)
+                .unwrap_or(0);
             let mut p = vec![("weight", vec![*filters, c, kernel.0, kernel.1])];
             if *bias {
                 p.push(("bias", vec![*filters]));
@@ -491,7 +746,10 @@ pub fn params(layer: &Layer, inputs: &[TensorType]) -> Vec<(&'static str, Vec<u6
 /// Forward FLOPs per sample (see the module doc for what counts).
 pub fn flops(layer: &Layer, inputs: &[TensorType], out: &TensorType) -> u64 {
     let out_elems = out.shape.sample_elements();
-    let in_elems = inputs.first().map(|t| t.shape.sample_elements()).unwrap_or(0);
+    let in_elems = inputs
+        .first()
+        .map(|t| t.shape.sample_elements())
+        .unwrap_or(0);
     match layer {
         Layer::Dense { units, bias } => {
             let fan_in = inputs.first().and_then(|t| t.shape.last()).unwrap_or(0);
@@ -499,11 +757,17 @@ pub fn flops(layer: &Layer, inputs: &[TensorType], out: &TensorType) -> u64 {
             rows * (2 * fan_in * units + if *bias { *units } else { 0 })
         }
         Layer::Conv2d { kernel, bias, .. } => {
-            let c = inputs.first().and_then(|t| image_dims(&t.shape)).map(|d| d.0).unwrap_or(0);
+            let c = inputs
+                .first()
+                .and_then(|t| image_dims(&t.shape))
+                .map(|d| d.0)
+                .unwrap_or(0);
             out_elems * (2 * c * kernel.0 * kernel.1 + u64::from(*bias))
         }
         Layer::Maxpool { size, .. } | Layer::Avgpool { size, .. } => out_elems * size.0 * size.1,
-        Layer::Dropout { .. } | Layer::Relu | Layer::Sigmoid | Layer::Tanh | Layer::Gelu => out_elems,
+        Layer::Dropout { .. } | Layer::Relu | Layer::Sigmoid | Layer::Tanh | Layer::Gelu => {
+            out_elems
+        }
         Layer::Softmax { .. } => 3 * out_elems,
         Layer::Layernorm { .. } => 5 * out_elems,
         Layer::Add => out_elems * (inputs.len() as u64).saturating_sub(1),

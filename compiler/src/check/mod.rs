@@ -49,7 +49,12 @@ pub fn check(sources: &Sources) -> (Program, Vec<Located>) {
                 let first = (*first_file == id).then_some(first.name.span.into());
                 errors.push(Located {
                     file: id,
-                    error: Error::Check(CheckError::Duplicate { what: "model", name: m.name.name.clone(), span: m.name.span.into(), first }),
+                    error: Error::Check(CheckError::Duplicate {
+                        what: "model",
+                        name: m.name.name.clone(),
+                        span: m.name.span.into(),
+                        first,
+                    }),
                 });
                 continue;
             }
@@ -62,10 +67,18 @@ pub fn check(sources: &Sources) -> (Program, Vec<Located>) {
     let broken_items: Vec<(FileId, String)> = sources
         .ids()
         .flat_map(|id| {
-            sources.file(id).ast.items.iter().filter_map(move |i| match i {
-                Item::Error { first_word: Some(w), .. } => Some((id, w.name.clone())),
-                _ => None,
-            })
+            sources
+                .file(id)
+                .ast
+                .items
+                .iter()
+                .filter_map(move |i| match i {
+                    Item::Error {
+                        first_word: Some(w),
+                        ..
+                    } => Some((id, w.name.clone())),
+                    _ => None,
+                })
         })
         .collect();
     let model_names: Vec<String> = model_asts.keys().cloned().collect();
@@ -79,7 +92,14 @@ pub fn check(sources: &Sources) -> (Program, Vec<Located>) {
                 Some(if model_names.is_empty() {
                     "define it with `model NAME { … }`, or `import` the file that does".into()
                 } else {
-                    format!("the models are {}", model_names.iter().map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", "))
+                    format!(
+                        "the models are {}",
+                        model_names
+                            .iter()
+                            .map(|n| format!("`{n}`"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )
                 })
             }),
         }),
@@ -96,7 +116,10 @@ pub fn check(sources: &Sources) -> (Program, Vec<Located>) {
                     if model.is_none() && !quiet {
                         errors.push(unknown_model(&t.model, id));
                     }
-                    let mut checker = train::SettingsChecker { file: id, errors: &mut errors };
+                    let mut checker = train::SettingsChecker {
+                        file: id,
+                        errors: &mut errors,
+                    };
                     let info = checker.train(t, model.as_ref());
                     program.trains.push(info);
                 }
@@ -104,7 +127,12 @@ pub fn check(sources: &Sources) -> (Program, Vec<Located>) {
                     if let Some(first) = finetune_names.insert(f.name.name.clone(), f.name.span) {
                         errors.push(Located {
                             file: id,
-                            error: Error::Check(CheckError::Duplicate { what: "finetune", name: f.name.name.clone(), span: f.name.span.into(), first: Some(first.into()) }),
+                            error: Error::Check(CheckError::Duplicate {
+                                what: "finetune",
+                                name: f.name.name.clone(),
+                                span: f.name.span.into(),
+                                first: Some(first.into()),
+                            }),
                         });
                         continue;
                     }
@@ -129,8 +157,17 @@ pub fn check(sources: &Sources) -> (Program, Vec<Located>) {
 
 /// Re-checks the base model with the finetune's targets and replacements,
 /// then checks the finetune's settings and stages against it.
-fn finetune(f: &ast::Finetune, file: FileId, base_file: FileId, base: &ast::Model, errors: &mut Vec<Located>) -> Option<FinetuneInfo> {
-    let mut overrides = model::Overrides { file: Some(file), ..Default::default() };
+fn finetune(
+    f: &ast::Finetune,
+    file: FileId,
+    base_file: FileId,
+    base: &ast::Model,
+    errors: &mut Vec<Located>,
+) -> Option<FinetuneInfo> {
+    let mut overrides = model::Overrides {
+        file: Some(file),
+        ..Default::default()
+    };
     let mut replaced_names = Vec::new();
     let top_bindings: Vec<&ast::Ident> = base
         .body
@@ -149,28 +186,57 @@ fn finetune(f: &ast::Finetune, file: FileId, base_file: FileId, base: &ast::Mode
         })
         .collect();
     let mut ok = true;
+    let mut replace_spans: HashMap<String, ast::Span> = HashMap::new();
     for s in &f.body {
         match s {
             FinetuneStmt::Replace { name, value, span } => {
                 if !top_bindings.iter().any(|b| b.name == name.name) {
-                    let help = did_you_mean(&name.name, top_bindings.iter().map(|b| b.name.as_str()));
-                    errors.push(Located { file, error: Error::Check(CheckError::NoSuchLayer { name: name.name.clone(), model: base.name.name.clone(), span: name.span.into(), help }) });
+                    let help =
+                        did_you_mean(&name.name, top_bindings.iter().map(|b| b.name.as_str()));
+                    errors.push(Located {
+                        file,
+                        error: Error::Check(CheckError::NoSuchLayer {
+                            name: name.name.clone(),
+                            model: base.name.name.clone(),
+                            span: name.span.into(),
+                            help,
+                        }),
+                    });
                     ok = false;
                     continue;
                 }
-                if overrides.replace.insert(name.name.clone(), value).is_some() {
+                if let Some(first) = replace_spans.insert(name.name.clone(), *span) {
                     errors.push(Located {
                         file,
-                        error: Error::Check(CheckError::Duplicate { what: "replacement of", name: name.name.clone(), span: (*span).into(), first: None }),
+                        error: Error::Check(CheckError::DeclaredTwice {
+                            what: format!("the replacement of `{}`", name.name),
+                            span: (*span).into(),
+                            first: first.into(),
+                            help: Some("replace a binding once".into()),
+                        }),
                     });
+                    continue;
                 }
+                overrides.replace.insert(name.name.clone(), value);
                 replaced_names.push(name.name.clone());
             }
             FinetuneStmt::Target { name, ty, .. } => {
                 if !base_targets.iter().any(|t| t.name == name.name) {
-                    let help = did_you_mean(&name.name, base_targets.iter().map(|t| t.name.as_str()))
-                        .or_else(|| base_targets.first().map(|t| format!("the base model's target is `{}`", t.name)));
-                    errors.push(Located { file, error: Error::Check(CheckError::Undefined { name: name.name.clone(), span: name.span.into(), help }) });
+                    let help =
+                        did_you_mean(&name.name, base_targets.iter().map(|t| t.name.as_str()))
+                            .or_else(|| {
+                                base_targets
+                                    .first()
+                                    .map(|t| format!("the base model's target is `{}`", t.name))
+                            });
+                    errors.push(Located {
+                        file,
+                        error: Error::Check(CheckError::Undefined {
+                            name: name.name.clone(),
+                            span: name.span.into(),
+                            help,
+                        }),
+                    });
                     ok = false;
                     continue;
                 }
@@ -179,11 +245,17 @@ fn finetune(f: &ast::Finetune, file: FileId, base_file: FileId, base: &ast::Mode
             FinetuneStmt::Setting(_) => {}
         }
     }
-    let (model, model_errors): (ModelInfo, Vec<Located>) = model::ModelChecker::new(base_file, overrides).check(base);
+    let (model, model_errors): (ModelInfo, Vec<Located>) =
+        model::ModelChecker::new(base_file, overrides).check(base);
     // Errors in the base model's own lines were reported when it was checked
     // alone; keep only those that the finetune's changes cause.
-    let before: Vec<Located> = model::ModelChecker::new(base_file, model::Overrides::default()).check(base).1;
-    let new_errors: Vec<Located> = model_errors.into_iter().filter(|e| !before.contains(e)).collect();
+    let before: Vec<Located> = model::ModelChecker::new(base_file, model::Overrides::default())
+        .check(base)
+        .1;
+    let new_errors: Vec<Located> = model_errors
+        .into_iter()
+        .filter(|e| !before.contains(e))
+        .collect();
     let had_errors = !new_errors.is_empty();
     // When a replacement or target named nothing, what follows from the
     // unchanged model is noise.
@@ -195,7 +267,11 @@ fn finetune(f: &ast::Finetune, file: FileId, base_file: FileId, base: &ast::Mode
     let replaced: Vec<String> = model
         .params
         .iter()
-        .filter(|p| replaced_names.iter().any(|r| p.layer == *r || p.layer.starts_with(&format!("{r}."))))
+        .filter(|p| {
+            replaced_names
+                .iter()
+                .any(|r| p.layer == *r || p.layer.starts_with(&format!("{r}.")))
+        })
         .map(|p| p.layer.clone())
         .fold(Vec::new(), |mut v, l| {
             if !v.contains(&l) {

@@ -179,7 +179,10 @@ impl<'a> ModelChecker<'a> {
             errors: Vec::new(),
             nodes: Vec::new(),
             params: Vec::new(),
-            scopes: vec![Scope { names: HashMap::new(), in_repeat: false }],
+            scopes: vec![Scope {
+                names: HashMap::new(),
+                in_repeat: false,
+            }],
             defs: HashMap::new(),
             loop_defs: HashMap::new(),
             prefix: String::new(),
@@ -225,7 +228,8 @@ impl<'a> ModelChecker<'a> {
                 // Reported by the finetune checker, which knows the span.
             }
         }
-        let has_errors = !self.errors.is_empty() || self.broken_input || self.broken_loss || self.broken_any;
+        let has_errors =
+            !self.errors.is_empty() || self.broken_input || self.broken_loss || self.broken_any;
         let info = ModelInfo {
             has_errors,
             name: model.name.name.clone(),
@@ -243,7 +247,10 @@ impl<'a> ModelChecker<'a> {
     }
 
     fn err(&mut self, e: CheckError) {
-        self.errors.push(Located { file: self.stmt_file, error: Error::Check(e) });
+        self.errors.push(Located {
+            file: self.stmt_file,
+            error: Error::Check(e),
+        });
     }
 
     // ------------------------------------------------------------ statements
@@ -268,7 +275,17 @@ impl<'a> ModelChecker<'a> {
                     return;
                 }
                 let t = self.declared_type(ty, false);
-                let node = t.map(|t| self.push(Op::Input { name: name.name.clone() }, vec![], t, *span, &name.name));
+                let node = t.map(|t| {
+                    self.push(
+                        Op::Input {
+                            name: name.name.clone(),
+                        },
+                        vec![],
+                        t,
+                        *span,
+                        &name.name,
+                    )
+                });
                 if let Some(n) = node {
                     self.inputs.push(n);
                 }
@@ -285,9 +302,24 @@ impl<'a> ModelChecker<'a> {
                 }
                 let ty = over.unwrap_or(ty);
                 let t = self.declared_type(ty, true);
-                let per_token = matches!(ty, TypeExpr::Class { per_token: true, .. });
+                let per_token = matches!(
+                    ty,
+                    TypeExpr::Class {
+                        per_token: true,
+                        ..
+                    }
+                );
                 let node = t.map(|t| {
-                    self.push(Op::Target { name: name.name.clone(), per_token }, vec![], t, ty.span(), &name.name)
+                    self.push(
+                        Op::Target {
+                            name: name.name.clone(),
+                            per_token,
+                        },
+                        vec![],
+                        t,
+                        ty.span(),
+                        &name.name,
+                    )
                 });
                 self.stmt_file = saved;
                 if let Some(n) = node {
@@ -296,7 +328,11 @@ impl<'a> ModelChecker<'a> {
                 self.define(name, node, EntryKind::Target);
             }
             Stmt::Bind { name, value, span } => {
-                let replaced = if self.prefix.is_empty() { self.overrides.replace.get(&name.name).copied() } else { None };
+                let replaced = if self.prefix.is_empty() {
+                    self.overrides.replace.get(&name.name).copied()
+                } else {
+                    None
+                };
                 let saved = self.stmt_file;
                 if replaced.is_some() {
                     self.stmt_file = self.overrides.file.unwrap_or(self.file);
@@ -317,7 +353,13 @@ impl<'a> ModelChecker<'a> {
                 }
                 self.define(name, node, EntryKind::Value);
             }
-            Stmt::Repeat { count, count_span, label, body, span: _ } => {
+            Stmt::Repeat {
+                count,
+                count_span,
+                label,
+                body,
+                span: _,
+            } => {
                 if *count == 0 || *count > MAX_REPEAT {
                     self.err(CheckError::OutOfRange {
                         callee: "repeat".into(),
@@ -338,7 +380,10 @@ impl<'a> ModelChecker<'a> {
                 for i in 0..*count {
                     let before = self.errors.len();
                     self.prefix = format!("{saved_prefix}{label}.{i}.");
-                    self.scopes.push(Scope { names: HashMap::new(), in_repeat: true });
+                    self.scopes.push(Scope {
+                        names: HashMap::new(),
+                        in_repeat: true,
+                    });
                     self.stmts(body);
                     self.scopes.pop();
                     // One report per mistake, not one per iteration.
@@ -357,18 +402,29 @@ impl<'a> ModelChecker<'a> {
                         what: "the loss".into(),
                         span: (*span).into(),
                         first: first.into(),
-                        help: Some("a model has one loss; add terms: `loss mse(a, y) + 0.1 * mse(b, y)`".into()),
+                        help: Some(
+                            "a model has one loss; add terms: `loss mse(a, y) + 0.1 * mse(b, y)`"
+                                .into(),
+                        ),
                     });
                     return;
                 }
-                self.naming = Some(BindNaming { scope: "loss".into(), layer_calls: 0, param_layers: 0, next: 0 });
+                self.naming = Some(BindNaming {
+                    scope: "loss".into(),
+                    layer_calls: 0,
+                    param_layers: 0,
+                    next: 0,
+                });
                 let node = self.expr(value, Ctx::Loss);
                 self.naming = None;
                 if let Some(n) = node {
                     let is_loss = self.nodes[n].ty.shape.rank() == 0 && self.contains_loss(n);
                     if !is_loss {
                         let found = format!("a tensor of shape {}", self.nodes[n].ty.shape);
-                        self.err(CheckError::NotALoss { found, span: value.span.into() });
+                        self.err(CheckError::NotALoss {
+                            found,
+                            span: value.span.into(),
+                        });
                         self.broken_loss = true;
                         return;
                     }
@@ -394,7 +450,10 @@ impl<'a> ModelChecker<'a> {
                         return;
                     }
                 };
-                let metric_name = name.as_ref().map(|n| n.name.clone()).unwrap_or_else(|| call.callee.name.clone());
+                let metric_name = name
+                    .as_ref()
+                    .map(|n| n.name.clone())
+                    .unwrap_or_else(|| call.callee.name.clone());
                 if let Some((_, _, first)) = self.metrics.iter().find(|m| m.0 == metric_name) {
                     let first = *first;
                     self.err(CheckError::DeclaredTwice {
@@ -405,14 +464,23 @@ impl<'a> ModelChecker<'a> {
                     });
                     return;
                 }
-                self.naming = Some(BindNaming { scope: metric_name.clone(), layer_calls: 0, param_layers: 0, next: 0 });
+                self.naming = Some(BindNaming {
+                    scope: metric_name.clone(),
+                    layer_calls: 0,
+                    param_layers: 0,
+                    next: 0,
+                });
                 let node = self.expr(value, Ctx::Metric);
                 self.naming = None;
                 if let Some(n) = node {
                     self.metrics.push((metric_name, n, *span));
                 }
             }
-            Stmt::Error { first_word, defines, .. } => {
+            Stmt::Error {
+                first_word,
+                defines,
+                ..
+            } => {
                 self.broken_any = true;
                 match first_word.as_ref().map(|w| w.name.as_str()) {
                     Some("loss") => self.broken_loss = true,
@@ -429,7 +497,10 @@ impl<'a> ModelChecker<'a> {
                         self.broken_input = true;
                     }
                     // Define without a node, so later uses stay quiet.
-                    self.scopes.last_mut().map(|s| s.names.insert(name.name.clone(), Entry { node: None, kind }));
+                    self.scopes.last_mut().map(|s| {
+                        s.names
+                            .insert(name.name.clone(), Entry { node: None, kind })
+                    });
                 }
             }
         }
@@ -456,7 +527,10 @@ impl<'a> ModelChecker<'a> {
     /// Binds `name` in the innermost scope, or updates a loop-carried name.
     fn define(&mut self, name: &ast::Ident, node: Option<usize>, kind: EntryKind) {
         let depth = self.scopes.len();
-        let found = self.scopes.iter().rposition(|s| s.names.contains_key(&name.name));
+        let found = self
+            .scopes
+            .iter()
+            .rposition(|s| s.names.contains_key(&name.name));
         match found {
             // Reassigning a name from outside the repeat body: loop-carried.
             Some(i) if i + 1 < depth && self.in_repeat() && kind == EntryKind::Value => {
@@ -468,12 +542,26 @@ impl<'a> ModelChecker<'a> {
                     }
                 }
                 let first = self.defs.get(&name.name).copied();
-                self.err(CheckError::Duplicate { what: "name", name: name.name.clone(), span: name.span.into(), first: first.map(Into::into) });
+                self.err(CheckError::Duplicate {
+                    what: "name",
+                    name: name.name.clone(),
+                    span: name.span.into(),
+                    first: first.map(Into::into),
+                });
             }
             Some(_) => {
-                let first = self.defs.get(&name.name).or_else(|| self.loop_defs.get(&name.name)).copied();
+                let first = self
+                    .defs
+                    .get(&name.name)
+                    .or_else(|| self.loop_defs.get(&name.name))
+                    .copied();
                 let first = first.filter(|f| *f != name.span);
-                self.err(CheckError::Duplicate { what: "name", name: name.name.clone(), span: name.span.into(), first: first.map(Into::into) });
+                self.err(CheckError::Duplicate {
+                    what: "name",
+                    name: name.name.clone(),
+                    span: name.span.into(),
+                    first: first.map(Into::into),
+                });
             }
             None => {
                 if let Some(s) = self.scopes.last_mut() {
@@ -496,7 +584,12 @@ impl<'a> ModelChecker<'a> {
 
     fn declared_type(&mut self, ty: &TypeExpr, target: bool) -> Option<TensorType> {
         match ty {
-            TypeExpr::Class { classes, classes_span, per_token, .. } => {
+            TypeExpr::Class {
+                classes,
+                classes_span,
+                per_token,
+                ..
+            } => {
                 if !target {
                     self.broken_input = true;
                     self.err(CheckError::WrongKind {
@@ -515,11 +608,18 @@ impl<'a> ModelChecker<'a> {
                         value: classes.to_string(),
                         range: "at least 2".into(),
                         span: (*classes_span).into(),
-                        help: Some("a single output trained with binary_cross_entropy uses `f32[1]`".into()),
+                        help: Some(
+                            "a single output trained with binary_cross_entropy uses `f32[1]`"
+                                .into(),
+                        ),
                     });
                     return None;
                 }
-                let shape = if *per_token { Shape(vec![Dim::Batch, Dim::Fixed(0)]) } else { Shape(vec![Dim::Batch]) };
+                let shape = if *per_token {
+                    Shape(vec![Dim::Batch, Dim::Fixed(0)])
+                } else {
+                    Shape(vec![Dim::Batch])
+                };
                 Some(TensorType::new(DType::Class { classes: *classes }, shape))
             }
             TypeExpr::Tensor { dtype, dims, .. } => {
@@ -527,15 +627,25 @@ impl<'a> ModelChecker<'a> {
                     "f32" => DType::F32,
                     "i32" if !target => DType::I32,
                     other => {
-                        let allowed: &[&str] = if target { &["f32", "class"] } else { &["f32", "i32"] };
+                        let allowed: &[&str] = if target {
+                            &["f32", "class"]
+                        } else {
+                            &["f32", "i32"]
+                        };
                         let help = did_you_mean(other, allowed.iter().copied()).or_else(|| {
                             Some(if target {
-                                "targets are `class[N]` (labels) or `f32[…]` (regression values)".into()
+                                "targets are `class[N]` (labels) or `f32[…]` (regression values)"
+                                    .into()
                             } else {
                                 "inputs are `f32[…]` or `i32[…]`".into()
                             })
                         });
-                        self.err(CheckError::Unknown { kind: "type", name: other.to_string(), span: dtype.span.into(), help });
+                        self.err(CheckError::Unknown {
+                            kind: "type",
+                            name: other.to_string(),
+                            span: dtype.span.into(),
+                            help,
+                        });
                         self.broken_input |= !target;
                         return None;
                     }
@@ -558,7 +668,14 @@ impl<'a> ModelChecker<'a> {
         }
     }
 
-    fn push(&mut self, op: Op, inputs: Vec<usize>, ty: TensorType, span: Span, path: &str) -> usize {
+    fn push(
+        &mut self,
+        op: Op,
+        inputs: Vec<usize>,
+        ty: TensorType,
+        span: Span,
+        path: &str,
+    ) -> usize {
         if self.nodes.len() >= MAX_NODES && !self.too_big {
             self.too_big = true;
             self.err(CheckError::OutOfRange {
@@ -570,7 +687,14 @@ impl<'a> ModelChecker<'a> {
                 help: Some("lower the `repeat` counts".into()),
             });
         }
-        self.nodes.push(Node { op, inputs, ty, file: self.stmt_file, span, path: path.to_string() });
+        self.nodes.push(Node {
+            op,
+            inputs,
+            ty,
+            file: self.stmt_file,
+            span,
+            path: path.to_string(),
+        });
         self.nodes.len() - 1
     }
 
@@ -609,7 +733,10 @@ impl<'a> ModelChecker<'a> {
                 // Report problems in the stage even when the input was broken.
                 self.call(stage, Some((x, input.span)), ctx)
             }
-            ExprKind::Str(_) | ExprKind::List(_) | ExprKind::Range { .. } | ExprKind::Duration { .. } => {
+            ExprKind::Str(_)
+            | ExprKind::List(_)
+            | ExprKind::Range { .. }
+            | ExprKind::Duration { .. } => {
                 let found = constant(e).map(|v| v.describe()).unwrap_or_default();
                 self.err(CheckError::WrongKind {
                     name: snippet(e),
@@ -623,7 +750,15 @@ impl<'a> ModelChecker<'a> {
         }
     }
 
-    fn binary(&mut self, op: BinOp, a: usize, b: usize, sa: Span, sb: Span, span: Span) -> Option<usize> {
+    fn binary(
+        &mut self,
+        op: BinOp,
+        a: usize,
+        b: usize,
+        sa: Span,
+        sb: Span,
+        span: Span,
+    ) -> Option<usize> {
         let (ta, tb) = (self.nodes[a].ty.clone(), self.nodes[b].ty.clone());
         for (t, s) in [(&ta, sa), (&tb, sb)] {
             if t.dtype != DType::F32 {
@@ -632,14 +767,19 @@ impl<'a> ModelChecker<'a> {
                     expected: "f32",
                     found: t.dtype.to_string(),
                     span: s.into(),
-                    help: Some("integer token ids become vectors through `embed(tokens, vocab, dim: …)`".into()),
+                    help: Some(
+                        "integer token ids become vectors through `embed(tokens, vocab, dim: …)`"
+                            .into(),
+                    ),
                 });
                 return None;
             }
         }
         let Some(shape) = ta.shape.broadcast(&tb.shape) else {
             let help = if ta.shape.sample_elements() == tb.shape.sample_elements() {
-                Some("the sizes agree but the layouts differ; reshape one side to match".to_string())
+                Some(
+                    "the sizes agree but the layouts differ; reshape one side to match".to_string(),
+                )
             } else {
                 None
             };
@@ -653,20 +793,30 @@ impl<'a> ModelChecker<'a> {
             });
             return None;
         };
-        let path = self.naming.as_ref().map(|n| n.scope.clone()).unwrap_or_default();
+        let path = self
+            .naming
+            .as_ref()
+            .map(|n| n.scope.clone())
+            .unwrap_or_default();
         let t = TensorType::new(DType::F32, shape);
         Some(self.push(Op::Binary { op: op.symbol() }, vec![a, b], t, span, &path))
     }
 
     fn lookup(&mut self, id: &ast::Ident, ctx: Ctx, as_target: bool) -> Option<usize> {
-        let entry = self.scopes.iter().rev().find_map(|s| s.names.get(&id.name)).cloned();
+        let entry = self
+            .scopes
+            .iter()
+            .rev()
+            .find_map(|s| s.names.get(&id.name))
+            .cloned();
         match entry {
             Some(e) => {
                 if e.kind == EntryKind::Target && !as_target {
                     let help = if ctx == Ctx::Layer {
                         "targets can only be used in `loss` and `metric` declarations".to_string()
                     } else {
-                        "pass the target as the second argument: `cross_entropy(logits, label)`".to_string()
+                        "pass the target as the second argument: `cross_entropy(logits, label)`"
+                            .to_string()
                     };
                     self.err(CheckError::WrongKind {
                         name: id.name.clone(),
@@ -681,7 +831,11 @@ impl<'a> ModelChecker<'a> {
                     let targets: Vec<String> = self.target_names();
                     self.err(CheckError::WrongKind {
                         name: id.name.clone(),
-                        actual: if e.kind == EntryKind::Input { "an input".into() } else { "a computed value".into() },
+                        actual: if e.kind == EntryKind::Input {
+                            "an input".into()
+                        } else {
+                            "a computed value".into()
+                        },
                         expected: "a target",
                         span: id.span.into(),
                         help: Some(match targets.first() {
@@ -715,17 +869,27 @@ impl<'a> ModelChecker<'a> {
     fn undefined(&mut self, id: &ast::Ident) {
         if let Some(def) = self.defs.get(&id.name).copied() {
             if def.start > id.span.start {
-                self.err(CheckError::UsedBeforeDefinition { name: id.name.clone(), span: id.span.into(), def: def.into() });
+                self.err(CheckError::UsedBeforeDefinition {
+                    name: id.name.clone(),
+                    span: id.span.into(),
+                    def: def.into(),
+                });
                 return;
             }
         }
         if let Some(def) = self.loop_defs.get(&id.name).copied() {
-            self.err(CheckError::LoopLocal { name: id.name.clone(), span: id.span.into(), def: def.into() });
+            self.err(CheckError::LoopLocal {
+                name: id.name.clone(),
+                span: id.span.into(),
+                def: def.into(),
+            });
             return;
         }
         if let Some(sig) = layers::sig(&id.name) {
             let help = match sig.kind {
-                Kind::Layer => format!("`{}` is a layer; apply it with `x |> {}`", id.name, id.name),
+                Kind::Layer => {
+                    format!("`{}` is a layer; apply it with `x |> {}`", id.name, id.name)
+                }
                 _ => format!("call it: `{}(prediction, target)`", id.name),
             };
             self.err(CheckError::WrongKind {
@@ -737,20 +901,38 @@ impl<'a> ModelChecker<'a> {
             });
             return;
         }
-        let visible: Vec<String> = self.scopes.iter().flat_map(|s| s.names.keys().cloned()).collect();
+        let visible: Vec<String> = self
+            .scopes
+            .iter()
+            .flat_map(|s| s.names.keys().cloned())
+            .collect();
         let help = if self.inputs.is_empty() && !self.broken_input {
-            Some(format!("the model has no input yet; declare it: `input {}: f32[…]`", id.name))
+            Some(format!(
+                "the model has no input yet; declare it: `input {}: f32[…]`",
+                id.name
+            ))
         } else {
             did_you_mean(&id.name, visible.iter().map(String::as_str))
         };
-        self.err(CheckError::Undefined { name: id.name.clone(), span: id.span.into(), help });
+        self.err(CheckError::Undefined {
+            name: id.name.clone(),
+            span: id.span.into(),
+            help,
+        });
     }
 
     fn is_value_name(&self, name: &str) -> bool {
-        self.scopes.iter().any(|s| s.names.contains_key(name)) || self.defs.contains_key(name) || self.loop_defs.contains_key(name)
+        self.scopes.iter().any(|s| s.names.contains_key(name))
+            || self.defs.contains_key(name)
+            || self.loop_defs.contains_key(name)
     }
 
-    fn call(&mut self, call: &Call, piped: Option<(Option<usize>, Span)>, ctx: Ctx) -> Option<usize> {
+    fn call(
+        &mut self,
+        call: &Call,
+        piped: Option<(Option<usize>, Span)>,
+        ctx: Ctx,
+    ) -> Option<usize> {
         let name = call.callee.name.as_str();
         let Some(sig) = layers::sig(name) else {
             if self.is_value_name(name) {
@@ -763,13 +945,19 @@ impl<'a> ModelChecker<'a> {
                 });
             } else {
                 let all = layers::SIGS.iter().map(|s| s.name);
-                let help = did_you_mean(name, all).or_else(|| Some(format!("the layers are {}", names_list(Kind::Layer))));
+                let help = did_you_mean(name, all)
+                    .or_else(|| Some(format!("the layers are {}", names_list(Kind::Layer))));
                 let kind = match ctx {
                     Ctx::Layer => "layer",
                     Ctx::Loss => "loss or layer",
                     Ctx::Metric => "metric",
                 };
-                self.err(CheckError::Unknown { kind, name: name.to_string(), span: call.callee.span.into(), help });
+                self.err(CheckError::Unknown {
+                    kind,
+                    name: name.to_string(),
+                    span: call.callee.span.into(),
+                    help,
+                });
             }
             return None;
         };
@@ -777,8 +965,14 @@ impl<'a> ModelChecker<'a> {
             (Kind::Loss, Ctx::Loss) | (Kind::Metric, Ctx::Metric) | (Kind::Layer, _) => {}
             (k, _) => {
                 let (actual, help) = match k {
-                    Kind::Loss => ("a loss", format!("declare it on its own line: `loss {name}(…)`")),
-                    Kind::Metric => ("a metric", format!("declare it on its own line: `metric {name}(…)`")),
+                    Kind::Loss => (
+                        "a loss",
+                        format!("declare it on its own line: `loss {name}(…)`"),
+                    ),
+                    Kind::Metric => (
+                        "a metric",
+                        format!("declare it on its own line: `metric {name}(…)`"),
+                    ),
                     Kind::Layer => ("a layer", String::new()),
                 };
                 let expected = match ctx {
@@ -786,11 +980,24 @@ impl<'a> ModelChecker<'a> {
                     Ctx::Loss => "a loss",
                     Ctx::Metric => "a metric",
                 };
-                self.err(CheckError::WrongKind { name: name.to_string(), actual: actual.into(), expected, span: call.callee.span.into(), help: Some(help) });
+                self.err(CheckError::WrongKind {
+                    name: name.to_string(),
+                    actual: actual.into(),
+                    expected,
+                    span: call.callee.span.into(),
+                    help: Some(help),
+                });
                 return None;
             }
         }
-        if ctx == Ctx::Metric && sig.kind == Kind::Layer && piped.is_none() && self.naming.as_ref().is_some_and(|n| n.next == 0 && n.layer_calls == 0) {
+        if ctx == Ctx::Metric
+            && sig.kind == Kind::Layer
+            && piped.is_none()
+            && self
+                .naming
+                .as_ref()
+                .is_some_and(|n| n.next == 0 && n.layer_calls == 0)
+        {
             // A layer as the whole metric expression: `metric relu(x)`.
             self.err(CheckError::WrongKind {
                 name: name.to_string(),
@@ -810,7 +1017,12 @@ impl<'a> ModelChecker<'a> {
             Inputs::Two => 2,
             Inputs::Many => usize::MAX,
         };
-        let bool_params: Vec<&str> = sig.params.iter().filter(|p| matches!(p.ty, args::Ty::Bool)).map(|p| p.name).collect();
+        let bool_params: Vec<&str> = sig
+            .params
+            .iter()
+            .filter(|p| matches!(p.ty, args::Ty::Bool))
+            .map(|p| p.name)
+            .collect();
         let mut tensor_args: Vec<&Arg> = Vec::new();
         let have_piped = usize::from(piped.is_some());
         for a in &positional {
@@ -818,7 +1030,9 @@ impl<'a> ModelChecker<'a> {
                 break;
             }
             let is_tensor = match &a.value.kind {
-                ExprKind::Name(n) => !bool_params.contains(&n.name.as_str()) && n.name != "true" && n.name != "false",
+                ExprKind::Name(n) => {
+                    !bool_params.contains(&n.name.as_str()) && n.name != "true" && n.name != "false"
+                }
                 ExprKind::Call(_) | ExprKind::Pipe { .. } | ExprKind::Binary { .. } => true,
                 ExprKind::Neg(inner) => constant(inner).is_none(),
                 _ => false,
@@ -836,9 +1050,16 @@ impl<'a> ModelChecker<'a> {
         let n_inputs = tensor_args.len() + have_piped;
         if !sig.inputs.accepts(n_inputs) {
             let help = match (sig.inputs, n_inputs) {
-                (Inputs::One, 0) => Some(format!("feed it with `|>`: `x |> {}`", display_call(call))),
-                (Inputs::One, _) if piped.is_some() => Some(format!("`|>` already gives {name} its input")),
-                (Inputs::None, _) => Some(format!("{name} makes a tensor from its arguments alone; add it to another: `x + {}`", display_call(call))),
+                (Inputs::One, 0) => {
+                    Some(format!("feed it with `|>`: `x |> {}`", display_call(call)))
+                }
+                (Inputs::One, _) if piped.is_some() => {
+                    Some(format!("`|>` already gives {name} its input"))
+                }
+                (Inputs::None, _) => Some(format!(
+                    "{name} makes a tensor from its arguments alone; add it to another: `x + {}`",
+                    display_call(call)
+                )),
                 (Inputs::Two, _) => Some(format!("`{name}(prediction, target)`")),
                 (Inputs::Many, _) => Some(format!("`{name}(a, b)`")),
                 _ => None,
@@ -876,7 +1097,9 @@ impl<'a> ModelChecker<'a> {
                             actual: "an expression".into(),
                             expected: "a target",
                             span: a.value.span.into(),
-                            help: Some("the second argument is the name of a declared target".into()),
+                            help: Some(
+                                "the second argument is the name of a declared target".into(),
+                            ),
                         });
                         None
                     }
@@ -885,7 +1108,12 @@ impl<'a> ModelChecker<'a> {
                 let inner_ctx = if is_fn { Ctx::Layer } else { ctx };
                 let saved = self.naming.take();
                 // Inputs evaluated inside a loss or metric count as their own layers.
-                self.naming = saved.as_ref().map(|n| BindNaming { scope: n.scope.clone(), layer_calls: n.layer_calls, param_layers: n.param_layers, next: n.next });
+                self.naming = saved.as_ref().map(|n| BindNaming {
+                    scope: n.scope.clone(),
+                    layer_calls: n.layer_calls,
+                    param_layers: n.param_layers,
+                    next: n.next,
+                });
                 let r = self.expr(&a.value, inner_ctx);
                 if let (Some(s), Some(n)) = (saved, self.naming.take()) {
                     self.naming = Some(BindNaming { next: n.next, ..s });
@@ -911,13 +1139,18 @@ impl<'a> ModelChecker<'a> {
             return None;
         }
         let input_nodes: Vec<usize> = inputs.iter().filter_map(|(n, _)| *n).collect();
-        let input_types: Vec<TensorType> = input_nodes.iter().map(|n| self.nodes[*n].ty.clone()).collect();
+        let input_types: Vec<TensorType> = input_nodes
+            .iter()
+            .map(|n| self.nodes[*n].ty.clone())
+            .collect();
         match sig.kind {
             Kind::Layer => {
                 let rank = input_types.first().map(|t| t.shape.rank()).unwrap_or(0);
                 let layer = layers::layer(name, &bound, rank)?;
                 if let Layer::Conv2d { stride, .. } = &layer {
-                    if matches!(bound.get("padding"), Some(Value::Name(n)) if n == "same") && *stride != (1, 1) {
+                    if matches!(bound.get("padding"), Some(Value::Name(n)) if n == "same")
+                        && *stride != (1, 1)
+                    {
                         self.err(CheckError::Conflict {
                             message: "`padding: same` needs stride 1".into(),
                             span: bound.span_of("padding").into(),
@@ -931,9 +1164,21 @@ impl<'a> ModelChecker<'a> {
                 let out = match layers::infer(&layer, &input_types) {
                     Ok(t) => t,
                     Err(e) => {
-                        let (node, span) = (input_nodes.get(e.input).copied(), inputs.get(e.input).map(|i| i.1).unwrap_or(call.span));
+                        let (node, span) = (
+                            input_nodes.get(e.input).copied(),
+                            inputs.get(e.input).map(|i| i.1).unwrap_or(call.span),
+                        );
                         let found = node.map(|n| self.nodes[n].ty.clone());
-                        let found_s = found.as_ref().map(|t| if e.dtype { t.dtype.to_string() } else { t.shape.to_string() }).unwrap_or_default();
+                        let found_s = found
+                            .as_ref()
+                            .map(|t| {
+                                if e.dtype {
+                                    t.dtype.to_string()
+                                } else {
+                                    t.shape.to_string()
+                                }
+                            })
+                            .unwrap_or_default();
                         let error = if e.dtype {
                             CheckError::DTypeMismatch {
                                 layer: name.to_string(),
@@ -959,13 +1204,23 @@ impl<'a> ModelChecker<'a> {
                 let path = self.layer_path(index.unwrap_or(0), !params.is_empty());
                 let node = self.push(Op::Layer { layer }, input_nodes, out, call.span, &path);
                 for (suffix, shape) in params {
-                    self.params.push(ParamInfo { name: format!("{path}.{suffix}"), shape, layer: path.clone(), node });
+                    self.params.push(ParamInfo {
+                        name: format!("{path}.{suffix}"),
+                        shape,
+                        layer: path.clone(),
+                        node,
+                    });
                 }
                 Some(node)
             }
             Kind::Loss => {
                 let loss = layers::loss(name, &bound)?;
-                self.check_target(name, &input_nodes, &inputs, matches!(loss, Loss::CrossEntropy { .. }))?;
+                self.check_target(
+                    name,
+                    &input_nodes,
+                    &inputs,
+                    matches!(loss, Loss::CrossEntropy { .. }),
+                )?;
                 let t = TensorType::new(DType::F32, Shape::scalar());
                 Some(self.push(Op::Loss { loss }, input_nodes, t, call.span, "loss"))
             }
@@ -974,7 +1229,11 @@ impl<'a> ModelChecker<'a> {
                 let needs_classes = !matches!(metric, Metric::Accuracy);
                 self.check_target(name, &input_nodes, &inputs, needs_classes)?;
                 let t = TensorType::new(DType::F32, Shape::scalar());
-                let path = self.naming.as_ref().map(|n| n.scope.clone()).unwrap_or_default();
+                let path = self
+                    .naming
+                    .as_ref()
+                    .map(|n| n.scope.clone())
+                    .unwrap_or_default();
                 Some(self.push(Op::Metric { metric }, input_nodes, t, call.span, &path))
             }
         }
@@ -991,7 +1250,13 @@ impl<'a> ModelChecker<'a> {
     }
 
     /// Checks a loss or metric's prediction against its target.
-    fn check_target(&mut self, func: &str, nodes: &[usize], inputs: &[(Option<usize>, Span)], class_only: bool) -> Option<()> {
+    fn check_target(
+        &mut self,
+        func: &str,
+        nodes: &[usize],
+        inputs: &[(Option<usize>, Span)],
+        class_only: bool,
+    ) -> Option<()> {
         let (pred, target) = (nodes[0], nodes[1]);
         let pt = self.nodes[pred].ty.clone();
         let tt = self.nodes[target].ty.clone();
@@ -1000,7 +1265,13 @@ impl<'a> ModelChecker<'a> {
             Op::Target { name, .. } => name.clone(),
             _ => String::new(),
         };
-        let per_token = matches!(self.nodes[target].op, Op::Target { per_token: true, .. });
+        let per_token = matches!(
+            self.nodes[target].op,
+            Op::Target {
+                per_token: true,
+                ..
+            }
+        );
         let pspan = inputs[0].1;
         let mismatch = |this: &mut Self, reason: String, help: Option<String>| {
             // Report a pair once, not again for every metric that uses it.
@@ -1018,12 +1289,20 @@ impl<'a> ModelChecker<'a> {
             None
         };
         if pt.dtype != DType::F32 {
-            return mismatch(self, format!("the prediction must be f32, not {}", pt.dtype), None);
+            return mismatch(
+                self,
+                format!("the prediction must be f32, not {}", pt.dtype),
+                None,
+            );
         }
         match tt.dtype {
             DType::Class { classes } => {
                 let k = pt.shape.last().unwrap_or(0);
-                let ok_rank = if per_token { pt.shape.has_batch() && pt.shape.rank() >= 3 } else { pt.shape.has_batch() && pt.shape.rank() == 2 };
+                let ok_rank = if per_token {
+                    pt.shape.has_batch() && pt.shape.rank() >= 3
+                } else {
+                    pt.shape.has_batch() && pt.shape.rank() == 2
+                };
                 if func == "binary_cross_entropy" || func == "mse" {
                     return mismatch(
                         self,
@@ -1037,10 +1316,23 @@ impl<'a> ModelChecker<'a> {
                     } else if per_token {
                         Some("per-token targets need predictions of shape [N, T, classes]".into())
                     } else {
-                        Some(format!("the prediction should be [N, {classes}]: one score per class"))
+                        Some(format!(
+                            "the prediction should be [N, {classes}]: one score per class"
+                        ))
                     };
-                    let expected = if per_token { format!("[N, T, {classes}]") } else { format!("[N, {classes}]") };
-                    return mismatch(self, format!("expected a prediction of shape {expected}, found {}", pt.shape), help);
+                    let expected = if per_token {
+                        format!("[N, T, {classes}]")
+                    } else {
+                        format!("[N, {classes}]")
+                    };
+                    return mismatch(
+                        self,
+                        format!(
+                            "expected a prediction of shape {expected}, found {}",
+                            pt.shape
+                        ),
+                        help,
+                    );
                 }
                 if k != classes {
                     return mismatch(
@@ -1062,16 +1354,36 @@ impl<'a> ModelChecker<'a> {
                     return mismatch(
                         self,
                         format!("`{tname}` is {}, but {func} needs class labels", tt),
-                        Some(format!("declare the target as `class[N]`, or use {}", if func == "cross_entropy" { "mse or binary_cross_entropy" } else { "accuracy" })),
+                        Some(format!(
+                            "declare the target as `class[N]`, or use {}",
+                            if func == "cross_entropy" {
+                                "mse or binary_cross_entropy"
+                            } else {
+                                "accuracy"
+                            }
+                        )),
                     );
                 }
                 if pt.shape != tt.shape {
                     let help = if pt.shape.sample_elements() == tt.shape.sample_elements() {
-                        Some(format!("the sizes agree but the shapes differ; declare the target as f32{}", shape_decl(&pt.shape)))
+                        Some(format!(
+                            "the sizes agree but the shapes differ; declare the target as f32{}",
+                            shape_decl(&pt.shape)
+                        ))
                     } else {
-                        Some(format!("the last layer should produce {}", shape_decl(&tt.shape)))
+                        Some(format!(
+                            "the last layer should produce {}",
+                            shape_decl(&tt.shape)
+                        ))
                     };
-                    return mismatch(self, format!("the prediction is {} but `{tname}` is {}", pt.shape, tt.shape), help);
+                    return mismatch(
+                        self,
+                        format!(
+                            "the prediction is {} but `{tname}` is {}",
+                            pt.shape, tt.shape
+                        ),
+                        help,
+                    );
                 }
                 Some(())
             }
@@ -1085,10 +1397,17 @@ fn shape_decl(s: &Shape) -> String {
 }
 
 /// Collects where each name is first defined, and which only inside repeats.
-fn collect_defs(body: &[Stmt], in_repeat: bool, defs: &mut HashMap<String, Span>, loop_defs: &mut HashMap<String, Span>) {
+fn collect_defs(
+    body: &[Stmt],
+    in_repeat: bool,
+    defs: &mut HashMap<String, Span>,
+    loop_defs: &mut HashMap<String, Span>,
+) {
     for s in body {
         let name = match s {
-            Stmt::Input { name, .. } | Stmt::Target { name, .. } | Stmt::Bind { name, .. } => Some(name),
+            Stmt::Input { name, .. } | Stmt::Target { name, .. } | Stmt::Bind { name, .. } => {
+                Some(name)
+            }
             Stmt::Repeat { body, .. } => {
                 collect_defs(body, true, defs, loop_defs);
                 None
@@ -1096,7 +1415,11 @@ fn collect_defs(body: &[Stmt], in_repeat: bool, defs: &mut HashMap<String, Span>
             _ => None,
         };
         if let Some(n) = name {
-            let map = if in_repeat { &mut *loop_defs } else { &mut *defs };
+            let map = if in_repeat {
+                &mut *loop_defs
+            } else {
+                &mut *defs
+            };
             map.entry(n.name.clone()).or_insert(n.span);
         }
     }
@@ -1109,17 +1432,27 @@ fn collect_defs(body: &[Stmt], in_repeat: bool, defs: &mut HashMap<String, Span>
 fn count_layers(e: &Expr, with_params: bool) -> usize {
     let call_counts = |c: &Call| -> usize {
         let own = match layers::sig(&c.callee.name) {
-            Some(s) if s.kind == Kind::Layer => {
-                usize::from(!with_params || matches!(c.callee.name.as_str(), "dense" | "conv2d" | "layernorm" | "embed" | "positions" | "attention"))
-            }
+            Some(s) if s.kind == Kind::Layer => usize::from(
+                !with_params
+                    || matches!(
+                        c.callee.name.as_str(),
+                        "dense" | "conv2d" | "layernorm" | "embed" | "positions" | "attention"
+                    ),
+            ),
             _ => 0,
         };
-        own + c.args.iter().map(|a| count_layers(&a.value, with_params)).sum::<usize>()
+        own + c
+            .args
+            .iter()
+            .map(|a| count_layers(&a.value, with_params))
+            .sum::<usize>()
     };
     match &e.kind {
         ExprKind::Call(c) => call_counts(c),
         ExprKind::Pipe { input, stage } => count_layers(input, with_params) + call_counts(stage),
-        ExprKind::Binary { lhs, rhs, .. } => count_layers(lhs, with_params) + count_layers(rhs, with_params),
+        ExprKind::Binary { lhs, rhs, .. } => {
+            count_layers(lhs, with_params) + count_layers(rhs, with_params)
+        }
         ExprKind::Neg(x) => count_layers(x, with_params),
         _ => 0,
     }

@@ -25,13 +25,28 @@ pub enum Duration {
 pub enum DataSource {
     /// MNIST IDX files in `path`, keeping the digits `classes.0..=classes.1`
     /// relabelled from 0.
-    Mnist { path: String, classes: (u64, u64) },
-    Csv { path: String, label: String, header: bool, scale: String },
+    Mnist {
+        path: String,
+        classes: (u64, u64),
+    },
+    Csv {
+        path: String,
+        label: String,
+        header: bool,
+        scale: String,
+    },
     Xor,
-    Spirals { samples: u64, classes: u64, noise: f64 },
+    Spirals {
+        samples: u64,
+        classes: u64,
+        noise: f64,
+    },
     /// Character-level text: windows of `context` characters, 96 classes
     /// (newline and printable ASCII).
-    Text { path: String, context: u64 },
+    Text {
+        path: String,
+        context: u64,
+    },
 }
 
 impl DataSource {
@@ -53,10 +68,30 @@ pub const TEXT_CLASSES: u64 = 96;
 #[derive(Clone, Debug, PartialEq, Serialize)]
 #[serde(tag = "optimizer", rename_all = "snake_case")]
 pub enum Optimizer {
-    Sgd { lr: f64, momentum: f64, nesterov: bool },
-    Adam { lr: f64, beta1: f64, beta2: f64, eps: f64 },
-    Adamw { lr: f64, beta1: f64, beta2: f64, eps: f64, weight_decay: f64 },
-    Rmsprop { lr: f64, alpha: f64, eps: f64, momentum: f64 },
+    Sgd {
+        lr: f64,
+        momentum: f64,
+        nesterov: bool,
+    },
+    Adam {
+        lr: f64,
+        beta1: f64,
+        beta2: f64,
+        eps: f64,
+    },
+    Adamw {
+        lr: f64,
+        beta1: f64,
+        beta2: f64,
+        eps: f64,
+        weight_decay: f64,
+    },
+    Rmsprop {
+        lr: f64,
+        alpha: f64,
+        eps: f64,
+        momentum: f64,
+    },
 }
 
 impl Optimizer {
@@ -71,7 +106,10 @@ impl Optimizer {
 
     pub fn lr(&self) -> f64 {
         match self {
-            Optimizer::Sgd { lr, .. } | Optimizer::Adam { lr, .. } | Optimizer::Adamw { lr, .. } | Optimizer::Rmsprop { lr, .. } => *lr,
+            Optimizer::Sgd { lr, .. }
+            | Optimizer::Adam { lr, .. }
+            | Optimizer::Adamw { lr, .. }
+            | Optimizer::Rmsprop { lr, .. } => *lr,
         }
     }
 
@@ -156,8 +194,23 @@ pub struct FinetuneInfo {
 type Table = &'static [(&'static str, &'static [Param])];
 
 const OPTIMIZERS: Table = &[
-    ("sgd", &[req("lr", Ty::POSITIVE), opt("momentum", Ty::UNIT_OPEN, D::Float(0.0)), opt("nesterov", Ty::Bool, D::Bool(false))]),
-    ("adam", &[opt("lr", Ty::POSITIVE, D::Float(1e-3)), opt("beta1", Ty::UNIT_OPEN, D::Float(0.9)), opt("beta2", Ty::UNIT_OPEN, D::Float(0.999)), opt("eps", Ty::POSITIVE, D::Float(1e-8))]),
+    (
+        "sgd",
+        &[
+            req("lr", Ty::POSITIVE),
+            opt("momentum", Ty::UNIT_OPEN, D::Float(0.0)),
+            opt("nesterov", Ty::Bool, D::Bool(false)),
+        ],
+    ),
+    (
+        "adam",
+        &[
+            opt("lr", Ty::POSITIVE, D::Float(1e-3)),
+            opt("beta1", Ty::UNIT_OPEN, D::Float(0.9)),
+            opt("beta2", Ty::UNIT_OPEN, D::Float(0.999)),
+            opt("eps", Ty::POSITIVE, D::Float(1e-8)),
+        ],
+    ),
     (
         "adamw",
         &[
@@ -168,24 +221,72 @@ const OPTIMIZERS: Table = &[
             opt("weight_decay", Ty::NON_NEGATIVE, D::Float(0.01)),
         ],
     ),
-    ("rmsprop", &[opt("lr", Ty::POSITIVE, D::Float(1e-2)), opt("alpha", Ty::UNIT_OPEN, D::Float(0.99)), opt("eps", Ty::POSITIVE, D::Float(1e-8)), opt("momentum", Ty::UNIT_OPEN, D::Float(0.0))]),
+    (
+        "rmsprop",
+        &[
+            opt("lr", Ty::POSITIVE, D::Float(1e-2)),
+            opt("alpha", Ty::UNIT_OPEN, D::Float(0.99)),
+            opt("eps", Ty::POSITIVE, D::Float(1e-8)),
+            opt("momentum", Ty::UNIT_OPEN, D::Float(0.0)),
+        ],
+    ),
 ];
 
 const SCHEDULES: Table = &[
     ("constant", &[]),
-    ("step", &[req("every", Ty::Duration), opt("gamma", Ty::UNIT_HALF_OPEN, D::Float(0.1))]),
+    (
+        "step",
+        &[
+            req("every", Ty::Duration),
+            opt("gamma", Ty::UNIT_HALF_OPEN, D::Float(0.1)),
+        ],
+    ),
     ("exponential", &[req("gamma", Ty::UNIT_HALF_OPEN)]),
-    ("cosine", &[opt("warmup", Ty::Duration, D::Absent), opt("min_lr", Ty::NON_NEGATIVE, D::Float(0.0))]),
+    (
+        "cosine",
+        &[
+            opt("warmup", Ty::Duration, D::Absent),
+            opt("min_lr", Ty::NON_NEGATIVE, D::Float(0.0)),
+        ],
+    ),
 ];
 
 const SCALES: &[&str] = &["none", "standard", "minmax"];
 
 const SOURCES: Table = &[
-    ("mnist", &[req("path", Ty::Str), opt("classes", Ty::Range, D::Absent)]),
-    ("csv", &[req("path", Ty::Str), req("label", Ty::Str), opt("header", Ty::Bool, D::Bool(true)), opt("scale", Ty::Choice(SCALES), D::Name("none"))]),
+    (
+        "mnist",
+        &[req("path", Ty::Str), opt("classes", Ty::Range, D::Absent)],
+    ),
+    (
+        "csv",
+        &[
+            req("path", Ty::Str),
+            req("label", Ty::Str),
+            opt("header", Ty::Bool, D::Bool(true)),
+            opt("scale", Ty::Choice(SCALES), D::Name("none")),
+        ],
+    ),
     ("xor", &[]),
-    ("spirals", &[opt("samples", Ty::Int { min: 4, max: 10_000_000 }, D::Int(1000)), opt("classes", Ty::Int { min: 2, max: 64 }, D::Int(3)), opt("noise", Ty::NON_NEGATIVE, D::Float(0.1))]),
-    ("text", &[req("path", Ty::Str), req("context", Ty::POSITIVE_INT)]),
+    (
+        "spirals",
+        &[
+            opt(
+                "samples",
+                Ty::Int {
+                    min: 4,
+                    max: 10_000_000,
+                },
+                D::Int(1000),
+            ),
+            opt("classes", Ty::Int { min: 2, max: 64 }, D::Int(3)),
+            opt("noise", Ty::NON_NEGATIVE, D::Float(0.1)),
+        ],
+    ),
+    (
+        "text",
+        &[req("path", Ty::Str), req("context", Ty::POSITIVE_INT)],
+    ),
 ];
 
 /// Where a setting may appear.
@@ -209,16 +310,52 @@ impl Block {
 /// Every setting key, its single-value signature (or `None` when it takes a
 /// list handled by hand), and where it may appear.
 const SETTINGS: &[(&str, Option<Param>, &[Block])] = &[
-    ("data", Some(req("source", Ty::Call)), &[Block::Train, Block::Finetune]),
-    ("batch", Some(req("size", Ty::POSITIVE_INT)), &[Block::Train, Block::Finetune, Block::Stage]),
-    ("epochs", Some(req("count", Ty::POSITIVE_INT)), &[Block::Train, Block::Stage]),
-    ("optimizer", Some(req("optimizer", Ty::Call)), &[Block::Train, Block::Finetune, Block::Stage]),
-    ("schedule", Some(req("schedule", Ty::Call)), &[Block::Train, Block::Finetune, Block::Stage]),
-    ("weight_decay", Some(req("value", Ty::NON_NEGATIVE)), &[Block::Train, Block::Finetune, Block::Stage]),
-    ("clip_grad_norm", Some(req("max_norm", Ty::POSITIVE)), &[Block::Train, Block::Finetune, Block::Stage]),
+    (
+        "data",
+        Some(req("source", Ty::Call)),
+        &[Block::Train, Block::Finetune],
+    ),
+    (
+        "batch",
+        Some(req("size", Ty::POSITIVE_INT)),
+        &[Block::Train, Block::Finetune, Block::Stage],
+    ),
+    (
+        "epochs",
+        Some(req("count", Ty::POSITIVE_INT)),
+        &[Block::Train, Block::Stage],
+    ),
+    (
+        "optimizer",
+        Some(req("optimizer", Ty::Call)),
+        &[Block::Train, Block::Finetune, Block::Stage],
+    ),
+    (
+        "schedule",
+        Some(req("schedule", Ty::Call)),
+        &[Block::Train, Block::Finetune, Block::Stage],
+    ),
+    (
+        "weight_decay",
+        Some(req("value", Ty::NON_NEGATIVE)),
+        &[Block::Train, Block::Finetune, Block::Stage],
+    ),
+    (
+        "clip_grad_norm",
+        Some(req("max_norm", Ty::POSITIVE)),
+        &[Block::Train, Block::Finetune, Block::Stage],
+    ),
     ("early_stop", None, &[Block::Train, Block::Finetune]),
-    ("seed", Some(req("value", Ty::NON_NEGATIVE_INT)), &[Block::Train, Block::Finetune]),
-    ("validation", Some(req("fraction", Ty::FRACTION)), &[Block::Train, Block::Finetune]),
+    (
+        "seed",
+        Some(req("value", Ty::NON_NEGATIVE_INT)),
+        &[Block::Train, Block::Finetune],
+    ),
+    (
+        "validation",
+        Some(req("fraction", Ty::FRACTION)),
+        &[Block::Train, Block::Finetune],
+    ),
     ("weights", Some(req("path", Ty::Str)), &[Block::Finetune]),
     ("train", None, &[Block::Stage]),
     ("freeze", None, &[Block::Stage]),
@@ -226,7 +363,11 @@ const SETTINGS: &[(&str, Option<Param>, &[Block])] = &[
     ("lr_scale", None, &[Block::Stage]),
 ];
 
-const EARLY_STOP: &[Param] = &[req("patience", Ty::POSITIVE_INT), opt("on", Ty::Name, D::Name("val_loss")), opt("min_delta", Ty::NON_NEGATIVE, D::Float(0.0))];
+const EARLY_STOP: &[Param] = &[
+    req("patience", Ty::POSITIVE_INT),
+    opt("on", Ty::Name, D::Name("val_loss")),
+    opt("min_delta", Ty::NON_NEGATIVE, D::Float(0.0)),
+];
 
 pub struct SettingsChecker<'a> {
     pub file: FileId,
@@ -244,7 +385,10 @@ struct Raw<'s> {
 
 impl<'a> SettingsChecker<'a> {
     fn err(&mut self, e: CheckError) {
-        self.errors.push(Located { file: self.file, error: Error::Check(e) });
+        self.errors.push(Located {
+            file: self.file,
+            error: Error::Check(e),
+        });
     }
 
     /// Sorts a block's settings into known keys, reporting unknown, misplaced
@@ -254,13 +398,29 @@ impl<'a> SettingsChecker<'a> {
         for s in settings {
             match s {
                 Setting::Item { key, args, span } => {
-                    let Some((_, _, places)) = SETTINGS.iter().find(|(k, _, _)| *k == key.name) else {
-                        let allowed: Vec<&str> = SETTINGS.iter().filter(|(_, _, p)| p.contains(&block)).map(|(k, _, _)| *k).collect();
+                    let Some((_, _, places)) = SETTINGS.iter().find(|(k, _, _)| *k == key.name)
+                    else {
+                        let allowed: Vec<&str> = SETTINGS
+                            .iter()
+                            .filter(|(_, _, p)| p.contains(&block))
+                            .map(|(k, _, _)| *k)
+                            .collect();
                         if let Some(near) = closest(&key.name, allowed.iter().copied()) {
                             raw.broken.insert(near.to_string());
                         }
-                        let help = did_you_mean(&key.name, allowed.iter().copied()).or_else(|| Some(format!("{} takes {}", block.describe(), args::one_of(&allowed))));
-                        self.err(CheckError::Unknown { kind: "setting", name: key.name.clone(), span: key.span.into(), help });
+                        let help = did_you_mean(&key.name, allowed.iter().copied()).or_else(|| {
+                            Some(format!(
+                                "{} takes {}",
+                                block.describe(),
+                                args::one_of(&allowed)
+                            ))
+                        });
+                        self.err(CheckError::Unknown {
+                            kind: "setting",
+                            name: key.name.clone(),
+                            span: key.span.into(),
+                            help,
+                        });
                         continue;
                     };
                     if !places.contains(&block) {
@@ -271,12 +431,21 @@ impl<'a> SettingsChecker<'a> {
                             (k, Block::Stage) => format!("`{k}` applies to the whole finetune; move it out of the stage"),
                             (k, _) => format!("`{k}` is not a setting of {}", block.describe()),
                         };
-                        self.err(CheckError::SettingNotAllowed { key: key.name.clone(), block: block.describe().into(), span: key.span.into(), help: Some(help) });
+                        self.err(CheckError::SettingNotAllowed {
+                            key: key.name.clone(),
+                            block: block.describe().into(),
+                            span: key.span.into(),
+                            help: Some(help),
+                        });
                         continue;
                     }
                     if let Some(first) = raw.seen.get(&key.name) {
                         let first = *first;
-                        self.err(CheckError::DuplicateSetting { key: key.name.clone(), span: key.span.into(), first: first.into() });
+                        self.err(CheckError::DuplicateSetting {
+                            key: key.name.clone(),
+                            span: key.span.into(),
+                            first: first.into(),
+                        });
                         continue;
                     }
                     raw.seen.insert(key.name.clone(), key.span);
@@ -290,7 +459,11 @@ impl<'a> SettingsChecker<'a> {
                             key: "stage".into(),
                             block: block.describe().into(),
                             span: st.name.span.into(),
-                            help: Some(if block == Block::Stage { "stages do not nest".into() } else { "stages belong in finetune blocks".into() }),
+                            help: Some(if block == Block::Stage {
+                                "stages do not nest".into()
+                            } else {
+                                "stages belong in finetune blocks".into()
+                            }),
                         });
                     }
                 }
@@ -305,8 +478,16 @@ impl<'a> SettingsChecker<'a> {
     }
 
     /// Binds a single-value setting.
-    fn single(&mut self, key: &ast::Ident, args: &[Arg], span: Span) -> Option<(Value, Span, Bound)> {
-        let param = SETTINGS.iter().find(|(k, _, _)| *k == key.name).and_then(|(_, p, _)| *p)?;
+    fn single(
+        &mut self,
+        key: &ast::Ident,
+        args: &[Arg],
+        span: Span,
+    ) -> Option<(Value, Span, Bound)> {
+        let param = SETTINGS
+            .iter()
+            .find(|(k, _, _)| *k == key.name)
+            .and_then(|(_, p, _)| *p)?;
         let refs: Vec<&Arg> = args.iter().collect();
         let mut errs = Vec::new();
         let b = bind(&format!("`{}`", key.name), span, &[param], &refs, &mut errs);
@@ -323,7 +504,12 @@ impl<'a> SettingsChecker<'a> {
     }
 
     /// Resolves `name(args…)` against a table: optimizers, schedules, sources.
-    fn call(&mut self, kind: &'static str, arg: &Arg, table: Table) -> Option<(&'static str, Bound)> {
+    fn call(
+        &mut self,
+        kind: &'static str,
+        arg: &Arg,
+        table: Table,
+    ) -> Option<(&'static str, Bound)> {
         let (callee, args, span) = match &arg.value.kind {
             ExprKind::Call(c) => (&c.callee, c.args.iter().collect::<Vec<_>>(), c.span),
             ExprKind::Name(n) => (n, Vec::new(), n.span),
@@ -331,8 +517,14 @@ impl<'a> SettingsChecker<'a> {
         };
         let Some((name, params)) = table.iter().find(|(n, _)| *n == callee.name) else {
             let names: Vec<&str> = table.iter().map(|(n, _)| *n).collect();
-            let help = did_you_mean(&callee.name, names.iter().copied()).or_else(|| Some(format!("the {kind}s are {}", args::one_of(&names))));
-            self.err(CheckError::Unknown { kind, name: callee.name.clone(), span: callee.span.into(), help });
+            let help = did_you_mean(&callee.name, names.iter().copied())
+                .or_else(|| Some(format!("the {kind}s are {}", args::one_of(&names))));
+            self.err(CheckError::Unknown {
+                kind,
+                name: callee.name.clone(),
+                span: callee.span.into(),
+                help,
+            });
             return None;
         };
         let mut errs = Vec::new();
@@ -347,12 +539,37 @@ impl<'a> SettingsChecker<'a> {
     fn optimizer(&mut self, arg: &Arg) -> Option<Optimizer> {
         let (name, b) = self.call("optimizer", arg, OPTIMIZERS)?;
         let opt = match name {
-            "sgd" => Optimizer::Sgd { lr: b.float("lr"), momentum: b.float("momentum"), nesterov: b.bool("nesterov") },
-            "adam" => Optimizer::Adam { lr: b.float("lr"), beta1: b.float("beta1"), beta2: b.float("beta2"), eps: b.float("eps") },
-            "adamw" => Optimizer::Adamw { lr: b.float("lr"), beta1: b.float("beta1"), beta2: b.float("beta2"), eps: b.float("eps"), weight_decay: b.float("weight_decay") },
-            _ => Optimizer::Rmsprop { lr: b.float("lr"), alpha: b.float("alpha"), eps: b.float("eps"), momentum: b.float("momentum") },
+            "sgd" => Optimizer::Sgd {
+                lr: b.float("lr"),
+                momentum: b.float("momentum"),
+                nesterov: b.bool("nesterov"),
+            },
+            "adam" => Optimizer::Adam {
+                lr: b.float("lr"),
+                beta1: b.float("beta1"),
+                beta2: b.float("beta2"),
+                eps: b.float("eps"),
+            },
+            "adamw" => Optimizer::Adamw {
+                lr: b.float("lr"),
+                beta1: b.float("beta1"),
+                beta2: b.float("beta2"),
+                eps: b.float("eps"),
+                weight_decay: b.float("weight_decay"),
+            },
+            _ => Optimizer::Rmsprop {
+                lr: b.float("lr"),
+                alpha: b.float("alpha"),
+                eps: b.float("eps"),
+                momentum: b.float("momentum"),
+            },
         };
-        if let Optimizer::Sgd { momentum, nesterov: true, .. } = opt {
+        if let Optimizer::Sgd {
+            momentum,
+            nesterov: true,
+            ..
+        } = opt
+        {
             if momentum == 0.0 {
                 self.err(CheckError::Conflict {
                     message: "Nesterov momentum needs a momentum above 0".into(),
@@ -389,10 +606,18 @@ impl<'a> SettingsChecker<'a> {
                     });
                     return None;
                 }
-                Schedule::Step { every, gamma: b.float("gamma") }
+                Schedule::Step {
+                    every,
+                    gamma: b.float("gamma"),
+                }
             }
-            "exponential" => Schedule::Exponential { gamma: b.float("gamma") },
-            _ => Schedule::Cosine { warmup: dur(&b, "warmup"), min_lr: b.float("min_lr") },
+            "exponential" => Schedule::Exponential {
+                gamma: b.float("gamma"),
+            },
+            _ => Schedule::Cosine {
+                warmup: dur(&b, "warmup"),
+                min_lr: b.float("min_lr"),
+            },
         })
     }
 
@@ -415,7 +640,10 @@ impl<'a> SettingsChecker<'a> {
                     });
                     return None;
                 }
-                DataSource::Mnist { path: b.name("path").unwrap_or_default().to_string(), classes }
+                DataSource::Mnist {
+                    path: b.name("path").unwrap_or_default().to_string(),
+                    classes,
+                }
             }
             "csv" => DataSource::Csv {
                 path: b.name("path").unwrap_or_default().into(),
@@ -424,8 +652,15 @@ impl<'a> SettingsChecker<'a> {
                 scale: b.name("scale").unwrap_or("none").into(),
             },
             "xor" => DataSource::Xor,
-            "spirals" => DataSource::Spirals { samples: b.uint("samples"), classes: b.uint("classes"), noise: b.float("noise") },
-            _ => DataSource::Text { path: b.name("path").unwrap_or_default().into(), context: b.uint("context") },
+            "spirals" => DataSource::Spirals {
+                samples: b.uint("samples"),
+                classes: b.uint("classes"),
+                noise: b.float("noise"),
+            },
+            _ => DataSource::Text {
+                path: b.name("path").unwrap_or_default().into(),
+                context: b.uint("context"),
+            },
         };
         Some((src, arg.span))
     }
@@ -441,11 +676,21 @@ impl<'a> SettingsChecker<'a> {
         if failed {
             return None;
         }
-        Some(EarlyStop { patience: b.uint("patience"), on: b.name("on").unwrap_or("val_loss").into(), min_delta: b.float("min_delta") })
+        Some(EarlyStop {
+            patience: b.uint("patience"),
+            on: b.name("on").unwrap_or("val_loss").into(),
+            min_delta: b.float("min_delta"),
+        })
     }
 
     /// Reads the shared settings of a train or finetune block.
-    fn common(&mut self, raw: &Raw, model: &str, file: FileId, span: Span) -> (TrainInfo, BTreeMap<&'static str, Span>) {
+    fn common(
+        &mut self,
+        raw: &Raw,
+        model: &str,
+        file: FileId,
+        span: Span,
+    ) -> (TrainInfo, BTreeMap<&'static str, Span>) {
         let mut info = TrainInfo {
             model: model.to_string(),
             data: None,
@@ -465,33 +710,31 @@ impl<'a> SettingsChecker<'a> {
         for (key, args, sp) in &raw.items {
             let first = || args.first();
             match key.name.as_str() {
+                "data" | "optimizer" | "schedule" if self.single(key, args, *sp).is_none() => {}
                 "data" => {
-                    if self.single(key, args, *sp).is_some() {
-                        if let Some((d, dsp)) = first().and_then(|a| self.data(a)) {
-                            info.data = Some(d);
-                            spans.insert("data", dsp);
-                        }
+                    if let Some((d, dsp)) = first().and_then(|a| self.data(a)) {
+                        info.data = Some(d);
+                        spans.insert("data", dsp);
                     }
                 }
                 "optimizer" => {
-                    if self.single(key, args, *sp).is_some() {
-                        info.optimizer = first().and_then(|a| self.optimizer(a));
-                        spans.insert("optimizer", *sp);
-                    }
+                    info.optimizer = first().and_then(|a| self.optimizer(a));
+                    spans.insert("optimizer", *sp);
                 }
                 "schedule" => {
-                    if self.single(key, args, *sp).is_some() {
-                        if let Some(s) = first().and_then(|a| self.schedule(a)) {
-                            info.schedule = s;
-                        }
+                    if let Some(s) = first().and_then(|a| self.schedule(a)) {
+                        info.schedule = s;
                     }
                 }
                 "early_stop" => {
                     info.early_stop = self.early_stop(args, *sp);
                     spans.insert("early_stop", *sp);
                 }
-                "batch" | "epochs" | "seed" | "weight_decay" | "clip_grad_norm" | "validation" | "weights" => {
-                    let Some((v, vsp, _)) = self.single(key, args, *sp) else { continue };
+                "batch" | "epochs" | "seed" | "weight_decay" | "clip_grad_norm" | "validation"
+                | "weights" => {
+                    let Some((v, vsp, _)) = self.single(key, args, *sp) else {
+                        continue;
+                    };
                     let f = v.as_f64().unwrap_or(0.0);
                     match key.name.as_str() {
                         "batch" => info.batch = f as u64,
@@ -502,13 +745,19 @@ impl<'a> SettingsChecker<'a> {
                         "validation" => info.validation = f,
                         _ => {}
                     }
-                    let k: &'static str = SETTINGS.iter().find(|(k, _, _)| *k == key.name).map(|(k, _, _)| *k).unwrap_or("");
+                    let k: &'static str = SETTINGS
+                        .iter()
+                        .find(|(k, _, _)| *k == key.name)
+                        .map(|(k, _, _)| *k)
+                        .unwrap_or("");
                     spans.insert(k, vsp);
                 }
                 _ => {}
             }
         }
-        if let (Some(Optimizer::Adamw { .. }), Some(wd)) = (&info.optimizer, spans.get("weight_decay")) {
+        if let (Some(Optimizer::Adamw { .. }), Some(wd)) =
+            (&info.optimizer, spans.get("weight_decay"))
+        {
             let other = spans.get("optimizer").copied();
             self.err(CheckError::Conflict {
                 message: "weight decay is given twice: adamw has its own `weight_decay`".into(),
@@ -523,7 +772,12 @@ impl<'a> SettingsChecker<'a> {
 
     fn require(&mut self, raw: &Raw, key: &'static str, block: String, span: Span, help: &str) {
         if !raw.seen.contains_key(key) && !raw.broken.contains(key) {
-            self.err(CheckError::MissingSetting { block, key, span: span.into(), help: Some(help.to_string()) });
+            self.err(CheckError::MissingSetting {
+                block,
+                key,
+                span: span.into(),
+                help: Some(help.to_string()),
+            });
         }
     }
 
@@ -532,10 +786,34 @@ impl<'a> SettingsChecker<'a> {
         let raw = self.collect(&t.settings, Block::Train);
         let (info, spans) = self.common(&raw, &t.model.name, self.file, t.span);
         let block = format!("train block for `{}`", t.model.name);
-        self.require(&raw, "data", block.clone(), t.model.span, "add e.g. `data mnist(\"data/mnist\")`");
-        self.require(&raw, "batch", block.clone(), t.model.span, "add e.g. `batch 64`");
-        self.require(&raw, "epochs", block.clone(), t.model.span, "add e.g. `epochs 5`");
-        self.require(&raw, "optimizer", block, t.model.span, "add e.g. `optimizer adam(lr: 1e-3)`");
+        self.require(
+            &raw,
+            "data",
+            block.clone(),
+            t.model.span,
+            "add e.g. `data mnist(\"data/mnist\")`",
+        );
+        self.require(
+            &raw,
+            "batch",
+            block.clone(),
+            t.model.span,
+            "add e.g. `batch 64`",
+        );
+        self.require(
+            &raw,
+            "epochs",
+            block.clone(),
+            t.model.span,
+            "add e.g. `epochs 5`",
+        );
+        self.require(
+            &raw,
+            "optimizer",
+            block,
+            t.model.span,
+            "add e.g. `optimizer adam(lr: 1e-3)`",
+        );
         if let Some(m) = model.filter(|m| !m.has_errors) {
             if let (Some(d), Some(sp)) = (&info.data, spans.get("data")) {
                 self.data_fits(d, *sp, m);
@@ -545,7 +823,12 @@ impl<'a> SettingsChecker<'a> {
         info
     }
 
-    fn early_stop_fits(&mut self, info: &TrainInfo, spans: &BTreeMap<&'static str, Span>, m: &ModelInfo) {
+    fn early_stop_fits(
+        &mut self,
+        info: &TrainInfo,
+        spans: &BTreeMap<&'static str, Span>,
+        m: &ModelInfo,
+    ) {
         let Some(es) = &info.early_stop else { return };
         let sp = spans.get("early_stop").copied().unwrap_or_default();
         let mut names = vec!["loss".to_string(), "val_loss".to_string()];
@@ -557,7 +840,12 @@ impl<'a> SettingsChecker<'a> {
             let help = closest(&es.on, names.iter().map(String::as_str))
                 .map(|c| format!("did you mean `{c}`?"))
                 .or_else(|| Some(format!("the model reports {}", names.join(", "))));
-            self.err(CheckError::Unknown { kind: "quantity to watch", name: es.on.clone(), span: sp.into(), help });
+            self.err(CheckError::Unknown {
+                kind: "quantity to watch",
+                name: es.on.clone(),
+                span: sp.into(),
+                help,
+            });
             return;
         }
         if es.on.starts_with("val_") && info.validation == 0.0 {
@@ -573,18 +861,23 @@ impl<'a> SettingsChecker<'a> {
 
     /// Does the data source provide what the model declares?
     fn data_fits(&mut self, d: &DataSource, sp: Span, m: &ModelInfo) {
-        let mismatch = |this: &mut Self, reason: String, decl: Option<Span>, help: Option<String>| {
-            this.err(CheckError::DataMismatch {
-                source_name: d.name().into(),
-                model: m.name.clone(),
-                reason,
-                span: sp.into(),
-                decl: decl.filter(|_| m.file == this.file).map(Into::into),
-                help,
-            });
-        };
+        let mismatch =
+            |this: &mut Self, reason: String, decl: Option<Span>, help: Option<String>| {
+                this.err(CheckError::DataMismatch {
+                    source_name: d.name().into(),
+                    model: m.name.clone(),
+                    reason,
+                    span: sp.into(),
+                    decl: decl.filter(|_| m.file == this.file).map(Into::into),
+                    help,
+                });
+            };
         if m.inputs.len() != 1 || m.targets.len() != 1 {
-            let reason = format!("the model has {} input(s) and {} target(s), the data provides one of each", m.inputs.len(), m.targets.len());
+            let reason = format!(
+                "the model has {} input(s) and {} target(s), the data provides one of each",
+                m.inputs.len(),
+                m.targets.len()
+            );
             mismatch(self, reason, None, None);
             return;
         }
@@ -595,41 +888,102 @@ impl<'a> SettingsChecker<'a> {
             DType::Class { classes } => Some(classes),
             _ => None,
         };
-        let per_token = matches!(target.op, super::model::Op::Target { per_token: true, .. });
+        let per_token = matches!(
+            target.op,
+            super::model::Op::Target {
+                per_token: true,
+                ..
+            }
+        );
         match d {
-            DataSource::Mnist { classes: (a, z), .. } => {
+            DataSource::Mnist {
+                classes: (a, z), ..
+            } => {
                 if it.dtype != DType::F32 || it.shape.sample_elements() != 784 {
-                    mismatch(self, format!("mnist gives 28×28 images, but the input is {it}"), Some(input.span), Some("declare the input as f32[784], f32[28, 28] or f32[1, 28, 28]".into()));
+                    mismatch(
+                        self,
+                        format!("mnist gives 28×28 images, but the input is {it}"),
+                        Some(input.span),
+                        Some("declare the input as f32[784], f32[28, 28] or f32[1, 28, 28]".into()),
+                    );
                     return;
                 }
                 let n = z - a + 1;
                 if classes != Some(n) || per_token {
-                    let reason = format!("mnist with digits {a}..{z} gives {n} classes, but the target is {}", type_text(tt));
-                    mismatch(self, reason, Some(target.span), Some(format!("declare the target as class[{n}]")));
+                    let reason = format!(
+                        "mnist with digits {a}..{z} gives {n} classes, but the target is {}",
+                        type_text(tt)
+                    );
+                    mismatch(
+                        self,
+                        reason,
+                        Some(target.span),
+                        Some(format!("declare the target as class[{n}]")),
+                    );
                 }
             }
             DataSource::Csv { .. } => {
                 if it.dtype != DType::F32 || it.shape.rank() != 2 {
-                    mismatch(self, format!("csv rows are vectors of numbers, but the input is {it}"), Some(input.span), Some("declare the input as f32[features]".into()));
+                    mismatch(
+                        self,
+                        format!("csv rows are vectors of numbers, but the input is {it}"),
+                        Some(input.span),
+                        Some("declare the input as f32[features]".into()),
+                    );
                 }
             }
             DataSource::Xor => {
                 if it.dtype != DType::F32 || it.shape.sample_dims() != [2] {
-                    mismatch(self, format!("xor gives pairs of numbers, but the input is {it}"), Some(input.span), Some("declare the input as f32[2]".into()));
-                } else if !(classes == Some(2) || (classes.is_none() && tt.shape.sample_dims() == [1])) {
-                    mismatch(self, format!("xor gives one 0/1 label, but the target is {}", type_text(tt)), Some(target.span), Some("declare the target as f32[1] or class[2]".into()));
+                    mismatch(
+                        self,
+                        format!("xor gives pairs of numbers, but the input is {it}"),
+                        Some(input.span),
+                        Some("declare the input as f32[2]".into()),
+                    );
+                } else if !(classes == Some(2)
+                    || (classes.is_none() && tt.shape.sample_dims() == [1]))
+                {
+                    mismatch(
+                        self,
+                        format!(
+                            "xor gives one 0/1 label, but the target is {}",
+                            type_text(tt)
+                        ),
+                        Some(target.span),
+                        Some("declare the target as f32[1] or class[2]".into()),
+                    );
                 }
             }
             DataSource::Spirals { classes: k, .. } => {
                 if it.dtype != DType::F32 || it.shape.sample_dims() != [2] {
-                    mismatch(self, format!("spirals gives 2-D points, but the input is {it}"), Some(input.span), Some("declare the input as f32[2]".into()));
+                    mismatch(
+                        self,
+                        format!("spirals gives 2-D points, but the input is {it}"),
+                        Some(input.span),
+                        Some("declare the input as f32[2]".into()),
+                    );
                 } else if classes != Some(*k) {
-                    mismatch(self, format!("spirals gives {k} classes, but the target is {}", type_text(tt)), Some(target.span), Some(format!("declare the target as class[{k}]")));
+                    mismatch(
+                        self,
+                        format!(
+                            "spirals gives {k} classes, but the target is {}",
+                            type_text(tt)
+                        ),
+                        Some(target.span),
+                        Some(format!("declare the target as class[{k}]")),
+                    );
                 }
             }
             DataSource::Text { context, .. } => {
                 if it.dtype != DType::I32 || it.shape.sample_dims() != [*context] {
-                    mismatch(self, format!("text gives windows of {context} characters, but the input is {it}"), Some(input.span), Some(format!("declare the input as i32[{context}]")));
+                    mismatch(
+                        self,
+                        format!(
+                            "text gives windows of {context} characters, but the input is {it}"
+                        ),
+                        Some(input.span),
+                        Some(format!("declare the input as i32[{context}]")),
+                    );
                 } else if classes != Some(TEXT_CLASSES) || !per_token {
                     mismatch(
                         self,
@@ -644,7 +998,12 @@ impl<'a> SettingsChecker<'a> {
 
     /// Checks a finetune block; `model` is the base model with the finetune's
     /// overrides applied.
-    pub fn finetune(&mut self, f: &ast::Finetune, model: ModelInfo, replaced: Vec<String>) -> FinetuneInfo {
+    pub fn finetune(
+        &mut self,
+        f: &ast::Finetune,
+        model: ModelInfo,
+        replaced: Vec<String>,
+    ) -> FinetuneInfo {
         let settings: Vec<Setting> = f
             .body
             .iter()
@@ -656,9 +1015,27 @@ impl<'a> SettingsChecker<'a> {
         let raw = self.collect(&settings, Block::Finetune);
         let (info, spans) = self.common(&raw, &f.base.name, self.file, f.span);
         let block = format!("finetune `{}`", f.name.name);
-        self.require(&raw, "weights", block.clone(), f.name.span, "add e.g. `weights \"runs/base/best.safetensors\"`");
-        self.require(&raw, "data", block.clone(), f.name.span, "add e.g. `data mnist(\"data/mnist\")`");
-        self.require(&raw, "batch", block.clone(), f.name.span, "add e.g. `batch 64`");
+        self.require(
+            &raw,
+            "weights",
+            block.clone(),
+            f.name.span,
+            "add e.g. `weights \"runs/base/best.safetensors\"`",
+        );
+        self.require(
+            &raw,
+            "data",
+            block.clone(),
+            f.name.span,
+            "add e.g. `data mnist(\"data/mnist\")`",
+        );
+        self.require(
+            &raw,
+            "batch",
+            block.clone(),
+            f.name.span,
+            "add e.g. `batch 64`",
+        );
         if !model.has_errors {
             if let (Some(d), Some(sp)) = (&info.data, spans.get("data")) {
                 self.data_fits(d, *sp, &model);
@@ -690,7 +1067,12 @@ impl<'a> SettingsChecker<'a> {
         for st in &raw.stages {
             if let Some(first) = stage_names.get(&st.name.name) {
                 let first = *first;
-                self.err(CheckError::Duplicate { what: "stage", name: st.name.name.clone(), span: st.name.span.into(), first: Some(first.into()) });
+                self.err(CheckError::Duplicate {
+                    what: "stage",
+                    name: st.name.name.clone(),
+                    span: st.name.span.into(),
+                    first: Some(first.into()),
+                });
                 continue;
             }
             stage_names.insert(st.name.name.clone(), st.name.span);
@@ -711,12 +1093,27 @@ impl<'a> SettingsChecker<'a> {
         }
     }
 
-    fn stage(&mut self, st: &ast::Stage, model: &ModelInfo, parent: &TrainInfo, trainable: &mut BTreeSet<String>) -> Option<StageInfo> {
+    fn stage(
+        &mut self,
+        st: &ast::Stage,
+        model: &ModelInfo,
+        parent: &TrainInfo,
+        trainable: &mut BTreeSet<String>,
+    ) -> Option<StageInfo> {
         let raw = self.collect(&st.settings, Block::Stage);
         let (own, spans) = self.common(&raw, &model.name, self.file, st.span);
         let block = format!("stage `{}`", st.name.name);
-        self.require(&raw, "epochs", block.clone(), st.name.span, "add e.g. `epochs 2`");
-        if parent.optimizer.is_none() && !raw.seen.contains_key("optimizer") && !raw.broken.contains("optimizer") {
+        self.require(
+            &raw,
+            "epochs",
+            block.clone(),
+            st.name.span,
+            "add e.g. `epochs 2`",
+        );
+        if parent.optimizer.is_none()
+            && !raw.seen.contains_key("optimizer")
+            && !raw.broken.contains("optimizer")
+        {
             self.err(CheckError::MissingSetting {
                 block,
                 key: "optimizer",
@@ -724,14 +1121,27 @@ impl<'a> SettingsChecker<'a> {
                 help: Some("give one in the stage or once for the whole finetune".into()),
             });
         }
-        let list = |key: &str| raw.items.iter().find(|(k, _, _)| k.name == key).map(|(k, a, _)| (*k, *a));
-        if let (Some((t, _)), Some((other, _))) = (list("train"), list("freeze").or(list("unfreeze"))) {
+        let list = |key: &str| {
+            raw.items
+                .iter()
+                .find(|(k, _, _)| k.name == key)
+                .map(|(k, a, _)| (*k, *a))
+        };
+        if let (Some((t, _)), Some((other, _))) =
+            (list("train"), list("freeze").or(list("unfreeze")))
+        {
             self.err(CheckError::Conflict {
-                message: format!("`train` lists exactly what trains, so it cannot be combined with `{}`", other.name),
+                message: format!(
+                    "`train` lists exactly what trains, so it cannot be combined with `{}`",
+                    other.name
+                ),
                 span: other.span.into(),
                 label: "changes the set again".into(),
                 other: Some(t.span.into()),
-                help: Some("use `train` alone, or `freeze`/`unfreeze` relative to the previous stage".into()),
+                help: Some(
+                    "use `train` alone, or `freeze`/`unfreeze` relative to the previous stage"
+                        .into(),
+                ),
             });
             return None;
         }
@@ -748,7 +1158,10 @@ impl<'a> SettingsChecker<'a> {
             trainable.retain(|p| !sel.contains(p));
         }
         if trainable.is_empty() {
-            self.err(CheckError::NothingTrainable { stage: st.name.name.clone(), span: st.name.span.into() });
+            self.err(CheckError::NothingTrainable {
+                stage: st.name.name.clone(),
+                span: st.name.span.into(),
+            });
             return None;
         }
         let mut lr_scale = BTreeMap::new();
@@ -771,7 +1184,9 @@ impl<'a> SettingsChecker<'a> {
                         self.err(CheckError::OutOfRange {
                             callee: "`lr_scale`".into(),
                             name: name.name.clone(),
-                            value: other.map(args::fmt_num).unwrap_or_else(|| "not a number".into()),
+                            value: other
+                                .map(args::fmt_num)
+                                .unwrap_or_else(|| "not a number".into()),
                             range: "greater than 0".into(),
                             span: a.value.span.into(),
                             help: None,
@@ -779,11 +1194,16 @@ impl<'a> SettingsChecker<'a> {
                         continue;
                     }
                 };
-                let Some(sel) = self.select(k, std::slice::from_ref(a), model, "scale") else { continue };
+                let Some(sel) = self.select(k, std::slice::from_ref(a), model, "scale") else {
+                    continue;
+                };
                 if let Some(frozen) = sel.iter().find(|p| !trainable.contains(*p)) {
                     let _ = frozen;
                     self.err(CheckError::Conflict {
-                        message: format!("`{}` is frozen in stage `{}`, so its learning rate cannot be scaled", name.name, st.name.name),
+                        message: format!(
+                            "`{}` is frozen in stage `{}`, so its learning rate cannot be scaled",
+                            name.name, st.name.name
+                        ),
                         span: name.span.into(),
                         label: "frozen here".into(),
                         other: None,
@@ -803,15 +1223,33 @@ impl<'a> SettingsChecker<'a> {
             trainable: trainable.clone(),
             lr_scale,
             optimizer: own.optimizer.or_else(|| parent.optimizer.clone()),
-            schedule: if raw.seen.contains_key("schedule") { own.schedule } else { parent.schedule.clone() },
-            weight_decay: if raw.seen.contains_key("weight_decay") { own.weight_decay } else { parent.weight_decay },
+            schedule: if raw.seen.contains_key("schedule") {
+                own.schedule
+            } else {
+                parent.schedule.clone()
+            },
+            weight_decay: if raw.seen.contains_key("weight_decay") {
+                own.weight_decay
+            } else {
+                parent.weight_decay
+            },
             clip_grad_norm: own.clip_grad_norm.or(parent.clip_grad_norm),
-            batch: if raw.seen.contains_key("batch") { own.batch } else { parent.batch },
+            batch: if raw.seen.contains_key("batch") {
+                own.batch
+            } else {
+                parent.batch
+            },
         })
     }
 
     /// The parameters named by a list of layer names (`fc1`, `blocks.0`, `blocks`).
-    fn select(&mut self, key: &ast::Ident, args: &[Arg], model: &ModelInfo, action: &'static str) -> Option<BTreeSet<String>> {
+    fn select(
+        &mut self,
+        key: &ast::Ident,
+        args: &[Arg],
+        model: &ModelInfo,
+        action: &'static str,
+    ) -> Option<BTreeSet<String>> {
         if args.is_empty() {
             self.err(CheckError::MissingArgument {
                 callee: format!("`{}`", key.name),
@@ -832,7 +1270,9 @@ impl<'a> SettingsChecker<'a> {
                         callee: format!("`{}`", key.name),
                         name: "layers".into(),
                         expected: "layer names".into(),
-                        found: args::constant(&a.value).map(|v| v.describe()).unwrap_or_else(|| "an expression".into()),
+                        found: args::constant(&a.value)
+                            .map(|v| v.describe())
+                            .unwrap_or_else(|| "an expression".into()),
                         span: a.span.into(),
                         help: None,
                     });
@@ -841,7 +1281,12 @@ impl<'a> SettingsChecker<'a> {
                 }
             };
             let prefix = format!("{}.", id.name);
-            let sel: Vec<&str> = model.params.iter().filter(|p| p.layer == id.name || p.name.starts_with(&prefix)).map(|p| p.name.as_str()).collect();
+            let sel: Vec<&str> = model
+                .params
+                .iter()
+                .filter(|p| p.layer == id.name || p.name.starts_with(&prefix))
+                .map(|p| p.name.as_str())
+                .collect();
             if sel.is_empty() {
                 ok = false;
                 if model.bindings.contains_key(&id.name) {
@@ -852,10 +1297,21 @@ impl<'a> SettingsChecker<'a> {
                         help: Some("only layers with weights (dense, conv2d, layernorm, embed, positions, attention) can be frozen or trained".into()),
                     });
                 } else {
-                    let mut layers: Vec<&str> = model.params.iter().map(|p| p.layer.as_str()).collect();
+                    let mut layers: Vec<&str> =
+                        model.params.iter().map(|p| p.layer.as_str()).collect();
                     layers.dedup();
-                    let help = did_you_mean(&id.name, layers.iter().copied()).or_else(|| Some(format!("its layers with parameters are {}", args::one_of(&layers))));
-                    self.err(CheckError::NoSuchLayer { name: id.name.clone(), model: model.name.clone(), span: id.span.into(), help });
+                    let help = did_you_mean(&id.name, layers.iter().copied()).or_else(|| {
+                        Some(format!(
+                            "its layers with parameters are {}",
+                            args::one_of(&layers)
+                        ))
+                    });
+                    self.err(CheckError::NoSuchLayer {
+                        name: id.name.clone(),
+                        model: model.name.clone(),
+                        span: id.span.into(),
+                        help,
+                    });
                 }
                 continue;
             }

@@ -26,7 +26,9 @@ pub enum DType {
     F32,
     I32,
     /// Integer class labels in `0..classes`.
-    Class { classes: u64 },
+    Class {
+        classes: u64,
+    },
 }
 
 impl fmt::Display for DType {
@@ -50,7 +52,11 @@ impl Shape {
 
     /// `[N, dims…]`
     pub fn batched(dims: &[u64]) -> Shape {
-        Shape(std::iter::once(Dim::Batch).chain(dims.iter().map(|d| Dim::Fixed(*d))).collect())
+        Shape(
+            std::iter::once(Dim::Batch)
+                .chain(dims.iter().map(|d| Dim::Fixed(*d)))
+                .collect(),
+        )
     }
 
     pub fn rank(&self) -> usize {
@@ -152,7 +158,10 @@ mod tests {
         assert_eq!(a.broadcast(&Shape::batched(&[1, 64])), Some(a.clone()));
         assert_eq!(a.broadcast(&Shape::batched(&[64, 128])), None);
         // A batch never broadcasts against a fixed size other than 1.
-        assert_eq!(Shape::batched(&[3]).broadcast(&Shape(vec![Dim::Fixed(2), Dim::Fixed(3)])), None);
+        assert_eq!(
+            Shape::batched(&[3]).broadcast(&Shape(vec![Dim::Fixed(2), Dim::Fixed(3)])),
+            None
+        );
         assert_eq!(a.to_string(), "[N, 128, 64]");
     }
 }
