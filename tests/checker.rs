@@ -32,7 +32,21 @@ fn repeat_carries_outer_names_and_prefixes_parameters() {
     assert!(e.is_empty(), "{e:?}");
     let m = p.model("m").expect("model");
     let names: Vec<&str> = m.params.iter().map(|p| p.name.as_str()).collect();
-    assert_eq!(names, ["h.weight", "h.bias", "repeat0.0.h.weight", "repeat0.0.h.bias", "repeat0.1.h.weight", "repeat0.1.h.bias", "repeat0.2.h.weight", "repeat0.2.h.bias", "logits.weight", "logits.bias"]);
+    assert_eq!(
+        names,
+        [
+            "h.weight",
+            "h.bias",
+            "repeat0.0.h.weight",
+            "repeat0.0.h.bias",
+            "repeat0.1.h.weight",
+            "repeat0.1.h.bias",
+            "repeat0.2.h.weight",
+            "repeat0.2.h.bias",
+            "logits.weight",
+            "logits.bias"
+        ]
+    );
 }
 
 #[test]
@@ -58,7 +72,8 @@ fn one_mistake_gives_one_diagnostic() {
     let src = format!("{HEAD}  h = x |> dense(16\n  logits = h |> dense(4)\n  loss cross_entropy(logits, y)\n}}\n");
     assert_eq!(codes(&src), ["E0100"]);
     // A typo of a required argument is not also reported missing.
-    let src = format!("{HEAD}  logits = x |> dense(unit: 4)\n  loss cross_entropy(logits, y)\n}}\n");
+    let src =
+        format!("{HEAD}  logits = x |> dense(unit: 4)\n  loss cross_entropy(logits, y)\n}}\n");
     assert_eq!(codes(&src), ["E0300"]);
 }
 
@@ -70,7 +85,8 @@ fn every_error_is_reported_in_one_run() {
 
 #[test]
 fn windows_line_endings_parse() {
-    let src = format!("{HEAD}  logits = x |> dense(4)\n  loss cross_entropy(logits, y)\n}}\n").replace('\n', "\r\n");
+    let src = format!("{HEAD}  logits = x |> dense(4)\n  loss cross_entropy(logits, y)\n}}\n")
+        .replace('\n', "\r\n");
     let (p, e) = check(&src);
     assert!(e.is_empty(), "{e:?}");
     assert_eq!(p.models[0].param_count(), 36);
@@ -102,7 +118,28 @@ fn import_cycles_and_missing_imports() {
         }
     }
     // a imports b, b imports a: each file is read once, no loop.
-    let (s, _, e) = modelc_compiler::check_text("a.model", "import \"b.model\"\nimport \"c.model\"\n".into(), &Two);
+    let (s, _, e) = modelc_compiler::check_text(
+        "a.model",
+        "import \"b.model\"\nimport \"c.model\"\n".into(),
+        &Two,
+    );
     assert_eq!(s.files.len(), 2);
     assert_eq!(e.iter().map(Located::code).collect::<Vec<_>>(), ["E0206"]);
+}
+
+/// Found by the property test: an out-of-range number used to leave a
+/// required argument unset, and `heads: 0` divided by zero.
+#[test]
+fn rejected_numbers_do_not_reach_the_checker() {
+    let src = "model t {\n  input tok: i32[4]\n  target n: class[8] per token\n  x = embed(tok, 8, dim: 8) |> attention(heads: 99999999999999999999999)\n  logits = x |> dense(8)\n  loss cross_entropy(logits, n)\n}\n";
+    assert_eq!(codes(src), ["E0103"]);
+}
+
+#[test]
+fn absurd_sizes_are_summarized_without_overflow() {
+    let src = "model big {\n  input x: f32[4294967296, 4294967296]\n  target y: class[2]\n  logits = x |> dense(4294967296) |> dense(2)\n  loss cross_entropy(logits, y)\n}\n";
+    let (p, e) = check(src);
+    assert!(e.is_empty(), "{e:?}");
+    let s = modelc_compiler::summary::summarize(p.model("big").expect("model"), None, None, None);
+    assert_eq!(s.totals.flops_per_sample, u64::MAX);
 }

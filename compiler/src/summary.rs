@@ -75,7 +75,7 @@ pub fn summarize(
                     trainable: 0,
                     frozen: 0,
                     flops: 0,
-                    activation_bytes: node.ty.shape.sample_elements() * F32_BYTES,
+                    activation_bytes: node.ty.shape.sample_elements().saturating_mul(F32_BYTES),
                 });
                 continue;
             }
@@ -100,17 +100,17 @@ pub fn summarize(
             }
             _ => continue,
         };
-        let (mut t, mut f) = (0, 0);
+        let (mut t, mut f) = (0u64, 0u64);
         for p in model.params.iter().filter(|p| p.node == i) {
             if is_trainable(&p.name) {
-                t += p.elements();
+                t = t.saturating_add(p.elements());
             } else {
-                f += p.elements();
+                f = f.saturating_add(p.elements());
             }
         }
         // A tensor without a batch (learned positions) is shared by all samples.
         let per_sample = if node.ty.shape.has_batch() {
-            node.ty.shape.sample_elements() * F32_BYTES
+            node.ty.shape.sample_elements().saturating_mul(F32_BYTES)
         } else {
             0
         };
@@ -124,21 +124,22 @@ pub fn summarize(
             activation_bytes: per_sample,
         });
     }
-    let trainable_total: u64 = rows.iter().map(|r| r.trainable).sum();
-    let frozen_total: u64 = rows.iter().map(|r| r.frozen).sum();
-    let params = trainable_total + frozen_total;
+    let sum = |f: fn(&Row) -> u64| rows.iter().fold(0u64, |a, r| a.saturating_add(f(r)));
+    let trainable_total = sum(|r| r.trainable);
+    let frozen_total = sum(|r| r.frozen);
+    let params = trainable_total.saturating_add(frozen_total);
     let state = optimizer.map(|o| {
         let tensors = o.state_per_param();
-        trainable_total * tensors * F32_BYTES
+        trainable_total.saturating_mul(tensors * F32_BYTES)
     });
     let totals = Totals {
         params,
         trainable: trainable_total,
         frozen: frozen_total,
-        param_bytes: params * F32_BYTES,
+        param_bytes: params.saturating_mul(F32_BYTES),
         optimizer_state_bytes: state,
-        flops_per_sample: rows.iter().map(|r| r.flops).sum(),
-        activation_bytes_per_sample: rows.iter().map(|r| r.activation_bytes).sum(),
+        flops_per_sample: sum(|r| r.flops),
+        activation_bytes_per_sample: sum(|r| r.activation_bytes),
     };
     Summary {
         model: model.name.clone(),

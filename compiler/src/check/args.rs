@@ -230,6 +230,8 @@ pub struct Bound {
     pub values: BTreeMap<&'static str, (Value, Span)>,
     /// Where the call is, for errors about the call as a whole.
     pub span: Span,
+    /// An argument was already reported by the parser: the values are partial.
+    pub incomplete: bool,
 }
 
 impl Bound {
@@ -295,12 +297,14 @@ pub fn bind(
     let mut out = Bound {
         values: BTreeMap::new(),
         span: call_span,
+        incomplete: false,
     };
     let mut given: BTreeMap<&'static str, Span> = BTreeMap::new();
     let mut positional = 0usize;
     for arg in args {
         // An argument the parser already reported stands for itself.
         if matches!(&arg.value.kind, ExprKind::Name(n) if n.name.is_empty()) {
+            out.incomplete = true;
             if let Some(p) = arg
                 .name
                 .as_ref()

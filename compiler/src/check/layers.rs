@@ -612,7 +612,7 @@ pub fn infer(layer: &Layer, inputs: &[TensorType]) -> Result<TensorType, ShapeEr
                 ));
             }
             let d = s.last().unwrap_or(0);
-            if d % heads != 0 {
+            if *heads == 0 || d % heads != 0 {
                 let divisors: Vec<String> = (1..=d.min(64))
                     .filter(|k| d % k == 0)
                     .map(|k| k.to_string())
@@ -743,47 +743,56 @@ pub fn params(layer: &Layer, inputs: &[TensorType]) -> Vec<(&'static str, Vec<u6
     }
 }
 
-/// Forward FLOPs per sample (see the module doc for what counts).
+/// Forward FLOPs per sample (see the module doc for what counts). Saturates
+/// rather than overflowing on absurd sizes.
 pub fn flops(layer: &Layer, inputs: &[TensorType], out: &TensorType) -> u64 {
+    use super::types::product as p;
     let out_elems = out.shape.sample_elements();
-    let in_elems = inputs
-        .first()
-        .map(|t| t.shape.sample_elements())
-        .unwrap_or(0);
+    let first = inputs.first();
     match layer {
         Layer::Dense { units, bias } => {
-            let fan_in = inputs.first().and_then(|t| t.shape.last()).unwrap_or(0);
-            let rows = out_elems / units.max(&1);
-            rows * (2 * fan_in * units + if *bias { *units } else { 0 })
+            let fan_in = first.and_then(|t| t.shape.last()).unwrap_or(0);
+            let rows = out_elems / (*units).max(1);
+            p(&[rows, 2, fan_in, *units]).saturating_add(if *bias { p(&[rows, *units]) } else { 0 })
         }
         Layer::Conv2d { kernel, bias, .. } => {
-            let c = inputs
-                .first()
+            let c = first
                 .and_then(|t| image_dims(&t.shape))
                 .map(|d| d.0)
                 .unwrap_or(0);
-            out_elems * (2 * c * kernel.0 * kernel.1 + u64::from(*bias))
+            p(&[out_elems, 2, c, kernel.0, kernel.1]).saturating_add(if *bias {
+                out_elems
+            } else {
+                0
+            })
         }
-        Layer::Maxpool { size, .. } | Layer::Avgpool { size, .. } => out_elems * size.0 * size.1,
+        Layer::Maxpool { size, .. } | Layer::Avgpool { size, .. } => {
+            p(&[out_elems, size.0, size.1])
+        }
         Layer::Dropout { .. } | Layer::Relu | Layer::Sigmoid | Layer::Tanh | Layer::Gelu => {
             out_elems
         }
-        Layer::Softmax { .. } => 3 * out_elems,
-        Layer::Layernorm { .. } => 5 * out_elems,
-        Layer::Add => out_elems * (inputs.len() as u64).saturating_sub(1),
+        Layer::Softmax { .. } => p(&[3, out_elems]),
+        Layer::Layernorm { .. } => p(&[5, out_elems]),
+        Layer::Add => p(&[out_elems, (inputs.len() as u64).saturating_sub(1)]),
         Layer::Attention { heads, .. } => {
-            let (t, d) = match inputs.first().map(|x| x.shape.sample_dims()).as_deref() {
+            let (t, d) = match first.map(|x| x.shape.sample_dims()).as_deref() {
                 Some([t, d]) => (*t, *d),
                 _ => (0, 0),
             };
-            let projections = 2 * t * d * 3 * d + 3 * t * d + 2 * t * d * d + t * d;
-            let scores = 2 * t * t * d;
-            let mix = 2 * t * t * d;
-            projections + scores + 3 * heads * t * t + mix
+            // q, k, v projections with bias; scores; softmax; mixing; output projection with bias.
+            [
+                p(&[2, t, d, 3, d]),
+                p(&[3, t, d]),
+                p(&[2, t, t, d]),
+                p(&[3, *heads, t, t]),
+                p(&[2, t, t, d]),
+                p(&[2, t, d, d]),
+                p(&[t, d]),
+            ]
+            .iter()
+            .fold(0u64, |a, x| a.saturating_add(*x))
         }
-        Layer::Flatten | Layer::Embed { .. } | Layer::Positions { .. } | Layer::Concat { .. } => {
-            let _ = in_elems;
-            0
-        }
+        Layer::Flatten | Layer::Embed { .. } | Layer::Positions { .. } | Layer::Concat { .. } => 0,
     }
 }

@@ -60,7 +60,7 @@ pub struct ParamInfo {
 
 impl ParamInfo {
     pub fn elements(&self) -> u64 {
-        self.shape.iter().product()
+        super::types::product(&self.shape)
     }
 }
 
@@ -85,7 +85,9 @@ pub struct ModelInfo {
 
 impl ModelInfo {
     pub fn param_count(&self) -> u64 {
-        self.params.iter().map(ParamInfo::elements).sum()
+        self.params
+            .iter()
+            .fold(0u64, |a, p| a.saturating_add(p.elements()))
     }
 
     /// The declaration span of an input or target node by name.
@@ -1125,7 +1127,7 @@ impl<'a> ModelChecker<'a> {
 
         let mut errs = Vec::new();
         let bound = args::bind(name, call.span, sig.params, &config, &mut errs);
-        let bind_failed = !errs.is_empty();
+        let bind_failed = !errs.is_empty() || bound.incomplete;
         for e in errs {
             self.err(e);
         }

@@ -491,7 +491,7 @@ impl<'a> SettingsChecker<'a> {
         let refs: Vec<&Arg> = args.iter().collect();
         let mut errs = Vec::new();
         let b = bind(&format!("`{}`", key.name), span, &[param], &refs, &mut errs);
-        let failed = !errs.is_empty();
+        let failed = !errs.is_empty() || b.incomplete;
         for e in errs {
             self.err(e);
         }
@@ -529,7 +529,7 @@ impl<'a> SettingsChecker<'a> {
         };
         let mut errs = Vec::new();
         let b = bind(name, span, params, &args, &mut errs);
-        let failed = !errs.is_empty();
+        let failed = !errs.is_empty() || b.incomplete;
         for e in errs {
             self.err(e);
         }
@@ -669,7 +669,7 @@ impl<'a> SettingsChecker<'a> {
         let refs: Vec<&Arg> = args.iter().collect();
         let mut errs = Vec::new();
         let b = bind("early_stop", span, EARLY_STOP, &refs, &mut errs);
-        let failed = !errs.is_empty();
+        let failed = !errs.is_empty() || b.incomplete;
         for e in errs {
             self.err(e);
         }

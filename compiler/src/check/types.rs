@@ -5,6 +5,12 @@ use std::fmt;
 
 use serde::Serialize;
 
+/// The product of sizes, saturating instead of overflowing: statistics of
+/// absurd (user-written) sizes stay defined.
+pub fn product(dims: &[u64]) -> u64 {
+    dims.iter().fold(1u64, |a, d| a.saturating_mul(*d))
+}
+
 /// One dimension: the symbolic batch size or a fixed size.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
 pub enum Dim {
@@ -80,7 +86,7 @@ impl Shape {
 
     /// Elements per sample (per batch row), or in all when there is no batch.
     pub fn sample_elements(&self) -> u64 {
-        self.sample_dims().iter().product()
+        product(&self.sample_dims())
     }
 
     pub fn last(&self) -> Option<u64> {
