@@ -137,7 +137,7 @@ fn rejected_numbers_do_not_reach_the_checker() {
 
 #[test]
 fn absurd_sizes_are_summarized_without_overflow() {
-    let src = "model big {\n  input x: f32[4294967296, 4294967296]\n  target y: class[2]\n  logits = x |> dense(4294967296) |> dense(2)\n  loss cross_entropy(logits, y)\n}\n";
+    let src = "model big {\n  input x: f32[4294967296]\n  target y: class[2]\n  logits = x |> dense(4294967296) |> dense(2)\n  loss cross_entropy(logits, y)\n}\n";
     let (p, e) = check(src);
     assert!(e.is_empty(), "{e:?}");
     let s = modelc_compiler::summary::summarize(p.model("big").expect("model"), None, None, None);
