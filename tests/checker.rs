@@ -143,3 +143,24 @@ fn absurd_sizes_are_summarized_without_overflow() {
     let s = modelc_compiler::summary::summarize(p.model("big").expect("model"), None, None, None);
     assert_eq!(s.totals.flops_per_sample, u64::MAX);
 }
+
+/// Found by the fuzzer: nested `repeat`s of statements that make no nodes ran
+/// for minutes and grew memory without bound.
+#[test]
+fn nested_repeats_are_bounded() {
+    let src = "model m {\n  input x: f32[2]\n  target y: f32[1]\n  h = x\n  repeat 1000 {\n    repeat 1000 {\n      repeat 1000 {\n        h = h\n      }\n    }\n  }\n  out = h |> dense(1)\n  loss mse(out, y)\n}\n";
+    let t = std::time::Instant::now();
+    assert_eq!(codes(src), ["E0303"]);
+    assert!(t.elapsed().as_secs() < 5, "took {:?}", t.elapsed());
+}
+
+/// Found by the fuzzer: unclosed braces inside a malformed line made error
+/// recovery backtrack exponentially (0.5 s for 500 bytes).
+#[test]
+fn unclosed_braces_parse_in_linear_time() {
+    let src = format!("model m {{\n  x = f(\"{}\")\n  y = {}\n}}\n", "{".repeat(40), "{".repeat(40));
+    let t = std::time::Instant::now();
+    let (_, e) = check(&src);
+    assert!(!e.is_empty());
+    assert!(t.elapsed().as_millis() < 2000, "took {:?}", t.elapsed());
+}

@@ -169,6 +169,8 @@ pub struct ModelChecker<'a> {
     broken_input: bool,
     broken_any: bool,
     too_big: bool,
+    /// Statements checked so far, `repeat` bodies counted once per iteration.
+    work: usize,
     /// (prediction, target) pairs already reported as mismatched.
     reported: HashSet<(usize, usize)>,
 }
@@ -201,6 +203,7 @@ impl<'a> ModelChecker<'a> {
             broken_input: false,
             broken_any: false,
             too_big: false,
+            work: 0,
             reported: HashSet::new(),
         }
     }
@@ -209,7 +212,7 @@ impl<'a> ModelChecker<'a> {
     pub fn check(mut self, model: &ast::Model) -> (ModelInfo, Vec<Located>) {
         collect_defs(&model.body, false, &mut self.defs, &mut self.loop_defs);
         self.stmts(&model.body);
-        if self.inputs.is_empty() && !self.broken_input {
+        if self.inputs.is_empty() && !self.broken_input && !self.too_big {
             self.err(CheckError::ModelMissing {
                 model: model.name.name.clone(),
                 what: "input",
@@ -217,7 +220,7 @@ impl<'a> ModelChecker<'a> {
                 help: Some("declare one, e.g. `input image: f32[784]`".into()),
             });
         }
-        if self.loss.is_none() && !self.broken_loss {
+        if self.loss.is_none() && !self.broken_loss && !self.too_big {
             self.err(CheckError::ModelMissing {
                 model: model.name.name.clone(),
                 what: "loss",
@@ -260,6 +263,21 @@ impl<'a> ModelChecker<'a> {
     fn stmts(&mut self, body: &[Stmt]) {
         for s in body {
             if self.too_big {
+                return;
+            }
+            // Unrolled statements count too: nested `repeat`s of statements
+            // that make no nodes must not run (or allocate) without bound.
+            self.work += 1;
+            if self.work > MAX_NODES {
+                self.too_big = true;
+                self.err(CheckError::OutOfRange {
+                    callee: "the model".into(),
+                    name: "size".into(),
+                    value: format!("more than {MAX_NODES} unrolled statements"),
+                    range: format!("at most {MAX_NODES} statements once `repeat` is unrolled"),
+                    span: stmt_span(s).into(),
+                    help: Some("lower the `repeat` counts".into()),
+                });
                 return;
             }
             self.stmt(s);
@@ -1396,6 +1414,18 @@ impl<'a> ModelChecker<'a> {
 fn shape_decl(s: &Shape) -> String {
     let dims: Vec<String> = s.sample_dims().iter().map(u64::to_string).collect();
     format!("[{}]", dims.join(", "))
+}
+
+fn stmt_span(s: &Stmt) -> Span {
+    match s {
+        Stmt::Input { span, .. }
+        | Stmt::Target { span, .. }
+        | Stmt::Bind { span, .. }
+        | Stmt::Repeat { span, .. }
+        | Stmt::Loss { span, .. }
+        | Stmt::Metric { span, .. }
+        | Stmt::Error { span, .. } => *span,
+    }
 }
 
 /// Collects where each name is first defined, and which only inside repeats.
