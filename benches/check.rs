@@ -20,16 +20,12 @@ fn main() {
         .collect();
     specs.sort();
     let exe = env!("CARGO_BIN_EXE_modelc");
-    println!(
-        "{:<32} {:>14} {:>14}",
-        "spec", "in-process", "whole process"
-    );
+    println!("{:<32} {:>14} {:>14}", "spec", "in-process", "whole process");
     for spec in &specs {
         let inproc: Vec<Duration> = (0..50)
             .map(|_| {
                 let t = Instant::now();
-                let (_, _, errors) =
-                    modelc_compiler::check_path(Path::new(spec)).expect("readable");
+                let (_, _, errors) = modelc_compiler::check_path(Path::new(spec)).expect("readable");
                 assert!(errors.is_empty());
                 t.elapsed()
             })
@@ -37,12 +33,7 @@ fn main() {
         let process: Vec<Duration> = (0..20)
             .map(|_| {
                 let t = Instant::now();
-                let status = Command::new(exe)
-                    .arg("check")
-                    .arg(spec)
-                    .output()
-                    .expect("runs")
-                    .status;
+                let status = Command::new(exe).arg("check").arg(spec).output().expect("runs").status;
                 assert!(status.success());
                 t.elapsed()
             })

@@ -51,7 +51,9 @@ fn repeat_carries_outer_names_and_prefixes_parameters() {
 
 #[test]
 fn redefining_a_name_outside_repeat_is_an_error() {
-    let src = format!("{HEAD}  h = x |> dense(16)\n  h = h |> relu\n  logits = h |> dense(4)\n  loss cross_entropy(logits, y)\n}}\n");
+    let src = format!(
+        "{HEAD}  h = x |> dense(16)\n  h = h |> relu\n  logits = h |> dense(4)\n  loss cross_entropy(logits, y)\n}}\n"
+    );
     assert_eq!(codes(&src), ["E0201"]);
 }
 
@@ -72,8 +74,7 @@ fn one_mistake_gives_one_diagnostic() {
     let src = format!("{HEAD}  h = x |> dense(16\n  logits = h |> dense(4)\n  loss cross_entropy(logits, y)\n}}\n");
     assert_eq!(codes(&src), ["E0100"]);
     // A typo of a required argument is not also reported missing.
-    let src =
-        format!("{HEAD}  logits = x |> dense(unit: 4)\n  loss cross_entropy(logits, y)\n}}\n");
+    let src = format!("{HEAD}  logits = x |> dense(unit: 4)\n  loss cross_entropy(logits, y)\n}}\n");
     assert_eq!(codes(&src), ["E0300"]);
 }
 
@@ -85,8 +86,7 @@ fn every_error_is_reported_in_one_run() {
 
 #[test]
 fn windows_line_endings_parse() {
-    let src = format!("{HEAD}  logits = x |> dense(4)\n  loss cross_entropy(logits, y)\n}}\n")
-        .replace('\n', "\r\n");
+    let src = format!("{HEAD}  logits = x |> dense(4)\n  loss cross_entropy(logits, y)\n}}\n").replace('\n', "\r\n");
     let (p, e) = check(&src);
     assert!(e.is_empty(), "{e:?}");
     assert_eq!(p.models[0].param_count(), 36);
@@ -118,11 +118,7 @@ fn import_cycles_and_missing_imports() {
         }
     }
     // a imports b, b imports a: each file is read once, no loop.
-    let (s, _, e) = modelc_compiler::check_text(
-        "a.model",
-        "import \"b.model\"\nimport \"c.model\"\n".into(),
-        &Two,
-    );
+    let (s, _, e) = modelc_compiler::check_text("a.model", "import \"b.model\"\nimport \"c.model\"\n".into(), &Two);
     assert_eq!(s.files.len(), 2);
     assert_eq!(e.iter().map(Located::code).collect::<Vec<_>>(), ["E0206"]);
 }

@@ -15,24 +15,13 @@ fn check_accepts_every_valid_spec() {
     args.extend(specs);
     let (code, out, err) = modelc(&args);
     assert_eq!(code, 0, "{err}");
-    assert_eq!(
-        out.lines().filter(|l| l.starts_with("ok")).count(),
-        specs.len(),
-        "{out}"
-    );
-    assert!(
-        out.contains("model mnist_mlp (101,770 parameters)"),
-        "{out}"
-    );
+    assert_eq!(out.lines().filter(|l| l.starts_with("ok")).count(), specs.len(), "{out}");
+    assert!(out.contains("model mnist_mlp (101,770 parameters)"), "{out}");
 }
 
 #[test]
 fn check_fails_and_renders_every_error() {
-    let (code, out, err) = modelc(&[
-        "check",
-        "specs/invalid/syntax_two_errors.model",
-        "specs/mnist_mlp.model",
-    ]);
+    let (code, out, err) = modelc(&["check", "specs/invalid/syntax_two_errors.model", "specs/mnist_mlp.model"]);
     assert_eq!(code, 1);
     assert_eq!(err.matches("E0100").count(), 2, "{err}");
     assert!(err.contains("syntax_two_errors.model: 2 errors"), "{err}");
@@ -43,10 +32,7 @@ fn check_fails_and_renders_every_error() {
 fn missing_file_is_a_clear_error() {
     let (code, _, err) = modelc(&["check", "specs/nope.model"]);
     assert_eq!(code, 1);
-    assert!(
-        err.contains("cannot read specs/nope.model: no such file"),
-        "{err}"
-    );
+    assert!(err.contains("cannot read specs/nope.model: no such file"), "{err}");
 }
 
 #[test]
@@ -61,49 +47,28 @@ fn summary_json_has_totals_and_layouts() {
     assert_eq!(v["params"][0]["name"], "hidden.weight");
     assert_eq!(v["params"][0]["shape"], serde_json::json!([128, 784]));
     // 2·784·128 + 128 + 128 (relu) + 2·128·10 + 10
-    assert_eq!(
-        v["totals"]["flops_per_sample"],
-        2 * 784 * 128 + 128 + 128 + 2 * 128 * 10 + 10
-    );
+    assert_eq!(v["totals"]["flops_per_sample"], 2 * 784 * 128 + 128 + 128 + 2 * 128 * 10 + 10);
 }
 
 #[test]
 fn summary_of_a_finetune_stage_shows_frozen_parameters() {
-    let (code, out, err) = modelc(&[
-        "summary",
-        "specs/lenet5_finetune.model",
-        "--stage",
-        "all",
-        "--format",
-        "json",
-    ]);
+    let (code, out, err) = modelc(&["summary", "specs/lenet5_finetune.model", "--stage", "all", "--format", "json"]);
     assert_eq!(code, 0, "{err}");
     let v: serde_json::Value = serde_json::from_str(&out).expect("json");
     assert_eq!(v["stage"], "all");
     // conv1 (156) stays frozen; the new 5-way head has 84·5 + 5 = 425.
     assert_eq!(v["totals"]["frozen"], 156);
     assert_eq!(v["totals"]["params"], 44_426 - 850 + 425);
-    let (code, _, err) = modelc(&[
-        "summary",
-        "specs/lenet5_finetune.model",
-        "--stage",
-        "middle",
-    ]);
+    let (code, _, err) = modelc(&["summary", "specs/lenet5_finetune.model", "--stage", "middle"]);
     assert_eq!(code, 1);
-    assert!(
-        err.contains("no stage `middle` (it has: head, all)"),
-        "{err}"
-    );
+    assert!(err.contains("no stage `middle` (it has: head, all)"), "{err}");
 }
 
 #[test]
 fn summary_refuses_an_unknown_model() {
     let (code, _, err) = modelc(&["summary", "specs/lenet5.model", "--model", "lenet"]);
     assert_eq!(code, 1);
-    assert!(
-        err.contains("no model or finetune named `lenet` (it has: lenet5)"),
-        "{err}"
-    );
+    assert!(err.contains("no model or finetune named `lenet` (it has: lenet5)"), "{err}");
 }
 
 #[test]

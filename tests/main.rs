@@ -19,21 +19,14 @@ pub fn check_spec(rel: &Path) -> (Sources, Program, Vec<Located>) {
 
 /// The path of `abs` relative to the project root.
 pub fn relative(abs: &Path) -> &Path {
-    abs.strip_prefix(env!("CARGO_MANIFEST_DIR"))
-        .expect("spec inside the project")
+    abs.strip_prefix(env!("CARGO_MANIFEST_DIR")).expect("spec inside the project")
 }
 
 /// Runs the CLI in-process; returns (exit code, stdout, stderr).
 pub fn modelc(args: &[&str]) -> (i32, String, String) {
     let mut out = Vec::new();
     let mut err = Vec::new();
-    let argv = std::iter::once("modelc")
-        .chain(args.iter().copied())
-        .map(Into::into);
+    let argv = std::iter::once("modelc").chain(args.iter().copied()).map(Into::into);
     let code = modelc::cli::run(argv, &mut out, &mut err, false);
-    (
-        code,
-        String::from_utf8(out).expect("utf-8 stdout"),
-        String::from_utf8(err).expect("utf-8 stderr"),
-    )
+    (code, String::from_utf8(out).expect("utf-8 stdout"), String::from_utf8(err).expect("utf-8 stderr"))
 }

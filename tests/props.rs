@@ -14,10 +14,7 @@ struct MapLoader(HashMap<PathBuf, String>);
 
 impl Loader for MapLoader {
     fn load(&self, path: &Path) -> Result<String, String> {
-        self.0
-            .get(path)
-            .cloned()
-            .ok_or_else(|| "no such file".into())
+        self.0.get(path).cloned().ok_or_else(|| "no such file".into())
     }
 }
 
@@ -132,9 +129,6 @@ proptest! {
 fn the_mutator_changes_text() {
     let text = "hidden = image |> dense(128)";
     assert_eq!(tokens(text).concat(), text);
-    assert_eq!(
-        apply(text, &[Mutation::Delete(0)]),
-        " = image |> dense(128)"
-    );
+    assert_eq!(apply(text, &[Mutation::Delete(0)]), " = image |> dense(128)");
     assert_eq!(apply(text, &[Mutation::Truncate(3)]), "hidden =");
 }

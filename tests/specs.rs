@@ -18,25 +18,12 @@ fn invalid_specs_fail_with_located_diagnostics() {
         assert!(!errors.is_empty(), "{} should fail to check", rel.display());
         for e in &errors {
             let labels: Vec<_> = e.error.labels().map(|l| l.collect()).unwrap_or_default();
-            assert!(
-                !labels.is_empty(),
-                "{}: diagnostic without a span: {}",
-                rel.display(),
-                e.error
-            );
+            assert!(!labels.is_empty(), "{}: diagnostic without a span: {}", rel.display(), e.error);
             let text = &sources.file(e.file).text;
             for l in &labels {
-                assert!(
-                    l.offset() + l.len() <= text.len(),
-                    "{}: label past the end",
-                    rel.display()
-                );
+                assert!(l.offset() + l.len() <= text.len(), "{}: label past the end", rel.display());
             }
-            assert!(
-                e.error.code().is_some(),
-                "{}: diagnostic without a code",
-                rel.display()
-            );
+            assert!(e.error.code().is_some(), "{}: diagnostic without a code", rel.display());
         }
         insta::assert_snapshot!(render::diagnostics(&sources, &errors, false, 80));
     });
@@ -51,18 +38,12 @@ fn invalid_specs_fail_where_they_say() {
         let (sources, _, errors) = check_spec(rel);
         let text = &sources.file(modelc_compiler::FileId(0)).text;
         let header = text.lines().next().unwrap_or("");
-        let expect = header
-            .strip_prefix("# expect: ")
-            .unwrap_or_else(|| panic!("{}: no `# expect:` header", rel.display()));
+        let expect =
+            header.strip_prefix("# expect: ").unwrap_or_else(|| panic!("{}: no `# expect:` header", rel.display()));
         let (code, line) = expect.split_once(" at line ").expect("`CODE at line N`");
         let first = errors.first().expect("an error");
         let got_line = sources.line_of(first.file, first.offset());
-        assert_eq!(
-            (first.code().as_str(), got_line.to_string().as_str()),
-            (code, line),
-            "{}",
-            rel.display()
-        );
+        assert_eq!((first.code().as_str(), got_line.to_string().as_str()), (code, line), "{}", rel.display());
     });
 }
 
@@ -70,11 +51,7 @@ fn invalid_specs_fail_where_they_say() {
 fn invalid_specs_are_many_and_cover_every_area() {
     let mut areas = std::collections::BTreeMap::new();
     for entry in std::fs::read_dir("specs/invalid").expect("specs/invalid") {
-        let name = entry
-            .expect("entry")
-            .file_name()
-            .to_string_lossy()
-            .into_owned();
+        let name = entry.expect("entry").file_name().to_string_lossy().into_owned();
         if let Some(area) = name.split('_').next() {
             *areas.entry(area.to_string()).or_insert(0) += 1;
         }
@@ -82,10 +59,7 @@ fn invalid_specs_are_many_and_cover_every_area() {
     let total: usize = areas.values().sum();
     assert!(total >= 40, "only {total} invalid specs");
     for area in ["syntax", "names", "args", "shapes", "sections"] {
-        assert!(
-            areas.get(area).copied().unwrap_or(0) >= 5,
-            "too few `{area}` specs: {areas:?}"
-        );
+        assert!(areas.get(area).copied().unwrap_or(0) >= 5, "too few `{area}` specs: {areas:?}");
     }
 }
 
@@ -94,12 +68,7 @@ fn valid_specs_check_clean_and_summaries_are_stable() {
     insta::glob!("../specs", "*.model", |abs| {
         let rel = relative(abs);
         let (sources, program, errors) = check_spec(rel);
-        assert!(
-            errors.is_empty(),
-            "{}:\n{}",
-            rel.display(),
-            render::diagnostics(&sources, &errors, false, 80)
-        );
+        assert!(errors.is_empty(), "{}:\n{}", rel.display(), render::diagnostics(&sources, &errors, false, 80));
         let (code, out, err) = crate::modelc(&["summary", &rel.to_string_lossy()]);
         assert_eq!(code, 0, "{err}");
         assert!(!program.models.is_empty() || !program.finetunes.is_empty());
@@ -112,12 +81,7 @@ fn params_by_layer(path: &str, model: &str) -> (u64, Vec<(String, u64)>) {
     assert!(errors.is_empty(), "{errors:?}");
     let m = program.model(model).expect("model");
     let s = summarize(m, None, None, None);
-    let rows = s
-        .rows
-        .iter()
-        .filter(|r| r.trainable > 0)
-        .map(|r| (r.layer.clone(), r.trainable))
-        .collect();
+    let rows = s.rows.iter().filter(|r| r.trainable > 0).map(|r| (r.layer.clone(), r.trainable)).collect();
     (s.totals.params, rows)
 }
 
@@ -128,13 +92,7 @@ fn parameter_counts_match_pytorch() {
     assert_eq!(total, 101_770);
     let (total, rows) = params_by_layer("specs/lenet5.model", "lenet5");
     assert_eq!(total, 44_426);
-    let expected = [
-        ("conv1", 156),
-        ("conv2", 2_416),
-        ("fc1", 30_840),
-        ("fc2", 10_164),
-        ("logits", 850),
-    ];
+    let expected = [("conv1", 156), ("conv2", 2_416), ("fc1", 30_840), ("fc2", 10_164), ("logits", 850)];
     let rows: Vec<(&str, u64)> = rows.iter().map(|(l, n)| (l.as_str(), *n)).collect();
     assert_eq!(rows, expected);
     // nn.TransformerEncoder-style blocks with nn.MultiheadAttention (4·d² + 4·d).
@@ -148,11 +106,7 @@ fn parameter_counts_match_pytorch() {
 fn parameter_names_and_layouts_follow_pytorch() {
     let (_, program, _) = check_spec(Path::new("specs/lenet5.model"));
     let m = program.model("lenet5").expect("model");
-    let names: Vec<(String, Vec<u64>)> = m
-        .params
-        .iter()
-        .map(|p| (p.name.clone(), p.shape.clone()))
-        .collect();
+    let names: Vec<(String, Vec<u64>)> = m.params.iter().map(|p| (p.name.clone(), p.shape.clone())).collect();
     assert_eq!(names[0], ("conv1.weight".to_string(), vec![6, 1, 5, 5]));
     assert_eq!(names[1], ("conv1.bias".to_string(), vec![6]));
     assert_eq!(names[4], ("fc1.weight".to_string(), vec![120, 256]));
@@ -161,10 +115,7 @@ fn parameter_names_and_layouts_follow_pytorch() {
     let has = |n: &str| m.params.iter().any(|p| p.name == n);
     assert!(has("blocks.0.attn.1.in_proj_weight"));
     assert!(has("blocks.3.mlp.3.bias"));
-    assert!(
-        has("x.0.weight"),
-        "embedding weight named after its binding"
-    );
+    assert!(has("x.0.weight"), "embedding weight named after its binding");
 }
 
 #[test]
@@ -176,17 +127,8 @@ fn finetune_freezes_what_the_stages_say() {
     let head: Vec<&str> = f.stages[0].trainable.iter().map(String::as_str).collect();
     assert_eq!(head, ["logits.bias", "logits.weight"]);
     let all = &f.stages[1].trainable;
-    assert!(
-        all.contains("conv2.weight") && all.contains("fc1.bias") && all.contains("logits.weight")
-    );
+    assert!(all.contains("conv2.weight") && all.contains("fc1.bias") && all.contains("logits.weight"));
     assert!(!all.contains("conv1.weight"), "conv1 stays frozen");
     assert_eq!(f.stages[1].lr_scale.get("conv2.weight"), Some(&0.1));
-    assert_eq!(
-        f.model
-            .params
-            .iter()
-            .find(|p| p.name == "logits.weight")
-            .map(|p| p.shape.clone()),
-        Some(vec![5, 84])
-    );
+    assert_eq!(f.model.params.iter().find(|p| p.name == "logits.weight").map(|p| p.shape.clone()), Some(vec![5, 84]));
 }

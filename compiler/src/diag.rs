@@ -296,9 +296,7 @@ pub enum CheckError {
     #[error("the loss must be a scalar built from loss functions, but this is {found}")]
     #[diagnostic(
         code(E0404),
-        help(
-            "use a loss function, e.g. `loss cross_entropy(logits, label)` or `loss mse(pred, y)`"
-        )
+        help("use a loss function, e.g. `loss cross_entropy(logits, label)` or `loss mse(pred, y)`")
     )]
     NotALoss {
         found: String,
@@ -345,10 +343,7 @@ pub enum CheckError {
     },
 
     #[error("nothing is trainable in stage `{stage}`")]
-    #[diagnostic(
-        code(E0503),
-        help("name the layers to train with `train` or `unfreeze`")
-    )]
+    #[diagnostic(code(E0503), help("name the layers to train with `train` or `unfreeze`"))]
     NothingTrainable {
         stage: String,
         #[label("every parameter is frozen here")]
@@ -382,19 +377,12 @@ impl Located {
 
     /// Byte offset of the primary label.
     pub fn offset(&self) -> usize {
-        self.error
-            .labels()
-            .and_then(|mut l| l.next())
-            .map(|l| l.offset())
-            .unwrap_or(0)
+        self.error.labels().and_then(|mut l| l.next()).map(|l| l.offset()).unwrap_or(0)
     }
 }
 
 /// "did you mean `x`?" for the candidate closest to `name`, if any is close.
-pub fn did_you_mean<'a>(
-    name: &str,
-    candidates: impl IntoIterator<Item = &'a str>,
-) -> Option<String> {
+pub fn did_you_mean<'a>(name: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<String> {
     closest(name, candidates).map(|c| format!("did you mean `{c}`?"))
 }
 
@@ -406,15 +394,8 @@ pub fn closest<'a>(name: &str, candidates: impl IntoIterator<Item = &'a str>) ->
     candidates
         .into_iter()
         .filter(|c| *c != name)
-        .map(|c| {
-            (
-                strsim::damerau_levenshtein(&lower, &c.to_ascii_lowercase()),
-                c,
-            )
-        })
-        .filter(|(d, c)| {
-            *d <= limit || (c.len() >= 4 && lower.starts_with(&c.to_ascii_lowercase()))
-        })
+        .map(|c| (strsim::damerau_levenshtein(&lower, &c.to_ascii_lowercase()), c))
+        .filter(|(d, c)| *d <= limit || (c.len() >= 4 && lower.starts_with(&c.to_ascii_lowercase())))
         .min_by_key(|(d, c)| (*d, c.len()))
         .map(|(_, c)| c)
 }

@@ -5,8 +5,12 @@
 //! Library code returns diagnostics as values ([`diag::Located`]); only the
 //! binary renders them.
 
+pub mod autodiff;
 pub mod check;
 pub mod diag;
+pub mod gradcheck;
+pub mod interp;
+pub mod ir;
 pub mod source;
 pub mod summary;
 
@@ -16,18 +20,12 @@ pub use source::{FileId, FsLoader, Loader, Sources};
 
 /// Loads `path` and its imports from disk and checks them all.
 pub fn check_path(path: &std::path::Path) -> Result<(Sources, Program, Vec<Located>), String> {
-    let text = FsLoader
-        .load(path)
-        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let text = FsLoader.load(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     Ok(check_text(&path.to_string_lossy(), text, &FsLoader))
 }
 
 /// Checks `text` as the file `name`, reading imports through `loader`.
-pub fn check_text(
-    name: &str,
-    text: String,
-    loader: &dyn Loader,
-) -> (Sources, Program, Vec<Located>) {
+pub fn check_text(name: &str, text: String, loader: &dyn Loader) -> (Sources, Program, Vec<Located>) {
     let (sources, mut errors) = Sources::load(name, text, loader);
     let (program, check_errors) = check::check(&sources);
     errors.extend(check_errors);

@@ -72,11 +72,7 @@ impl Sources {
                     _ => None,
                 })
                 .collect();
-            let dir = sources.files[next]
-                .path
-                .parent()
-                .map(Path::to_path_buf)
-                .unwrap_or_default();
+            let dir = sources.files[next].path.parent().map(Path::to_path_buf).unwrap_or_default();
             for (rel, span) in imports {
                 let target = dir.join(&rel);
                 let same = |f: &SourceFile| f.path == target;
@@ -92,11 +88,7 @@ impl Sources {
                     }
                     Err(reason) => errors.push(Located {
                         file: FileId(next),
-                        error: Error::Check(CheckError::Import {
-                            path: rel.clone(),
-                            reason,
-                            span: span.into(),
-                        }),
+                        error: Error::Check(CheckError::Import { path: rel.clone(), reason, span: span.into() }),
                     }),
                 }
             }
@@ -108,25 +100,13 @@ impl Sources {
     fn add(&mut self, name: String, path: PathBuf, text: String, errors: &mut Vec<Located>) {
         let id = FileId(self.files.len());
         let (ast, syntax) = modelc_grammar::parse(&text);
-        errors.extend(syntax.into_iter().map(|e| Located {
-            file: id,
-            error: Error::Syntax(e),
-        }));
-        self.files.push(SourceFile {
-            name,
-            path,
-            text,
-            ast,
-        });
+        errors.extend(syntax.into_iter().map(|e| Located { file: id, error: Error::Syntax(e) }));
+        self.files.push(SourceFile { name, path, text, ast });
     }
 
     /// 1-based line number of a byte offset, for messages that cite a line.
     pub fn line_of(&self, file: FileId, offset: usize) -> usize {
         let text = &self.file(file).text;
-        text[..offset.min(text.len())]
-            .bytes()
-            .filter(|b| *b == b'\n')
-            .count()
-            + 1
+        text[..offset.min(text.len())].bytes().filter(|b| *b == b'\n').count() + 1
     }
 }

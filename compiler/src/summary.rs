@@ -80,15 +80,8 @@ pub fn summarize(
                 continue;
             }
             Op::Layer { layer } => {
-                let inputs: Vec<_> = node
-                    .inputs
-                    .iter()
-                    .map(|n| model.nodes[*n].ty.clone())
-                    .collect();
-                (
-                    layer.name().to_string(),
-                    layers::flops(layer, &inputs, &node.ty),
-                )
+                let inputs: Vec<_> = node.inputs.iter().map(|n| model.nodes[*n].ty.clone()).collect();
+                (layer.name().to_string(), layers::flops(layer, &inputs, &node.ty))
             }
             Op::Binary { op } if node.ty.shape.rank() > 0 => {
                 let name = match *op {
@@ -109,11 +102,8 @@ pub fn summarize(
             }
         }
         // A tensor without a batch (learned positions) is shared by all samples.
-        let per_sample = if node.ty.shape.has_batch() {
-            node.ty.shape.sample_elements().saturating_mul(F32_BYTES)
-        } else {
-            0
-        };
+        let per_sample =
+            if node.ty.shape.has_batch() { node.ty.shape.sample_elements().saturating_mul(F32_BYTES) } else { 0 };
         rows.push(Row {
             layer: node.path.clone(),
             op,
@@ -149,11 +139,7 @@ pub fn summarize(
         params: model
             .params
             .iter()
-            .map(|p| ParamRow {
-                name: p.name.clone(),
-                shape: p.shape.clone(),
-                trainable: is_trainable(&p.name),
-            })
+            .map(|p| ParamRow { name: p.name.clone(), shape: p.shape.clone(), trainable: is_trainable(&p.name) })
             .collect(),
         totals,
     }

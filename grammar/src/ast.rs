@@ -94,62 +94,27 @@ pub struct Model {
 #[derive(Clone, Debug, PartialEq)]
 pub enum Stmt {
     /// `input NAME: TYPE`
-    Input {
-        name: Ident,
-        ty: TypeExpr,
-        span: Span,
-    },
+    Input { name: Ident, ty: TypeExpr, span: Span },
     /// `target NAME: TYPE`
-    Target {
-        name: Ident,
-        ty: TypeExpr,
-        span: Span,
-    },
+    Target { name: Ident, ty: TypeExpr, span: Span },
     /// `NAME = EXPR`
-    Bind {
-        name: Ident,
-        value: Expr,
-        span: Span,
-    },
+    Bind { name: Ident, value: Expr, span: Span },
     /// `repeat N [as NAME] { … }`
-    Repeat {
-        count: u64,
-        count_span: Span,
-        label: Option<Ident>,
-        body: Vec<Stmt>,
-        span: Span,
-    },
+    Repeat { count: u64, count_span: Span, label: Option<Ident>, body: Vec<Stmt>, span: Span },
     /// `loss EXPR`
     Loss { value: Expr, span: Span },
     /// `metric [NAME =] EXPR`
-    Metric {
-        name: Option<Ident>,
-        value: Expr,
-        span: Span,
-    },
+    Metric { name: Option<Ident>, value: Expr, span: Span },
     /// A statement that did not parse (already reported). `defines` is the
     /// name it seemed to define, so uses of that name are not reported again.
-    Error {
-        first_word: Option<Ident>,
-        defines: Option<Ident>,
-        span: Span,
-    },
+    Error { first_word: Option<Ident>, defines: Option<Ident>, span: Span },
 }
 
 /// A declared type: `f32[1, 28, 28]`, `i32[128]`, `class[10]`, `class[96] per token`.
 #[derive(Clone, Debug, PartialEq)]
 pub enum TypeExpr {
-    Tensor {
-        dtype: Ident,
-        dims: Vec<(u64, Span)>,
-        span: Span,
-    },
-    Class {
-        classes: u64,
-        classes_span: Span,
-        per_token: bool,
-        span: Span,
-    },
+    Tensor { dtype: Ident, dims: Vec<(u64, Span)>, span: Span },
+    Class { classes: u64, classes_span: Span, per_token: bool, span: Span },
 }
 
 impl TypeExpr {

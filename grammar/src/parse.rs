@@ -22,10 +22,7 @@ const MAX_NESTING: usize = 64;
 /// and every syntax error found, in source order.
 pub fn parse(src: &str) -> (File, Vec<SyntaxError>) {
     pest::set_error_detail(true);
-    let mut b = Builder {
-        src,
-        errors: Vec::new(),
-    };
+    let mut b = Builder { src, errors: Vec::new() };
     if let Some(err) = nesting_error(src) {
         return (File::default(), vec![err]);
     }
@@ -83,9 +80,7 @@ impl<'s> Builder<'s> {
     /// every other malformed piece is swallowed by a recovery rule).
     fn whole_file_error(&mut self, e: pest::error::Error<Rule>) {
         if let Some(open) = unclosed_brace(self.src) {
-            self.errors.push(SyntaxError::Unclosed {
-                open: (open, 1).into(),
-            });
+            self.errors.push(SyntaxError::Unclosed { open: (open, 1).into() });
         } else {
             self.errors.push(self.convert(&e, 0, self.src));
         }
@@ -135,9 +130,7 @@ impl<'s> Builder<'s> {
                     "BUILTIN_RULE" | "" => continue,
                     "\n" | "\r\n" | "\r" => "end of line".to_string(),
                     " " | "\t" | "\\" | "#" => continue,
-                    t if t.len() == 4 && t.as_bytes()[1] == b'.' && t.as_bytes()[2] == b'.' => {
-                        continue
-                    }
+                    t if t.len() == 4 && t.as_bytes()[1] == b'.' && t.as_bytes()[2] == b'.' => continue,
                     t if t.len() == 1 && t.chars().all(|c| c.is_ascii_uppercase()) => continue,
                     t => format!("`{t}`"),
                 };
@@ -197,12 +190,7 @@ impl<'s> Builder<'s> {
             found = "end of line".into();
         }
         let help = hint(text, pos);
-        SyntaxError::Unexpected {
-            expected,
-            found,
-            span: (offset + pos, len).into(),
-            help,
-        }
+        SyntaxError::Unexpected { expected, found, span: (offset + pos, len).into(), help }
     }
 
     // ------------------------------------------------------------ file
@@ -213,11 +201,7 @@ impl<'s> Builder<'s> {
             match p.as_rule() {
                 Rule::import => {
                     let sp = span(&p);
-                    let s = p
-                        .into_inner()
-                        .next()
-                        .map(|s| self.string(s))
-                        .unwrap_or_default();
+                    let s = p.into_inner().next().map(|s| self.string(s)).unwrap_or_default();
                     items.push(Item::Import { path: s, span: sp });
                 }
                 Rule::model => items.push(Item::Model(self.model(p))),
@@ -226,15 +210,11 @@ impl<'s> Builder<'s> {
                 Rule::bad_item => {
                     let sp = trim_span(self.src, span(&p));
                     if self.src[sp.start..sp.end].trim() == "}" {
-                        self.errors
-                            .push(SyntaxError::StrayBrace { span: sp.into() });
+                        self.errors.push(SyntaxError::StrayBrace { span: sp.into() });
                     } else {
                         self.reparse(Rule::item_alone, sp);
                     }
-                    items.push(Item::Error {
-                        first_word: self.first_word(sp),
-                        span: sp,
-                    });
+                    items.push(Item::Error { first_word: self.first_word(sp), span: sp });
                 }
                 _ => {}
             }
@@ -246,15 +226,8 @@ impl<'s> Builder<'s> {
         let text = &self.src[sp.start..sp.end];
         let (s, e) = first_token(text)?;
         let word = &text[s..e];
-        if word
-            .chars()
-            .next()
-            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
-        {
-            Some(Ident {
-                name: word.to_string(),
-                span: Span::new(sp.start + s, sp.start + e),
-            })
+        if word.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_') {
+            Some(Ident { name: word.to_string(), span: Span::new(sp.start + s, sp.start + e) })
         } else {
             None
         }
@@ -269,8 +242,7 @@ impl<'s> Builder<'s> {
             return self.first_word(rest);
         }
         let after = self.src[first.span.end..sp.end].trim_start();
-        let assigns =
-            after.starts_with(":=") || (after.starts_with('=') && !after.starts_with("=="));
+        let assigns = after.starts_with(":=") || (after.starts_with('=') && !after.starts_with("=="));
         assigns.then_some(first)
     }
 
@@ -281,17 +253,11 @@ impl<'s> Builder<'s> {
         let mut inner = pair.into_inner();
         let name = ident(inner.next());
         let body = inner.next().map(|b| self.model_body(b)).unwrap_or_default();
-        Model {
-            name,
-            body,
-            span: sp,
-        }
+        Model { name, body, span: sp }
     }
 
     fn model_body(&mut self, pair: Pair<Rule>) -> Vec<Stmt> {
-        pair.into_inner()
-            .filter_map(|p| self.model_stmt(p))
-            .collect()
+        pair.into_inner().filter_map(|p| self.model_stmt(p)).collect()
     }
 
     fn model_stmt(&mut self, p: Pair<Rule>) -> Option<Stmt> {
@@ -311,11 +277,7 @@ impl<'s> Builder<'s> {
                 let mut i = p.into_inner();
                 let name = ident(i.next());
                 let value = self.expr(i.next()?);
-                Stmt::Bind {
-                    name,
-                    value,
-                    span: sp,
-                }
+                Stmt::Bind { name, value, span: sp }
             }
             Rule::repeat => {
                 let mut i = p.into_inner();
@@ -331,13 +293,7 @@ impl<'s> Builder<'s> {
                         _ => {}
                     }
                 }
-                Stmt::Repeat {
-                    count,
-                    count_span,
-                    label,
-                    body,
-                    span: sp,
-                }
+                Stmt::Repeat { count, count_span, label, body, span: sp }
             }
             Rule::loss_decl => {
                 let value = self.expr(p.into_inner().next()?);
@@ -352,20 +308,12 @@ impl<'s> Builder<'s> {
                         _ => value = Some(self.expr(q)),
                     }
                 }
-                Stmt::Metric {
-                    name,
-                    value: value?,
-                    span: sp,
-                }
+                Stmt::Metric { name, value: value?, span: sp }
             }
             Rule::bad_stmt => {
                 let sp = trim_span(self.src, sp);
                 self.reparse(Rule::model_stmt_alone, sp);
-                Stmt::Error {
-                    first_word: self.first_word(sp),
-                    defines: self.defined_name(sp),
-                    span: sp,
-                }
+                Stmt::Error { first_word: self.first_word(sp), defines: self.defined_name(sp), span: sp }
             }
             _ => return None,
         })
@@ -397,12 +345,7 @@ impl<'s> Builder<'s> {
                         _ => {}
                     }
                 }
-                TypeExpr::Class {
-                    classes,
-                    classes_span,
-                    per_token,
-                    span: sp,
-                }
+                TypeExpr::Class { classes, classes_span, per_token, span: sp }
             }
             _ => {
                 // tensor_type: dtype ident, dims
@@ -410,17 +353,9 @@ impl<'s> Builder<'s> {
                 let dtype = ident(i.next());
                 let dims = i
                     .next()
-                    .map(|d| {
-                        d.into_inner()
-                            .map(|q| (self.integer(&q), span(&q)))
-                            .collect()
-                    })
+                    .map(|d| d.into_inner().map(|q| (self.integer(&q), span(&q))).collect())
                     .unwrap_or_default();
-                TypeExpr::Tensor {
-                    dtype,
-                    dims,
-                    span: sp,
-                }
+                TypeExpr::Tensor { dtype, dims, span: sp }
             }
         }
     }
@@ -443,13 +378,7 @@ impl<'s> Builder<'s> {
                     }
                     let call = self.stage(stage);
                     let s = acc.span.to(call.span);
-                    acc = Expr {
-                        kind: ExprKind::Pipe {
-                            input: Box::new(acc),
-                            stage: call,
-                        },
-                        span: s,
-                    };
+                    acc = Expr { kind: ExprKind::Pipe { input: Box::new(acc), stage: call }, span: s };
                 }
                 acc
             }
@@ -473,14 +402,7 @@ impl<'s> Builder<'s> {
                     };
                     let rhs = self.expr(rhs);
                     let s = acc.span.to(rhs.span);
-                    acc = Expr {
-                        kind: ExprKind::Binary {
-                            op,
-                            lhs: Box::new(acc),
-                            rhs: Box::new(rhs),
-                        },
-                        span: s,
-                    };
+                    acc = Expr { kind: ExprKind::Binary { op, lhs: Box::new(acc), rhs: Box::new(rhs) }, span: s };
                 }
                 acc
             }
@@ -493,10 +415,7 @@ impl<'s> Builder<'s> {
                 let mut e = self.expr(prim);
                 // `--x` is `x`; keep at most one negation.
                 if negs % 2 == 1 {
-                    e = Expr {
-                        kind: ExprKind::Neg(Box::new(e)),
-                        span: sp,
-                    };
+                    e = Expr { kind: ExprKind::Neg(Box::new(e)), span: sp };
                 }
                 e
             }
@@ -508,44 +427,26 @@ impl<'s> Builder<'s> {
                 }
                 None => error_expr(sp),
             },
-            Rule::call => Expr {
-                kind: ExprKind::Call(self.call(p)),
-                span: sp,
-            },
-            Rule::ident => Expr {
-                kind: ExprKind::Name(ident(Some(p))),
-                span: sp,
-            },
+            Rule::call => Expr { kind: ExprKind::Call(self.call(p)), span: sp },
+            Rule::ident => Expr { kind: ExprKind::Name(ident(Some(p))), span: sp },
             Rule::number => {
                 let before = self.errors.len();
                 let (value, is_int) = self.number(&p);
                 if self.errors.len() > before {
                     return error_expr(sp);
                 }
-                Expr {
-                    kind: ExprKind::Number { value, is_int },
-                    span: sp,
-                }
+                Expr { kind: ExprKind::Number { value, is_int }, span: sp }
             }
-            Rule::string => Expr {
-                kind: ExprKind::Str(self.string(p)),
-                span: sp,
-            },
+            Rule::string => Expr { kind: ExprKind::Str(self.string(p)), span: sp },
             Rule::list => {
                 let items = p.into_inner().map(|q| self.expr(q)).collect();
-                Expr {
-                    kind: ExprKind::List(items),
-                    span: sp,
-                }
+                Expr { kind: ExprKind::List(items), span: sp }
             }
             Rule::range => {
                 let mut i = p.into_inner();
                 let start = i.next().map(|q| self.integer(&q)).unwrap_or(0);
                 let end = i.next().map(|q| self.integer(&q)).unwrap_or(0);
-                Expr {
-                    kind: ExprKind::Range { start, end },
-                    span: sp,
-                }
+                Expr { kind: ExprKind::Range { start, end }, span: sp }
             }
             Rule::duration => {
                 let mut i = p.into_inner();
@@ -554,14 +455,7 @@ impl<'s> Builder<'s> {
                     Some(u) if u.starts_with("step") => DurationUnit::Steps,
                     _ => DurationUnit::Epochs,
                 };
-                Expr {
-                    kind: ExprKind::Duration {
-                        value,
-                        is_int,
-                        unit,
-                    },
-                    span: sp,
-                }
+                Expr { kind: ExprKind::Duration { value, is_int, unit }, span: sp }
             }
             _ => error_expr(sp),
         }
@@ -580,18 +474,8 @@ impl<'s> Builder<'s> {
         let sp = span(&p);
         match p.into_inner().next() {
             Some(q) if q.as_rule() == Rule::call => self.call(q),
-            Some(q) => Call {
-                callee: ident(Some(q)),
-                args: Vec::new(),
-                parens: false,
-                span: sp,
-            },
-            None => Call {
-                callee: ident(None),
-                args: Vec::new(),
-                parens: false,
-                span: sp,
-            },
+            Some(q) => Call { callee: ident(Some(q)), args: Vec::new(), parens: false, span: sp },
+            None => Call { callee: ident(None), args: Vec::new(), parens: false, span: sp },
         }
     }
 
@@ -600,12 +484,7 @@ impl<'s> Builder<'s> {
         let mut i = p.into_inner();
         let callee = ident(i.next());
         let args = i.next().map(|a| self.args(a)).unwrap_or_default();
-        Call {
-            callee,
-            args,
-            parens: true,
-            span: sp,
-        }
+        Call { callee, args, parens: true, span: sp }
     }
 
     fn args(&mut self, p: Pair<Rule>) -> Vec<Arg> {
@@ -622,11 +501,7 @@ impl<'s> Builder<'s> {
                 _ => value = self.expr(q),
             }
         }
-        Arg {
-            name,
-            value,
-            span: sp,
-        }
+        Arg { name, value, span: sp }
     }
 
     fn number(&mut self, p: &Pair<Rule>) -> (f64, bool) {
@@ -635,10 +510,7 @@ impl<'s> Builder<'s> {
         match text.parse::<f64>() {
             Ok(v) if v.is_finite() && (!is_int || v <= 9.007_199_254_740_992e15) => (v, is_int),
             _ => {
-                self.errors.push(SyntaxError::NumberOutOfRange {
-                    text: text.to_string(),
-                    span: span(p).into(),
-                });
+                self.errors.push(SyntaxError::NumberOutOfRange { text: text.to_string(), span: span(p).into() });
                 (0.0, is_int)
             }
         }
@@ -648,10 +520,7 @@ impl<'s> Builder<'s> {
         match p.as_str().parse::<u64>() {
             Ok(v) if v <= 1 << 53 => v,
             _ => {
-                self.errors.push(SyntaxError::NumberOutOfRange {
-                    text: p.as_str().to_string(),
-                    span: span(p).into(),
-                });
+                self.errors.push(SyntaxError::NumberOutOfRange { text: p.as_str().to_string(), span: span(p).into() });
                 // A harmless stand-in, so the checker reports nothing more.
                 1
             }
@@ -684,17 +553,11 @@ impl<'s> Builder<'s> {
         let mut i = pair.into_inner();
         let model = ident(i.next());
         let settings = i.next().map(|s| self.settings(s)).unwrap_or_default();
-        Train {
-            model,
-            settings,
-            span: sp,
-        }
+        Train { model, settings, span: sp }
     }
 
     fn settings(&mut self, pair: Pair<Rule>) -> Vec<Setting> {
-        pair.into_inner()
-            .filter_map(|p| self.setting(p, Rule::setting_alone))
-            .collect()
+        pair.into_inner().filter_map(|p| self.setting(p, Rule::setting_alone)).collect()
     }
 
     fn setting(&mut self, p: Pair<Rule>, alone: Rule) -> Option<Setting> {
@@ -704,29 +567,18 @@ impl<'s> Builder<'s> {
                 let mut i = p.into_inner();
                 let key = ident(i.next());
                 let args = i.next().map(|a| self.args(a)).unwrap_or_default();
-                Setting::Item {
-                    key,
-                    args,
-                    span: sp,
-                }
+                Setting::Item { key, args, span: sp }
             }
             Rule::stage => {
                 let mut i = p.into_inner();
                 let name = ident(i.next());
                 let settings = i.next().map(|s| self.settings(s)).unwrap_or_default();
-                Setting::Stage(Stage {
-                    name,
-                    settings,
-                    span: sp,
-                })
+                Setting::Stage(Stage { name, settings, span: sp })
             }
             Rule::bad_stmt => {
                 let sp = trim_span(self.src, sp);
                 self.reparse(alone, sp);
-                Setting::Error {
-                    first_word: self.first_word(sp),
-                    span: sp,
-                }
+                Setting::Error { first_word: self.first_word(sp), span: sp }
             }
             _ => return None,
         })
@@ -744,11 +596,7 @@ impl<'s> Builder<'s> {
                 match p.as_rule() {
                     Rule::target_decl => {
                         if let Some((name, ty)) = self.target_decl(p) {
-                            body.push(FinetuneStmt::Target {
-                                name,
-                                ty,
-                                span: psp,
-                            });
+                            body.push(FinetuneStmt::Target { name, ty, span: psp });
                         }
                     }
                     Rule::replace => {
@@ -756,11 +604,7 @@ impl<'s> Builder<'s> {
                         let name = ident(j.next());
                         if let Some(v) = j.next() {
                             let value = self.expr(v);
-                            body.push(FinetuneStmt::Replace {
-                                name,
-                                value,
-                                span: psp,
-                            });
+                            body.push(FinetuneStmt::Replace { name, value, span: psp });
                         }
                     }
                     _ => {
@@ -771,36 +615,19 @@ impl<'s> Builder<'s> {
                 }
             }
         }
-        Finetune {
-            name,
-            base,
-            body,
-            span: sp,
-        }
+        Finetune { name, base, body, span: sp }
     }
 }
 
 fn ident(p: Option<Pair<Rule>>) -> Ident {
     match p {
-        Some(p) => Ident {
-            name: p.as_str().to_string(),
-            span: span(&p),
-        },
-        None => Ident {
-            name: String::new(),
-            span: Span::default(),
-        },
+        Some(p) => Ident { name: p.as_str().to_string(), span: span(&p) },
+        None => Ident { name: String::new(), span: Span::default() },
     }
 }
 
 fn error_expr(sp: Span) -> Expr {
-    Expr {
-        kind: ExprKind::Name(Ident {
-            name: String::new(),
-            span: sp,
-        }),
-        span: sp,
-    }
+    Expr { kind: ExprKind::Name(Ident { name: String::new(), span: sp }), span: sp }
 }
 
 /// Drops trailing whitespace and newlines from a span so labels sit on the line.
@@ -817,8 +644,7 @@ fn first_token(text: &str) -> Option<(usize, usize)> {
     let rest = &text[start..];
     let c = rest.chars().next()?;
     let len = if c.is_ascii_alphanumeric() || c == '_' {
-        rest.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-            .unwrap_or(rest.len())
+        rest.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).unwrap_or(rest.len())
     } else {
         c.len_utf8()
     };
@@ -919,22 +745,15 @@ fn describe(rule: Rule) -> Option<&'static str> {
         Rule::number | Rule::duration => "a number",
         Rule::integer | Rule::dims => "a whole number",
         Rule::string => "a string",
-        Rule::expr | Rule::sum | Rule::product | Rule::unary | Rule::paren | Rule::arg => {
-            "an expression"
-        }
+        Rule::expr | Rule::sum | Rule::product | Rule::unary | Rule::paren | Rule::arg => "an expression",
         Rule::call => "a layer call",
         Rule::args | Rule::setting_args => "arguments",
         Rule::tensor_type | Rule::target_type | Rule::class_type => "a type such as `f32[784]`",
-        Rule::input_decl
-        | Rule::target_decl
-        | Rule::binding
-        | Rule::repeat
-        | Rule::loss_decl
-        | Rule::metric_decl => "a statement",
-        Rule::setting => "a setting",
-        Rule::model | Rule::train | Rule::finetune | Rule::import => {
-            "`model`, `train`, `finetune` or `import`"
+        Rule::input_decl | Rule::target_decl | Rule::binding | Rule::repeat | Rule::loss_decl | Rule::metric_decl => {
+            "a statement"
         }
+        Rule::setting => "a setting",
+        Rule::model | Rule::train | Rule::finetune | Rule::import => "`model`, `train`, `finetune` or `import`",
         Rule::model_body | Rule::settings | Rule::finetune_body => "`{`",
         Rule::per_token => "`per token`",
         Rule::add_op | Rule::mul_op => "an operator",
@@ -952,34 +771,22 @@ mod tests {
         let src = "model m {\n  input image: f32[784]\n  target label: class[10]\n  h = image |> dense(128) |> relu\n  logits = h\n    |> dense(10)\n  loss cross_entropy(logits, label)\n}\n";
         let (file, errors) = parse(src);
         assert!(errors.is_empty(), "{errors:?}");
-        let Item::Model(m) = &file.items[0] else {
-            panic!("not a model: {file:?}")
-        };
+        let Item::Model(m) = &file.items[0] else { panic!("not a model: {file:?}") };
         assert_eq!(m.name.name, "m");
         assert_eq!(m.body.len(), 5);
-        let Stmt::Bind { value, .. } = &m.body[3] else {
-            panic!()
-        };
+        let Stmt::Bind { value, .. } = &m.body[3] else { panic!() };
         assert!(matches!(value.kind, ExprKind::Pipe { .. }));
-        assert_eq!(
-            &src[value.span.start..value.span.end],
-            "h\n    |> dense(10)"
-        );
+        assert_eq!(&src[value.span.start..value.span.end], "h\n    |> dense(10)");
     }
 
     #[test]
     fn reports_every_bad_line_and_keeps_the_rest() {
-        let src =
-            "model m {\n  input image f32[784]\n  h = image |> dense(128\n  y = h |> relu\n}\n";
+        let src = "model m {\n  input image f32[784]\n  h = image |> dense(128\n  y = h |> relu\n}\n";
         let (file, errors) = parse(src);
         assert_eq!(errors.len(), 2, "{errors:?}");
-        let Item::Model(m) = &file.items[0] else {
-            panic!()
-        };
+        let Item::Model(m) = &file.items[0] else { panic!() };
         assert!(matches!(&m.body[2], Stmt::Bind { name, .. } if name.name == "y"));
-        let Stmt::Error { defines, .. } = &m.body[1] else {
-            panic!()
-        };
+        let Stmt::Error { defines, .. } = &m.body[1] else { panic!() };
         assert_eq!(defines.as_ref().map(|d| d.name.as_str()), Some("h"));
     }
 
@@ -987,27 +794,15 @@ mod tests {
     fn pipe_binds_looser_than_plus() {
         let (file, errors) = parse("model m { y = a + b |> relu }");
         assert!(errors.is_empty(), "{errors:?}");
-        let Item::Model(m) = &file.items[0] else {
-            panic!()
-        };
-        let Stmt::Bind { value, .. } = &m.body[0] else {
-            panic!()
-        };
-        let ExprKind::Pipe { input, .. } = &value.kind else {
-            panic!("{value:?}")
-        };
-        assert!(matches!(
-            input.kind,
-            ExprKind::Binary { op: BinOp::Add, .. }
-        ));
+        let Item::Model(m) = &file.items[0] else { panic!() };
+        let Stmt::Bind { value, .. } = &m.body[0] else { panic!() };
+        let ExprKind::Pipe { input, .. } = &value.kind else { panic!("{value:?}") };
+        assert!(matches!(input.kind, ExprKind::Binary { op: BinOp::Add, .. }));
     }
 
     #[test]
     fn unclosed_block_is_one_clear_error() {
         let (_, errors) = parse("model m {\n  x = y\n");
-        assert!(
-            matches!(errors.as_slice(), [SyntaxError::Unclosed { .. }]),
-            "{errors:?}"
-        );
+        assert!(matches!(errors.as_slice(), [SyntaxError::Unclosed { .. }]), "{errors:?}");
     }
 }

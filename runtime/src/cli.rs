@@ -9,16 +9,18 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand, ValueEnum};
 use modelc_compiler::check::train::{FinetuneInfo, TrainInfo};
 use modelc_compiler::summary::{summarize, Summary};
+use std::collections::BTreeSet;
+
+use modelc_compiler::autodiff;
+use modelc_compiler::check::ModelInfo;
+use modelc_compiler::ir::lower::{self, Mode};
+use modelc_compiler::ir::{print, verify, Graph, NodeId, Role};
 use modelc_compiler::{Program, Sources};
 
 use crate::render;
 
 #[derive(Parser)]
-#[command(
-    name = "modelc",
-    version,
-    about = "A compiler for declarative neural-network specs"
-)]
+#[command(name = "modelc", version, about = "A compiler for declarative neural-network specs")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -44,6 +46,48 @@ enum Command {
         #[arg(long, value_enum, default_value_t = Format::Table)]
         format: Format,
     },
+    /// Print a model's computation graph.
+    Graph {
+        file: PathBuf,
+        /// The model or finetune (default: the only one in the file).
+        #[arg(long)]
+        model: Option<String>,
+        /// forward: the model, loss and metrics; train: with the gradients of
+        /// every trainable parameter.
+        #[arg(long, value_enum, default_value_t = Stage::Forward)]
+        stage: Stage,
+        #[arg(long, value_enum, default_value_t = GraphFormat::Text)]
+        format: GraphFormat,
+    },
+    /// Check the symbolic gradients against central finite differences (f64).
+    Gradcheck {
+        file: PathBuf,
+        #[arg(long)]
+        model: Option<String>,
+        /// Samples per batch.
+        #[arg(long, default_value_t = 2)]
+        batch: usize,
+        /// Elements checked per parameter.
+        #[arg(long, default_value_t = 4)]
+        samples: usize,
+        /// Seed of the random inputs and parameters.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+    },
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Stage {
+    Forward,
+    Train,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum GraphFormat {
+    Text,
+    Dot,
+    Mermaid,
+    Yaml,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -56,20 +100,11 @@ enum Format {
 const WIDTH: usize = 100;
 
 /// Runs the CLI with `args` (program name first). Returns the exit code.
-pub fn run(
-    args: impl IntoIterator<Item = OsString>,
-    out: &mut dyn Write,
-    err: &mut dyn Write,
-    color: bool,
-) -> i32 {
+pub fn run(args: impl IntoIterator<Item = OsString>, out: &mut dyn Write, err: &mut dyn Write, color: bool) -> i32 {
     let cli = match Cli::try_parse_from(args) {
         Ok(c) => c,
         Err(e) => {
-            let text = if color {
-                e.render().ansi().to_string()
-            } else {
-                e.render().to_string()
-            };
+            let text = if color { e.render().ansi().to_string() } else { e.render().to_string() };
             let stream: &mut dyn Write = if e.use_stderr() { err } else { out };
             let _ = write!(stream, "{text}");
             return e.exit_code();
@@ -77,20 +112,13 @@ pub fn run(
     };
     let result = match cli.command {
         Command::Check { files } => check(&files, out, err, color),
-        Command::Summary {
-            file,
-            model,
-            stage,
-            format,
-        } => summary(
-            &file,
-            model.as_deref(),
-            stage.as_deref(),
-            format,
-            out,
-            err,
-            color,
-        ),
+        Command::Summary { file, model, stage, format } => {
+            summary(&file, model.as_deref(), stage.as_deref(), format, out, err, color)
+        }
+        Command::Graph { file, model, stage, format } => graph(&file, model.as_deref(), stage, format, out, err, color),
+        Command::Gradcheck { file, model, batch, samples, seed } => {
+            gradcheck(&file, model.as_deref(), batch, samples, seed, out, err, color)
+        }
     };
     match result {
         Ok(code) => code,
@@ -104,11 +132,7 @@ pub fn run(
 type Result<T> = std::result::Result<T, String>;
 
 /// Loads and checks `path`; renders the diagnostics to `err` when there are any.
-fn load(
-    path: &std::path::Path,
-    err: &mut dyn Write,
-    color: bool,
-) -> Result<Option<(Sources, Program)>> {
+fn load(path: &std::path::Path, err: &mut dyn Write, color: bool) -> Result<Option<(Sources, Program)>> {
     let (sources, program, errors) = modelc_compiler::check_path(path)?;
     if errors.is_empty() {
         return Ok(Some((sources, program)));
@@ -116,12 +140,7 @@ fn load(
     let text = render::diagnostics(&sources, &errors, color, WIDTH);
     let _ = write!(err, "{text}");
     let n = errors.len();
-    let _ = writeln!(
-        err,
-        "{}: {n} error{}",
-        path.display(),
-        if n == 1 { "" } else { "s" }
-    );
+    let _ = writeln!(err, "{}: {n} error{}", path.display(), if n == 1 { "" } else { "s" });
     Ok(None)
 }
 
@@ -130,12 +149,7 @@ fn check(files: &[PathBuf], out: &mut dyn Write, err: &mut dyn Write, color: boo
     for path in files {
         match load(path, err, color) {
             Ok(Some((sources, program))) => {
-                let _ = writeln!(
-                    out,
-                    "ok    {}: {}",
-                    path.display(),
-                    one_line(&sources, &program)
-                );
+                let _ = writeln!(out, "ok    {}: {}", path.display(), one_line(&sources, &program));
             }
             Ok(None) => failed += 1,
             Err(e) => {
@@ -156,28 +170,14 @@ fn one_line(sources: &Sources, p: &Program) -> String {
     let _ = sources;
     let mut parts = Vec::new();
     for m in p.models.iter().filter(|m| m.file == root) {
-        parts.push(format!(
-            "model {} ({} parameters)",
-            m.name,
-            render::thousands(m.param_count())
-        ));
+        parts.push(format!("model {} ({} parameters)", m.name, render::thousands(m.param_count())));
     }
     for t in p.trains.iter().filter(|t| t.file == root) {
         parts.push(format!("train {} ({})", t.model, train_line(t)));
     }
     for f in p.finetunes.iter().filter(|f| f.file == root) {
-        let stages: Vec<String> = f
-            .stages
-            .iter()
-            .map(|s| format!("{} {}ep", s.name, s.epochs))
-            .collect();
-        parts.push(format!(
-            "finetune {} from {} ({} stages: {})",
-            f.name,
-            f.base,
-            f.stages.len(),
-            stages.join(", ")
-        ));
+        let stages: Vec<String> = f.stages.iter().map(|s| format!("{} {}ep", s.name, s.epochs)).collect();
+        parts.push(format!("finetune {} from {} ({} stages: {})", f.name, f.base, f.stages.len(), stages.join(", ")));
     }
     if parts.is_empty() {
         "nothing defined".into()
@@ -187,11 +187,7 @@ fn one_line(sources: &Sources, p: &Program) -> String {
 }
 
 fn train_line(t: &TrainInfo) -> String {
-    let opt = t
-        .optimizer
-        .as_ref()
-        .map(|o| format!("{} lr {}", o.name(), o.lr()))
-        .unwrap_or_default();
+    let opt = t.optimizer.as_ref().map(|o| format!("{} lr {}", o.name(), o.lr())).unwrap_or_default();
     let data = t.data.as_ref().map(|d| d.name()).unwrap_or("?");
     format!("{data}, {opt}, batch {}, {} epochs", t.batch, t.epochs)
 }
@@ -216,11 +212,7 @@ fn summary(
         if only.is_some_and(|o| o != m.name) {
             continue;
         }
-        let opt = program
-            .trains
-            .iter()
-            .find(|t| t.model == m.name)
-            .and_then(|t| t.optimizer.as_ref());
+        let opt = program.trains.iter().find(|t| t.model == m.name).and_then(|t| t.optimizer.as_ref());
         summaries.push(summarize(m, None, opt, None));
     }
     for f in program.finetunes.iter().filter(|f| f.file == root) {
@@ -232,11 +224,9 @@ fn summary(
     }
     if summaries.is_empty() {
         return Err(match only {
-            Some(o) => format!(
-                "{} has no model or finetune named `{o}` (it has: {})",
-                path.display(),
-                names.join(", ")
-            ),
+            Some(o) => {
+                format!("{} has no model or finetune named `{o}` (it has: {})", path.display(), names.join(", "))
+            }
             None => format!("{} defines no model or finetune", path.display()),
         });
     }
@@ -265,38 +255,18 @@ fn finetune_summary(f: &FinetuneInfo, stage: Option<&str>) -> Result<Summary> {
     let st = match stage {
         Some(name) => f.stages.iter().find(|s| s.name == name).ok_or_else(|| {
             let names: Vec<&str> = f.stages.iter().map(|s| s.name.as_str()).collect();
-            format!(
-                "finetune `{}` has no stage `{name}` (it has: {})",
-                f.name,
-                names.join(", ")
-            )
+            format!("finetune `{}` has no stage `{name}` (it has: {})", f.name, names.join(", "))
         })?,
-        None => f
-            .stages
-            .first()
-            .ok_or_else(|| format!("finetune `{}` has no stages", f.name))?,
+        None => f.stages.first().ok_or_else(|| format!("finetune `{}` has no stages", f.name))?,
     };
-    let mut s = summarize(
-        &f.model,
-        Some(&st.trainable),
-        st.optimizer.as_ref(),
-        Some(&st.name),
-    );
+    let mut s = summarize(&f.model, Some(&st.trainable), st.optimizer.as_ref(), Some(&st.name));
     s.model = format!("{} (from {})", f.name, f.base);
     Ok(s)
 }
 
 /// The summary as an aligned text table with totals.
 fn table(s: &Summary) -> String {
-    let header = [
-        "layer",
-        "op",
-        "output",
-        "trainable",
-        "frozen",
-        "FLOPs",
-        "activations",
-    ];
+    let header = ["layer", "op", "output", "trainable", "frozen", "FLOPs", "activations"];
     let mut cells: Vec<[String; 7]> = vec![header.map(String::from)];
     for r in &s.rows {
         cells.push([
@@ -365,4 +335,106 @@ fn table(s: &Summary) -> String {
         render::bytes(t.activation_bytes_per_sample)
     ));
     out
+}
+
+/// The model to compile: a model or finetune of the root file, by name or the
+/// only one. A finetune comes with its first stage's trainable set.
+fn select(program: &Program, only: Option<&str>) -> Result<(ModelInfo, Option<BTreeSet<String>>)> {
+    let root = modelc_compiler::FileId(0);
+    let mut found: Vec<(String, ModelInfo, Option<BTreeSet<String>>)> = Vec::new();
+    for m in program.models.iter().filter(|m| m.file == root) {
+        found.push((m.name.clone(), m.clone(), None));
+    }
+    for f in program.finetunes.iter().filter(|f| f.file == root) {
+        found.push((f.name.clone(), f.model.clone(), f.stages.first().map(|s| s.trainable.clone())));
+    }
+    let names: Vec<String> = found.iter().map(|f| f.0.clone()).collect();
+    let pick = match only {
+        Some(o) => found
+            .into_iter()
+            .find(|f| f.0 == o)
+            .ok_or_else(|| format!("no model or finetune named `{o}` (the file has: {})", names.join(", ")))?,
+        None if found.len() == 1 => found.remove(0),
+        None if found.is_empty() => return Err("the file defines no model or finetune".into()),
+        None => return Err(format!("the file has several models; choose one with --model ({})", names.join(", "))),
+    };
+    Ok((pick.1, pick.2))
+}
+
+/// The forward graph, or the forward graph with the gradient of every
+/// trainable parameter as outputs `grad.NAME`.
+fn build_graph(model: &ModelInfo, trainable: Option<&BTreeSet<String>>, stage: Stage) -> Result<Graph> {
+    let g = lower::forward(model, Mode::Train).map_err(|e| e.to_string())?;
+    if stage == Stage::Forward {
+        return Ok(g);
+    }
+    let loss = g.output("loss").ok_or("the model has no loss")?;
+    let params: Vec<(String, NodeId)> =
+        g.inputs_of(Role::Param).into_iter().filter(|(n, _)| trainable.is_none_or(|t| t.contains(n))).collect();
+    let wrt: Vec<NodeId> = params.iter().map(|p| p.1).collect();
+    let (mut g, grads) = autodiff::grad(g, loss, &wrt).map_err(|e| e.to_string())?;
+    for ((name, _), gr) in params.iter().zip(grads) {
+        g.outputs.push((format!("grad.{name}"), gr));
+    }
+    Ok(g)
+}
+
+fn graph(
+    path: &std::path::Path,
+    only: Option<&str>,
+    stage: Stage,
+    format: GraphFormat,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+    color: bool,
+) -> Result<i32> {
+    let Some((_, program)) = load(path, err, color)? else { return Ok(1) };
+    let (model, trainable) = select(&program, only)?;
+    let g = build_graph(&model, trainable.as_ref(), stage)?;
+    verify::verify(&g)?;
+    let text = match format {
+        GraphFormat::Text => print::text(&g),
+        GraphFormat::Dot => print::dot(&g),
+        GraphFormat::Mermaid => print::mermaid(&g),
+        GraphFormat::Yaml => print::yaml(&g),
+    };
+    let _ = write!(out, "{text}");
+    Ok(0)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn gradcheck(
+    path: &std::path::Path,
+    only: Option<&str>,
+    batch: usize,
+    samples: usize,
+    seed: u64,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+    color: bool,
+) -> Result<i32> {
+    let Some((_, program)) = load(path, err, color)? else { return Ok(1) };
+    let (model, trainable) = select(&program, only)?;
+    let reports = modelc_compiler::gradcheck::check(&model, trainable.as_ref(), batch.max(1), samples.max(1), seed)?;
+    let width = reports.iter().map(|r| r.name.len()).max().unwrap_or(9).max(9);
+    let _ = writeln!(
+        out,
+        "{:<width$}  {:>9}  {:>7}  {:>12}  {:>12}",
+        "parameter", "elements", "checked", "worst rel.", "worst abs."
+    );
+    let mut worst: f64 = 0.0;
+    for r in &reports {
+        worst = worst.max(r.worst_relative_error);
+        let _ = writeln!(
+            out,
+            "{:<width$}  {:>9}  {:>7}  {:>12.3e}  {:>12.3e}",
+            r.name, r.elements, r.checked, r.worst_relative_error, r.worst_absolute_error
+        );
+    }
+    let _ = writeln!(
+        out,
+        "worst relative error {worst:.3e} over {} parameter tensors (batch {batch}, seed {seed}, f64, five-point central differences, h = 1e-5)",
+        reports.len()
+    );
+    Ok(i32::from(worst > 1e-6))
 }

@@ -4,11 +4,6 @@ use std::io::IsTerminal;
 
 fn main() {
     let color = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
-    let code = modelc::cli::run(
-        std::env::args_os(),
-        &mut std::io::stdout(),
-        &mut std::io::stderr(),
-        color,
-    );
+    let code = modelc::cli::run(std::env::args_os(), &mut std::io::stdout(), &mut std::io::stderr(), color);
     std::process::exit(code);
 }

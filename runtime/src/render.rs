@@ -6,16 +6,10 @@ use modelc_compiler::{Located, Sources};
 /// Renders one diagnostic against its file's text. `width` is the wrap width.
 pub fn diagnostic(sources: &Sources, d: &Located, color: bool, width: usize) -> String {
     let file = sources.file(d.file);
-    let theme = if color {
-        GraphicalTheme::unicode()
-    } else {
-        GraphicalTheme::unicode_nocolor()
-    };
-    let handler = GraphicalReportHandler::new_themed(theme)
-        .with_width(width)
-        .with_links(false);
-    let report = miette::Report::new(d.error.clone())
-        .with_source_code(NamedSource::new(file.name.clone(), file.text.clone()));
+    let theme = if color { GraphicalTheme::unicode() } else { GraphicalTheme::unicode_nocolor() };
+    let handler = GraphicalReportHandler::new_themed(theme).with_width(width).with_links(false);
+    let report =
+        miette::Report::new(d.error.clone()).with_source_code(NamedSource::new(file.name.clone(), file.text.clone()));
     let mut out = String::new();
     if handler.render_report(&mut out, report.as_ref()).is_err() {
         out = format!("{}\n", d.error);

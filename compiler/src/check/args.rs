@@ -64,10 +64,7 @@ pub fn unit_name(u: DurationUnit) -> &'static str {
 /// constant (a tensor expression).
 pub fn constant(e: &Expr) -> Option<Value> {
     Some(match &e.kind {
-        ExprKind::Number {
-            value,
-            is_int: true,
-        } => Value::Int(*value as i64),
+        ExprKind::Number { value, is_int: true } => Value::Int(*value as i64),
         ExprKind::Number { value, .. } => Value::Float(*value),
         ExprKind::Str(s) => Value::Str(s.clone()),
         ExprKind::Name(n) if n.name == "true" => Value::Bool(true),
@@ -122,47 +119,16 @@ pub enum Ty {
 }
 
 impl Ty {
-    pub const POSITIVE_INT: Ty = Ty::Int {
-        min: 1,
-        max: i64::MAX,
-    };
-    pub const NON_NEGATIVE_INT: Ty = Ty::Int {
-        min: 0,
-        max: i64::MAX,
-    };
-    pub const POSITIVE: Ty = Ty::Float {
-        min: 0.0,
-        max: f64::INFINITY,
-        open_min: true,
-        open_max: true,
-    };
-    pub const NON_NEGATIVE: Ty = Ty::Float {
-        min: 0.0,
-        max: f64::INFINITY,
-        open_min: false,
-        open_max: true,
-    };
+    pub const POSITIVE_INT: Ty = Ty::Int { min: 1, max: i64::MAX };
+    pub const NON_NEGATIVE_INT: Ty = Ty::Int { min: 0, max: i64::MAX };
+    pub const POSITIVE: Ty = Ty::Float { min: 0.0, max: f64::INFINITY, open_min: true, open_max: true };
+    pub const NON_NEGATIVE: Ty = Ty::Float { min: 0.0, max: f64::INFINITY, open_min: false, open_max: true };
     /// `[0, 1)`: momentum, betas, dropout rates.
-    pub const UNIT_OPEN: Ty = Ty::Float {
-        min: 0.0,
-        max: 1.0,
-        open_min: false,
-        open_max: true,
-    };
+    pub const UNIT_OPEN: Ty = Ty::Float { min: 0.0, max: 1.0, open_min: false, open_max: true };
     /// `(0, 1]`: decay factors.
-    pub const UNIT_HALF_OPEN: Ty = Ty::Float {
-        min: 0.0,
-        max: 1.0,
-        open_min: true,
-        open_max: false,
-    };
+    pub const UNIT_HALF_OPEN: Ty = Ty::Float { min: 0.0, max: 1.0, open_min: true, open_max: false };
     /// `(0, 1)`: fractions such as a validation split.
-    pub const FRACTION: Ty = Ty::Float {
-        min: 0.0,
-        max: 1.0,
-        open_min: true,
-        open_max: true,
-    };
+    pub const FRACTION: Ty = Ty::Float { min: 0.0, max: 1.0, open_min: true, open_max: true };
 
     fn expected(&self) -> String {
         match self {
@@ -209,19 +175,11 @@ pub enum Default {
 }
 
 pub const fn req(name: &'static str, ty: Ty) -> Param {
-    Param {
-        name,
-        ty,
-        default: None,
-    }
+    Param { name, ty, default: None }
 }
 
 pub const fn opt(name: &'static str, ty: Ty, default: Default) -> Param {
-    Param {
-        name,
-        ty,
-        default: Some(default),
-    }
+    Param { name, ty, default: Some(default) }
 }
 
 /// Bound configuration arguments: name → (value, span of the value).
@@ -287,29 +245,16 @@ impl Bound {
 /// Binds `args` (after the `skip` leading positional arguments that are
 /// tensor inputs) to `params`. Errors are pushed to `errors`; the result holds
 /// every value that checked, plus defaults.
-pub fn bind(
-    callee: &str,
-    call_span: Span,
-    params: &[Param],
-    args: &[&Arg],
-    errors: &mut Vec<CheckError>,
-) -> Bound {
-    let mut out = Bound {
-        values: BTreeMap::new(),
-        span: call_span,
-        incomplete: false,
-    };
+pub fn bind(callee: &str, call_span: Span, params: &[Param], args: &[&Arg], errors: &mut Vec<CheckError>) -> Bound {
+    let mut out = Bound { values: BTreeMap::new(), span: call_span, incomplete: false };
     let mut given: BTreeMap<&'static str, Span> = BTreeMap::new();
     let mut positional = 0usize;
     for arg in args {
         // An argument the parser already reported stands for itself.
         if matches!(&arg.value.kind, ExprKind::Name(n) if n.name.is_empty()) {
             out.incomplete = true;
-            if let Some(p) = arg
-                .name
-                .as_ref()
-                .and_then(|n| params.iter().find(|p| p.name == n.name))
-                .or(params.get(positional))
+            if let Some(p) =
+                arg.name.as_ref().and_then(|n| params.iter().find(|p| p.name == n.name)).or(params.get(positional))
             {
                 given.insert(p.name, arg.span);
             }
@@ -342,10 +287,7 @@ pub fn bind(
             None => {
                 // A bare name that is a boolean parameter is a flag: `causal`.
                 if let Some(Value::Name(n)) = &value {
-                    if let Some(p) = params
-                        .iter()
-                        .find(|p| p.name == n && matches!(p.ty, Ty::Bool))
-                    {
+                    if let Some(p) = params.iter().find(|p| p.name == n && matches!(p.ty, Ty::Bool)) {
                         record(p, Value::Bool(true), arg.span, &mut out, &mut given, errors);
                         continue;
                     }
@@ -477,20 +419,9 @@ fn check_value(callee: &str, p: &Param, v: &Value, span: Span) -> Option<CheckEr
             }
         }
         (Ty::Int { .. }, Value::Float(f)) => {
-            return Some(wrong(Some(format!(
-                "use a whole number, e.g. {}",
-                f.round()
-            ))));
+            return Some(wrong(Some(format!("use a whole number, e.g. {}", f.round()))));
         }
-        (
-            Ty::Float {
-                min,
-                max,
-                open_min,
-                open_max,
-            },
-            v @ (Value::Int(_) | Value::Float(_)),
-        ) => {
+        (Ty::Float { min, max, open_min, open_max }, v @ (Value::Int(_) | Value::Float(_))) => {
             let x = v.as_f64().unwrap_or(0.0);
             let below = if open_min { x <= min } else { x < min };
             let above = if open_max { x >= max } else { x > max };
@@ -502,27 +433,19 @@ fn check_value(callee: &str, p: &Param, v: &Value, span: Span) -> Option<CheckEr
         (Ty::Call, Value::Call) | (Ty::Range, Value::Range(..)) => {
             if let Value::Range(a, b) = v {
                 if a > b {
-                    return Some(range(
-                        format!("{a}..{b}"),
-                        "a range whose start is not after its end".into(),
-                    ));
+                    return Some(range(format!("{a}..{b}"), "a range whose start is not after its end".into()));
                 }
             }
         }
         (Ty::Call, Value::Name(_)) => {} // `optimizer sgd` without parentheses
         (Ty::Choice(choices), Value::Name(n) | Value::Str(n)) => {
             if !choices.contains(&n.as_str()) {
-                let help =
-                    closest(n, choices.iter().copied()).map(|c| format!("did you mean `{c}`?"));
+                let help = closest(n, choices.iter().copied()).map(|c| format!("did you mean `{c}`?"));
                 return Some(wrong(help));
             }
         }
         (Ty::IntOrPair { .. } | Ty::Padding, _) if pair_ok(v) => {
-            let min = if let Ty::IntOrPair { min } = p.ty {
-                min
-            } else {
-                0
-            };
+            let min = if let Ty::IntOrPair { min } = p.ty { min } else { 0 };
             let bad = pair_values(v).into_iter().find(|x| *x < min);
             if let Some(x) = bad {
                 return Some(range(x.to_string(), int_range(min, i64::MAX)));
@@ -536,16 +459,11 @@ fn check_value(callee: &str, p: &Param, v: &Value, span: Span) -> Option<CheckEr
         }
         (Ty::Duration, Value::Duration(x, _)) => {
             if *x < 0.0 || x.fract() != 0.0 {
-                return Some(range(
-                    fmt_num(*x),
-                    "a whole number of epochs or steps".into(),
-                ));
+                return Some(range(fmt_num(*x), "a whole number of epochs or steps".into()));
             }
         }
         (Ty::Duration, Value::Int(i)) => {
-            return Some(wrong(Some(format!(
-                "say which unit: `{i} epochs` or `{i} steps`"
-            ))));
+            return Some(wrong(Some(format!("say which unit: `{i} epochs` or `{i} steps`"))));
         }
         _ => return Some(wrong(None)),
     }
@@ -563,16 +481,7 @@ fn pair_ok(v: &Value) -> bool {
 fn pair_values(v: &Value) -> Vec<i64> {
     match v {
         Value::Int(i) => vec![*i],
-        Value::List(l) => l
-            .iter()
-            .filter_map(|x| {
-                if let Value::Int(i) = x {
-                    Some(*i)
-                } else {
-                    None
-                }
-            })
-            .collect(),
+        Value::List(l) => l.iter().filter_map(|x| if let Value::Int(i) = x { Some(*i) } else { None }).collect(),
         _ => vec![],
     }
 }
@@ -587,11 +496,7 @@ fn int_range(min: i64, max: i64) -> String {
 
 fn float_range(min: f64, max: f64, open_min: bool, open_max: bool) -> String {
     if max.is_infinite() {
-        return if open_min {
-            format!("greater than {}", fmt_num(min))
-        } else {
-            format!("at least {}", fmt_num(min))
-        };
+        return if open_min { format!("greater than {}", fmt_num(min)) } else { format!("at least {}", fmt_num(min)) };
     }
     format!(
         "in {}{}, {}{}",

@@ -16,54 +16,22 @@ use super::types::{DType, Dim, Shape, TensorType};
 #[derive(Clone, Debug, PartialEq, Serialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum Layer {
-    Dense {
-        units: u64,
-        bias: bool,
-    },
-    Conv2d {
-        filters: u64,
-        kernel: (u64, u64),
-        stride: (u64, u64),
-        padding: (u64, u64),
-        bias: bool,
-    },
-    Maxpool {
-        size: (u64, u64),
-        stride: (u64, u64),
-    },
-    Avgpool {
-        size: (u64, u64),
-        stride: (u64, u64),
-    },
+    Dense { units: u64, bias: bool },
+    Conv2d { filters: u64, kernel: (u64, u64), stride: (u64, u64), padding: (u64, u64), bias: bool },
+    Maxpool { size: (u64, u64), stride: (u64, u64) },
+    Avgpool { size: (u64, u64), stride: (u64, u64) },
     Flatten,
-    Dropout {
-        rate: f64,
-    },
+    Dropout { rate: f64 },
     Relu,
     Sigmoid,
     Tanh,
     Gelu,
-    Softmax {
-        axis: usize,
-    },
-    Layernorm {
-        eps: f64,
-    },
-    Embed {
-        vocab: u64,
-        dim: u64,
-    },
-    Positions {
-        length: u64,
-        dim: u64,
-    },
-    Attention {
-        heads: u64,
-        causal: bool,
-    },
-    Concat {
-        axis: usize,
-    },
+    Softmax { axis: usize },
+    Layernorm { eps: f64 },
+    Embed { vocab: u64, dim: u64 },
+    Positions { length: u64, dim: u64 },
+    Attention { heads: u64, causal: bool },
+    Concat { axis: usize },
     Add,
 }
 
@@ -180,10 +148,7 @@ pub const SIGS: &[Sig] = &[
         name: "dense",
         kind: Kind::Layer,
         inputs: Inputs::One,
-        params: &[
-            req("units", Ty::POSITIVE_INT),
-            opt("bias", Ty::Bool, D::Bool(true)),
-        ],
+        params: &[req("units", Ty::POSITIVE_INT), opt("bias", Ty::Bool, D::Bool(true))],
     },
     Sig {
         name: "conv2d",
@@ -201,56 +166,20 @@ pub const SIGS: &[Sig] = &[
         name: "maxpool",
         kind: Kind::Layer,
         inputs: Inputs::One,
-        params: &[
-            req("size", Ty::IntOrPair { min: 1 }),
-            opt("stride", Ty::IntOrPair { min: 1 }, D::Absent),
-        ],
+        params: &[req("size", Ty::IntOrPair { min: 1 }), opt("stride", Ty::IntOrPair { min: 1 }, D::Absent)],
     },
     Sig {
         name: "avgpool",
         kind: Kind::Layer,
         inputs: Inputs::One,
-        params: &[
-            req("size", Ty::IntOrPair { min: 1 }),
-            opt("stride", Ty::IntOrPair { min: 1 }, D::Absent),
-        ],
+        params: &[req("size", Ty::IntOrPair { min: 1 }), opt("stride", Ty::IntOrPair { min: 1 }, D::Absent)],
     },
-    Sig {
-        name: "flatten",
-        kind: Kind::Layer,
-        inputs: Inputs::One,
-        params: &[],
-    },
-    Sig {
-        name: "dropout",
-        kind: Kind::Layer,
-        inputs: Inputs::One,
-        params: &[req("rate", Ty::UNIT_OPEN)],
-    },
-    Sig {
-        name: "relu",
-        kind: Kind::Layer,
-        inputs: Inputs::One,
-        params: &[],
-    },
-    Sig {
-        name: "sigmoid",
-        kind: Kind::Layer,
-        inputs: Inputs::One,
-        params: &[],
-    },
-    Sig {
-        name: "tanh",
-        kind: Kind::Layer,
-        inputs: Inputs::One,
-        params: &[],
-    },
-    Sig {
-        name: "gelu",
-        kind: Kind::Layer,
-        inputs: Inputs::One,
-        params: &[],
-    },
+    Sig { name: "flatten", kind: Kind::Layer, inputs: Inputs::One, params: &[] },
+    Sig { name: "dropout", kind: Kind::Layer, inputs: Inputs::One, params: &[req("rate", Ty::UNIT_OPEN)] },
+    Sig { name: "relu", kind: Kind::Layer, inputs: Inputs::One, params: &[] },
+    Sig { name: "sigmoid", kind: Kind::Layer, inputs: Inputs::One, params: &[] },
+    Sig { name: "tanh", kind: Kind::Layer, inputs: Inputs::One, params: &[] },
+    Sig { name: "gelu", kind: Kind::Layer, inputs: Inputs::One, params: &[] },
     Sig {
         name: "softmax",
         kind: Kind::Layer,
@@ -273,19 +202,13 @@ pub const SIGS: &[Sig] = &[
         name: "positions",
         kind: Kind::Layer,
         inputs: Inputs::None,
-        params: &[
-            req("length", Ty::POSITIVE_INT),
-            req("dim", Ty::POSITIVE_INT),
-        ],
+        params: &[req("length", Ty::POSITIVE_INT), req("dim", Ty::POSITIVE_INT)],
     },
     Sig {
         name: "attention",
         kind: Kind::Layer,
         inputs: Inputs::One,
-        params: &[
-            req("heads", Ty::POSITIVE_INT),
-            opt("causal", Ty::Bool, D::Bool(false)),
-        ],
+        params: &[req("heads", Ty::POSITIVE_INT), opt("causal", Ty::Bool, D::Bool(false))],
     },
     Sig {
         name: "concat",
@@ -293,12 +216,7 @@ pub const SIGS: &[Sig] = &[
         inputs: Inputs::Many,
         params: &[opt("axis", Ty::Int { min: -8, max: 8 }, D::Int(-1))],
     },
-    Sig {
-        name: "add",
-        kind: Kind::Layer,
-        inputs: Inputs::Many,
-        params: &[],
-    },
+    Sig { name: "add", kind: Kind::Layer, inputs: Inputs::Many, params: &[] },
     Sig {
         name: "cross_entropy",
         kind: Kind::Loss,
@@ -311,18 +229,8 @@ pub const SIGS: &[Sig] = &[
         inputs: Inputs::Two,
         params: &[opt("from_logits", Ty::Bool, D::Bool(false))],
     },
-    Sig {
-        name: "mse",
-        kind: Kind::Loss,
-        inputs: Inputs::Two,
-        params: &[],
-    },
-    Sig {
-        name: "accuracy",
-        kind: Kind::Metric,
-        inputs: Inputs::Two,
-        params: &[],
-    },
+    Sig { name: "mse", kind: Kind::Loss, inputs: Inputs::Two, params: &[] },
+    Sig { name: "accuracy", kind: Kind::Metric, inputs: Inputs::Two, params: &[] },
     Sig {
         name: "precision",
         kind: Kind::Metric,
@@ -370,10 +278,7 @@ pub fn layer(name: &str, a: &Bound, input_rank: usize) -> Option<Layer> {
         _ => a.pair("padding"),
     };
     Some(match name {
-        "dense" => Layer::Dense {
-            units: a.uint("units"),
-            bias: a.bool("bias"),
-        },
+        "dense" => Layer::Dense { units: a.uint("units"), bias: a.bool("bias") },
         "conv2d" => Layer::Conv2d {
             filters: a.uint("filters"),
             kernel: a.pair("kernel"),
@@ -383,11 +288,7 @@ pub fn layer(name: &str, a: &Bound, input_rank: usize) -> Option<Layer> {
         },
         "maxpool" | "avgpool" => {
             let size = a.pair("size");
-            let stride = if a.get("stride").is_some() {
-                a.pair("stride")
-            } else {
-                size
-            };
+            let stride = if a.get("stride").is_some() { a.pair("stride") } else { size };
             if name == "maxpool" {
                 Layer::Maxpool { size, stride }
             } else {
@@ -395,29 +296,16 @@ pub fn layer(name: &str, a: &Bound, input_rank: usize) -> Option<Layer> {
             }
         }
         "flatten" => Layer::Flatten,
-        "dropout" => Layer::Dropout {
-            rate: a.float("rate"),
-        },
+        "dropout" => Layer::Dropout { rate: a.float("rate") },
         "relu" => Layer::Relu,
         "sigmoid" => Layer::Sigmoid,
         "tanh" => Layer::Tanh,
         "gelu" => Layer::Gelu,
         "softmax" => Layer::Softmax { axis: axis(a) },
-        "layernorm" => Layer::Layernorm {
-            eps: a.float("eps"),
-        },
-        "embed" => Layer::Embed {
-            vocab: a.uint("vocab"),
-            dim: a.uint("dim"),
-        },
-        "positions" => Layer::Positions {
-            length: a.uint("length"),
-            dim: a.uint("dim"),
-        },
-        "attention" => Layer::Attention {
-            heads: a.uint("heads"),
-            causal: a.bool("causal"),
-        },
+        "layernorm" => Layer::Layernorm { eps: a.float("eps") },
+        "embed" => Layer::Embed { vocab: a.uint("vocab"), dim: a.uint("dim") },
+        "positions" => Layer::Positions { length: a.uint("length"), dim: a.uint("dim") },
+        "attention" => Layer::Attention { heads: a.uint("heads"), causal: a.bool("causal") },
         "concat" => Layer::Concat { axis: axis(a) },
         "add" => Layer::Add,
         _ => return None,
@@ -426,12 +314,8 @@ pub fn layer(name: &str, a: &Bound, input_rank: usize) -> Option<Layer> {
 
 pub fn loss(name: &str, a: &Bound) -> Option<Loss> {
     Some(match name {
-        "cross_entropy" => Loss::CrossEntropy {
-            label_smoothing: a.float("label_smoothing"),
-        },
-        "binary_cross_entropy" => Loss::BinaryCrossEntropy {
-            from_logits: a.bool("from_logits"),
-        },
+        "cross_entropy" => Loss::CrossEntropy { label_smoothing: a.float("label_smoothing") },
+        "binary_cross_entropy" => Loss::BinaryCrossEntropy { from_logits: a.bool("from_logits") },
         "mse" => Loss::Mse,
         _ => return None,
     })
@@ -463,12 +347,7 @@ pub struct ShapeError {
 }
 
 fn err(expected: impl Into<String>, help: Option<String>) -> ShapeError {
-    ShapeError {
-        expected: expected.into(),
-        help,
-        input: 0,
-        dtype: false,
-    }
+    ShapeError { expected: expected.into(), help, input: 0, dtype: false }
 }
 
 /// The output type of `layer` applied to `inputs`, or why it cannot be.
@@ -491,9 +370,7 @@ pub fn infer(layer: &Layer, inputs: &[TensorType]) -> Result<TensorType, ShapeEr
     }
     let Some(x) = inputs.first() else {
         return match layer {
-            Layer::Positions { length, dim } => {
-                f32_out(Shape(vec![Dim::Fixed(*length), Dim::Fixed(*dim)]))
-            }
+            Layer::Positions { length, dim } => f32_out(Shape(vec![Dim::Fixed(*length), Dim::Fixed(*dim)])),
             _ => Err(err("an input", None)),
         };
     };
@@ -504,10 +381,7 @@ pub fn infer(layer: &Layer, inputs: &[TensorType]) -> Result<TensorType, ShapeEr
             if s.has_batch() && s.rank() >= 4 {
                 return Err(err(
                     "[N, features] or [N, T, features]",
-                    Some(format!(
-                        "insert `|> flatten` before dense: it turns {s} into [N, {}]",
-                        s.sample_elements()
-                    )),
+                    Some(format!("insert `|> flatten` before dense: it turns {s} into [N, {}]", s.sample_elements())),
                 ));
             }
             if s.rank() < 1 || (s.has_batch() && s.rank() < 2) {
@@ -517,13 +391,7 @@ pub fn infer(layer: &Layer, inputs: &[TensorType]) -> Result<TensorType, ShapeEr
             *out.last_mut().unwrap_or(&mut Dim::Batch) = Dim::Fixed(*units);
             f32_out(Shape(out))
         }
-        Layer::Conv2d {
-            filters,
-            kernel,
-            stride,
-            padding,
-            ..
-        } => {
+        Layer::Conv2d { filters, kernel, stride, padding, .. } => {
             let (c, h, w) = image_dims(s).ok_or_else(|| image_error(s, "conv2d"))?;
             let _ = c;
             let oh = window_out(h, kernel.0, stride.0, padding.0);
@@ -531,52 +399,44 @@ pub fn infer(layer: &Layer, inputs: &[TensorType]) -> Result<TensorType, ShapeEr
             match (oh, ow) {
                 (Some(oh), Some(ow)) => f32_out(Shape::batched(&[*filters, oh, ow])),
                 _ => Err(err(
-                    format!("an image of at least {}×{} (kernel {}×{}, padding {})", kernel.0.saturating_sub(2 * padding.0), kernel.1.saturating_sub(2 * padding.1), kernel.0, kernel.1, padding.0),
-                    Some(format!("the {h}×{w} input is smaller than the kernel; use a smaller kernel or `padding: same`")),
+                    format!(
+                        "an image of at least {}×{} (kernel {}×{}, padding {})",
+                        kernel.0.saturating_sub(2 * padding.0),
+                        kernel.1.saturating_sub(2 * padding.1),
+                        kernel.0,
+                        kernel.1,
+                        padding.0
+                    ),
+                    Some(format!(
+                        "the {h}×{w} input is smaller than the kernel; use a smaller kernel or `padding: same`"
+                    )),
                 )),
             }
         }
         Layer::Maxpool { size, stride } | Layer::Avgpool { size, stride } => {
             let name = layer.name();
             let (c, h, w) = image_dims(s).ok_or_else(|| image_error(s, name))?;
-            match (
-                window_out(h, size.0, stride.0, 0),
-                window_out(w, size.1, stride.1, 0),
-            ) {
+            match (window_out(h, size.0, stride.0, 0), window_out(w, size.1, stride.1, 0)) {
                 (Some(oh), Some(ow)) => f32_out(Shape::batched(&[c, oh, ow])),
                 _ => Err(err(
                     format!("an image of at least {}×{}", size.0, size.1),
-                    Some(format!(
-                        "the {h}×{w} input is smaller than the {}×{} window",
-                        size.0, size.1
-                    )),
+                    Some(format!("the {h}×{w} input is smaller than the {}×{} window", size.0, size.1)),
                 )),
             }
         }
         Layer::Flatten => {
             if !s.has_batch() || s.rank() < 2 {
-                return Err(err(
-                    "[N, …] with at least one dimension after the batch",
-                    None,
-                ));
+                return Err(err("[N, …] with at least one dimension after the batch", None));
             }
             f32_out(Shape::batched(&[s.sample_elements()]))
         }
-        Layer::Dropout { .. } | Layer::Relu | Layer::Sigmoid | Layer::Tanh | Layer::Gelu => {
-            f32_out(s.clone())
-        }
+        Layer::Dropout { .. } | Layer::Relu | Layer::Sigmoid | Layer::Tanh | Layer::Gelu => f32_out(s.clone()),
         Layer::Softmax { axis } | Layer::Concat { axis } if *axis >= s.rank() => Err(err(
             format!("an axis below {} for this input", s.rank()),
-            Some(format!(
-                "axis counts from 0 (the batch) to {}, or from -1 backwards",
-                s.rank().saturating_sub(1)
-            )),
+            Some(format!("axis counts from 0 (the batch) to {}, or from -1 backwards", s.rank().saturating_sub(1))),
         )),
         Layer::Softmax { axis } | Layer::Concat { axis } if *axis == 0 && s.has_batch() => {
-            Err(err(
-                "an axis other than the batch",
-                Some("axis 0 is the batch; use -1 for the last dimension".into()),
-            ))
+            Err(err("an axis other than the batch", Some("axis 0 is the batch; use -1 for the last dimension".into())))
         }
         Layer::Softmax { .. } => f32_out(s.clone()),
         Layer::Layernorm { .. } => {
@@ -589,9 +449,7 @@ pub fn infer(layer: &Layer, inputs: &[TensorType]) -> Result<TensorType, ShapeEr
             if x.dtype != DType::I32 {
                 return Err(ShapeError {
                     expected: "i32".into(),
-                    help: Some(
-                        "embed looks up integer token ids; declare the input as i32[…]".into(),
-                    ),
+                    help: Some("embed looks up integer token ids; declare the input as i32[…]".into()),
                     input: 0,
                     dtype: true,
                 });
@@ -600,29 +458,19 @@ pub fn infer(layer: &Layer, inputs: &[TensorType]) -> Result<TensorType, ShapeEr
             out.push(Dim::Fixed(*dim));
             f32_out(Shape(out))
         }
-        Layer::Positions { .. } => Err(err(
-            "no input",
-            Some("positions(length, dim: …) takes no input; add it to an embedding".into()),
-        )),
+        Layer::Positions { .. } => {
+            Err(err("no input", Some("positions(length, dim: …) takes no input; add it to an embedding".into())))
+        }
         Layer::Attention { heads, .. } => {
             if !(s.has_batch() && s.rank() == 3) {
-                return Err(err(
-                    "[N, T, features]",
-                    Some("attention works on sequences: embed tokens first".into()),
-                ));
+                return Err(err("[N, T, features]", Some("attention works on sequences: embed tokens first".into())));
             }
             let d = s.last().unwrap_or(0);
             if *heads == 0 || d % heads != 0 {
-                let divisors: Vec<String> = (1..=d.min(64))
-                    .filter(|k| d % k == 0)
-                    .map(|k| k.to_string())
-                    .collect();
+                let divisors: Vec<String> = (1..=d.min(64)).filter(|k| d % k == 0).map(|k| k.to_string()).collect();
                 return Err(err(
                     format!("a feature size divisible by {heads} heads"),
-                    Some(format!(
-                        "{d} features split into {} heads",
-                        divisors.join(", ")
-                    )),
+                    Some(format!("{d} features split into {} heads", divisors.join(", "))),
                 ));
             }
             f32_out(s.clone())
@@ -632,12 +480,7 @@ pub fn infer(layer: &Layer, inputs: &[TensorType]) -> Result<TensorType, ShapeEr
             let mut total = 0;
             for (i, t) in inputs.iter().enumerate() {
                 let ok = t.shape.rank() == s.rank()
-                    && t.shape
-                        .0
-                        .iter()
-                        .zip(dims)
-                        .enumerate()
-                        .all(|(k, (a, b))| k == *axis || a == b);
+                    && t.shape.0.iter().zip(dims).enumerate().all(|(k, (a, b))| k == *axis || a == b);
                 if !ok {
                     return Err(ShapeError {
                         expected: format!("{s} in every dimension but axis {axis}"),
@@ -681,16 +524,14 @@ fn image_error(s: &Shape, layer: &str) -> ShapeError {
         [n] => {
             let side = (*n as f64).sqrt().round() as u64;
             if side * side == *n {
-                Some(format!("{layer} needs images: declare the input as f32[1, {side}, {side}] (channels, height, width)"))
-            } else {
                 Some(format!(
-                    "{layer} needs images of shape [N, channels, height, width]"
+                    "{layer} needs images: declare the input as f32[1, {side}, {side}] (channels, height, width)"
                 ))
+            } else {
+                Some(format!("{layer} needs images of shape [N, channels, height, width]"))
             }
         }
-        [h, w] => Some(format!(
-            "add a channel dimension: declare the input as f32[1, {h}, {w}]"
-        )),
+        [h, w] => Some(format!("add a channel dimension: declare the input as f32[1, {h}, {w}]")),
         _ => None,
     };
     err("[N, channels, height, width]", help)
@@ -713,17 +554,8 @@ pub fn params(layer: &Layer, inputs: &[TensorType]) -> Vec<(&'static str, Vec<u6
             }
             p
         }
-        Layer::Conv2d {
-            filters,
-            kernel,
-            bias,
-            ..
-        } => {
-            let c = inputs
-                .first()
-                .and_then(|t| image_dims(&t.shape))
-                .map(|d| d.0)
-                .unwrap_or(0);
+        Layer::Conv2d { filters, kernel, bias, .. } => {
+            let c = inputs.first().and_then(|t| image_dims(&t.shape)).map(|d| d.0).unwrap_or(0);
             let mut p = vec![("weight", vec![*filters, c, kernel.0, kernel.1])];
             if *bias {
                 p.push(("bias", vec![*filters]));
@@ -756,22 +588,11 @@ pub fn flops(layer: &Layer, inputs: &[TensorType], out: &TensorType) -> u64 {
             p(&[rows, 2, fan_in, *units]).saturating_add(if *bias { p(&[rows, *units]) } else { 0 })
         }
         Layer::Conv2d { kernel, bias, .. } => {
-            let c = first
-                .and_then(|t| image_dims(&t.shape))
-                .map(|d| d.0)
-                .unwrap_or(0);
-            p(&[out_elems, 2, c, kernel.0, kernel.1]).saturating_add(if *bias {
-                out_elems
-            } else {
-                0
-            })
+            let c = first.and_then(|t| image_dims(&t.shape)).map(|d| d.0).unwrap_or(0);
+            p(&[out_elems, 2, c, kernel.0, kernel.1]).saturating_add(if *bias { out_elems } else { 0 })
         }
-        Layer::Maxpool { size, .. } | Layer::Avgpool { size, .. } => {
-            p(&[out_elems, size.0, size.1])
-        }
-        Layer::Dropout { .. } | Layer::Relu | Layer::Sigmoid | Layer::Tanh | Layer::Gelu => {
-            out_elems
-        }
+        Layer::Maxpool { size, .. } | Layer::Avgpool { size, .. } => p(&[out_elems, size.0, size.1]),
+        Layer::Dropout { .. } | Layer::Relu | Layer::Sigmoid | Layer::Tanh | Layer::Gelu => out_elems,
         Layer::Softmax { .. } => p(&[3, out_elems]),
         Layer::Layernorm { .. } => p(&[5, out_elems]),
         Layer::Add => p(&[out_elems, (inputs.len() as u64).saturating_sub(1)]),

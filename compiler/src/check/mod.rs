@@ -67,18 +67,10 @@ pub fn check(sources: &Sources) -> (Program, Vec<Located>) {
     let broken_items: Vec<(FileId, String)> = sources
         .ids()
         .flat_map(|id| {
-            sources
-                .file(id)
-                .ast
-                .items
-                .iter()
-                .filter_map(move |i| match i {
-                    Item::Error {
-                        first_word: Some(w),
-                        ..
-                    } => Some((id, w.name.clone())),
-                    _ => None,
-                })
+            sources.file(id).ast.items.iter().filter_map(move |i| match i {
+                Item::Error { first_word: Some(w), .. } => Some((id, w.name.clone())),
+                _ => None,
+            })
         })
         .collect();
     let model_names: Vec<String> = model_asts.keys().cloned().collect();
@@ -94,11 +86,7 @@ pub fn check(sources: &Sources) -> (Program, Vec<Located>) {
                 } else {
                     format!(
                         "the models are {}",
-                        model_names
-                            .iter()
-                            .map(|n| format!("`{n}`"))
-                            .collect::<Vec<_>>()
-                            .join(", ")
+                        model_names.iter().map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", ")
                     )
                 })
             }),
@@ -116,10 +104,7 @@ pub fn check(sources: &Sources) -> (Program, Vec<Located>) {
                     if model.is_none() && !quiet {
                         errors.push(unknown_model(&t.model, id));
                     }
-                    let mut checker = train::SettingsChecker {
-                        file: id,
-                        errors: &mut errors,
-                    };
+                    let mut checker = train::SettingsChecker { file: id, errors: &mut errors };
                     let info = checker.train(t, model.as_ref());
                     program.trains.push(info);
                 }
@@ -164,10 +149,7 @@ fn finetune(
     base: &ast::Model,
     errors: &mut Vec<Located>,
 ) -> Option<FinetuneInfo> {
-    let mut overrides = model::Overrides {
-        file: Some(file),
-        ..Default::default()
-    };
+    let mut overrides = model::Overrides { file: Some(file), ..Default::default() };
     let mut replaced_names = Vec::new();
     let top_bindings: Vec<&ast::Ident> = base
         .body
@@ -191,8 +173,7 @@ fn finetune(
         match s {
             FinetuneStmt::Replace { name, value, span } => {
                 if !top_bindings.iter().any(|b| b.name == name.name) {
-                    let help =
-                        did_you_mean(&name.name, top_bindings.iter().map(|b| b.name.as_str()));
+                    let help = did_you_mean(&name.name, top_bindings.iter().map(|b| b.name.as_str()));
                     errors.push(Located {
                         file,
                         error: Error::Check(CheckError::NoSuchLayer {
@@ -222,13 +203,8 @@ fn finetune(
             }
             FinetuneStmt::Target { name, ty, .. } => {
                 if !base_targets.iter().any(|t| t.name == name.name) {
-                    let help =
-                        did_you_mean(&name.name, base_targets.iter().map(|t| t.name.as_str()))
-                            .or_else(|| {
-                                base_targets
-                                    .first()
-                                    .map(|t| format!("the base model's target is `{}`", t.name))
-                            });
+                    let help = did_you_mean(&name.name, base_targets.iter().map(|t| t.name.as_str()))
+                        .or_else(|| base_targets.first().map(|t| format!("the base model's target is `{}`", t.name)));
                     errors.push(Located {
                         file,
                         error: Error::Check(CheckError::Undefined {
@@ -245,17 +221,11 @@ fn finetune(
             FinetuneStmt::Setting(_) => {}
         }
     }
-    let (model, model_errors): (ModelInfo, Vec<Located>) =
-        model::ModelChecker::new(base_file, overrides).check(base);
+    let (model, model_errors): (ModelInfo, Vec<Located>) = model::ModelChecker::new(base_file, overrides).check(base);
     // Errors in the base model's own lines were reported when it was checked
     // alone; keep only those that the finetune's changes cause.
-    let before: Vec<Located> = model::ModelChecker::new(base_file, model::Overrides::default())
-        .check(base)
-        .1;
-    let new_errors: Vec<Located> = model_errors
-        .into_iter()
-        .filter(|e| !before.contains(e))
-        .collect();
+    let before: Vec<Located> = model::ModelChecker::new(base_file, model::Overrides::default()).check(base).1;
+    let new_errors: Vec<Located> = model_errors.into_iter().filter(|e| !before.contains(e)).collect();
     let had_errors = !new_errors.is_empty();
     // When a replacement or target named nothing, what follows from the
     // unchanged model is noise.
@@ -267,11 +237,7 @@ fn finetune(
     let replaced: Vec<String> = model
         .params
         .iter()
-        .filter(|p| {
-            replaced_names
-                .iter()
-                .any(|r| p.layer == *r || p.layer.starts_with(&format!("{r}.")))
-        })
+        .filter(|p| replaced_names.iter().any(|r| p.layer == *r || p.layer.starts_with(&format!("{r}."))))
         .map(|p| p.layer.clone())
         .fold(Vec::new(), |mut v, l| {
             if !v.contains(&l) {

@@ -85,9 +85,7 @@ pub struct ModelInfo {
 
 impl ModelInfo {
     pub fn param_count(&self) -> u64 {
-        self.params
-            .iter()
-            .fold(0u64, |a, p| a.saturating_add(p.elements()))
+        self.params.iter().fold(0u64, |a, p| a.saturating_add(p.elements()))
     }
 
     /// The declaration span of an input or target node by name.
@@ -183,10 +181,7 @@ impl<'a> ModelChecker<'a> {
             errors: Vec::new(),
             nodes: Vec::new(),
             params: Vec::new(),
-            scopes: vec![Scope {
-                names: HashMap::new(),
-                in_repeat: false,
-            }],
+            scopes: vec![Scope { names: HashMap::new(), in_repeat: false }],
             defs: HashMap::new(),
             loop_defs: HashMap::new(),
             prefix: String::new(),
@@ -233,8 +228,7 @@ impl<'a> ModelChecker<'a> {
                 // Reported by the finetune checker, which knows the span.
             }
         }
-        let has_errors =
-            !self.errors.is_empty() || self.broken_input || self.broken_loss || self.broken_any;
+        let has_errors = !self.errors.is_empty() || self.broken_input || self.broken_loss || self.broken_any;
         let info = ModelInfo {
             has_errors,
             name: model.name.name.clone(),
@@ -252,10 +246,7 @@ impl<'a> ModelChecker<'a> {
     }
 
     fn err(&mut self, e: CheckError) {
-        self.errors.push(Located {
-            file: self.stmt_file,
-            error: Error::Check(e),
-        });
+        self.errors.push(Located { file: self.stmt_file, error: Error::Check(e) });
     }
 
     // ------------------------------------------------------------ statements
@@ -295,17 +286,7 @@ impl<'a> ModelChecker<'a> {
                     return;
                 }
                 let t = self.declared_type(ty, false);
-                let node = t.map(|t| {
-                    self.push(
-                        Op::Input {
-                            name: name.name.clone(),
-                        },
-                        vec![],
-                        t,
-                        *span,
-                        &name.name,
-                    )
-                });
+                let node = t.map(|t| self.push(Op::Input { name: name.name.clone() }, vec![], t, *span, &name.name));
                 if let Some(n) = node {
                     self.inputs.push(n);
                 }
@@ -322,24 +303,9 @@ impl<'a> ModelChecker<'a> {
                 }
                 let ty = over.unwrap_or(ty);
                 let t = self.declared_type(ty, true);
-                let per_token = matches!(
-                    ty,
-                    TypeExpr::Class {
-                        per_token: true,
-                        ..
-                    }
-                );
+                let per_token = matches!(ty, TypeExpr::Class { per_token: true, .. });
                 let node = t.map(|t| {
-                    self.push(
-                        Op::Target {
-                            name: name.name.clone(),
-                            per_token,
-                        },
-                        vec![],
-                        t,
-                        ty.span(),
-                        &name.name,
-                    )
+                    self.push(Op::Target { name: name.name.clone(), per_token }, vec![], t, ty.span(), &name.name)
                 });
                 self.stmt_file = saved;
                 if let Some(n) = node {
@@ -348,11 +314,8 @@ impl<'a> ModelChecker<'a> {
                 self.define(name, node, EntryKind::Target);
             }
             Stmt::Bind { name, value, span } => {
-                let replaced = if self.prefix.is_empty() {
-                    self.overrides.replace.get(&name.name).copied()
-                } else {
-                    None
-                };
+                let replaced =
+                    if self.prefix.is_empty() { self.overrides.replace.get(&name.name).copied() } else { None };
                 let saved = self.stmt_file;
                 if replaced.is_some() {
                     self.stmt_file = self.overrides.file.unwrap_or(self.file);
@@ -373,13 +336,7 @@ impl<'a> ModelChecker<'a> {
                 }
                 self.define(name, node, EntryKind::Value);
             }
-            Stmt::Repeat {
-                count,
-                count_span,
-                label,
-                body,
-                span: _,
-            } => {
+            Stmt::Repeat { count, count_span, label, body, span: _ } => {
                 if *count == 0 || *count > MAX_REPEAT {
                     self.err(CheckError::OutOfRange {
                         callee: "repeat".into(),
@@ -400,10 +357,7 @@ impl<'a> ModelChecker<'a> {
                 for i in 0..*count {
                     let before = self.errors.len();
                     self.prefix = format!("{saved_prefix}{label}.{i}.");
-                    self.scopes.push(Scope {
-                        names: HashMap::new(),
-                        in_repeat: true,
-                    });
+                    self.scopes.push(Scope { names: HashMap::new(), in_repeat: true });
                     self.stmts(body);
                     self.scopes.pop();
                     // One report per mistake, not one per iteration.
@@ -422,29 +376,18 @@ impl<'a> ModelChecker<'a> {
                         what: "the loss".into(),
                         span: (*span).into(),
                         first: first.into(),
-                        help: Some(
-                            "a model has one loss; add terms: `loss mse(a, y) + 0.1 * mse(b, y)`"
-                                .into(),
-                        ),
+                        help: Some("a model has one loss; add terms: `loss mse(a, y) + 0.1 * mse(b, y)`".into()),
                     });
                     return;
                 }
-                self.naming = Some(BindNaming {
-                    scope: "loss".into(),
-                    layer_calls: 0,
-                    param_layers: 0,
-                    next: 0,
-                });
+                self.naming = Some(BindNaming { scope: "loss".into(), layer_calls: 0, param_layers: 0, next: 0 });
                 let node = self.expr(value, Ctx::Loss);
                 self.naming = None;
                 if let Some(n) = node {
                     let is_loss = self.nodes[n].ty.shape.rank() == 0 && self.contains_loss(n);
                     if !is_loss {
                         let found = format!("a tensor of shape {}", self.nodes[n].ty.shape);
-                        self.err(CheckError::NotALoss {
-                            found,
-                            span: value.span.into(),
-                        });
+                        self.err(CheckError::NotALoss { found, span: value.span.into() });
                         self.broken_loss = true;
                         return;
                     }
@@ -470,10 +413,7 @@ impl<'a> ModelChecker<'a> {
                         return;
                     }
                 };
-                let metric_name = name
-                    .as_ref()
-                    .map(|n| n.name.clone())
-                    .unwrap_or_else(|| call.callee.name.clone());
+                let metric_name = name.as_ref().map(|n| n.name.clone()).unwrap_or_else(|| call.callee.name.clone());
                 if let Some((_, _, first)) = self.metrics.iter().find(|m| m.0 == metric_name) {
                     let first = *first;
                     self.err(CheckError::DeclaredTwice {
@@ -484,23 +424,14 @@ impl<'a> ModelChecker<'a> {
                     });
                     return;
                 }
-                self.naming = Some(BindNaming {
-                    scope: metric_name.clone(),
-                    layer_calls: 0,
-                    param_layers: 0,
-                    next: 0,
-                });
+                self.naming = Some(BindNaming { scope: metric_name.clone(), layer_calls: 0, param_layers: 0, next: 0 });
                 let node = self.expr(value, Ctx::Metric);
                 self.naming = None;
                 if let Some(n) = node {
                     self.metrics.push((metric_name, n, *span));
                 }
             }
-            Stmt::Error {
-                first_word,
-                defines,
-                ..
-            } => {
+            Stmt::Error { first_word, defines, .. } => {
                 self.broken_any = true;
                 match first_word.as_ref().map(|w| w.name.as_str()) {
                     Some("loss") => self.broken_loss = true,
@@ -517,10 +448,7 @@ impl<'a> ModelChecker<'a> {
                         self.broken_input = true;
                     }
                     // Define without a node, so later uses stay quiet.
-                    self.scopes.last_mut().map(|s| {
-                        s.names
-                            .insert(name.name.clone(), Entry { node: None, kind })
-                    });
+                    self.scopes.last_mut().map(|s| s.names.insert(name.name.clone(), Entry { node: None, kind }));
                 }
             }
         }
@@ -547,10 +475,7 @@ impl<'a> ModelChecker<'a> {
     /// Binds `name` in the innermost scope, or updates a loop-carried name.
     fn define(&mut self, name: &ast::Ident, node: Option<usize>, kind: EntryKind) {
         let depth = self.scopes.len();
-        let found = self
-            .scopes
-            .iter()
-            .rposition(|s| s.names.contains_key(&name.name));
+        let found = self.scopes.iter().rposition(|s| s.names.contains_key(&name.name));
         match found {
             // Reassigning a name from outside the repeat body: loop-carried.
             Some(i) if i + 1 < depth && self.in_repeat() && kind == EntryKind::Value => {
@@ -570,11 +495,7 @@ impl<'a> ModelChecker<'a> {
                 });
             }
             Some(_) => {
-                let first = self
-                    .defs
-                    .get(&name.name)
-                    .or_else(|| self.loop_defs.get(&name.name))
-                    .copied();
+                let first = self.defs.get(&name.name).or_else(|| self.loop_defs.get(&name.name)).copied();
                 let first = first.filter(|f| *f != name.span);
                 self.err(CheckError::Duplicate {
                     what: "name",
@@ -604,12 +525,7 @@ impl<'a> ModelChecker<'a> {
 
     fn declared_type(&mut self, ty: &TypeExpr, target: bool) -> Option<TensorType> {
         match ty {
-            TypeExpr::Class {
-                classes,
-                classes_span,
-                per_token,
-                ..
-            } => {
+            TypeExpr::Class { classes, classes_span, per_token, .. } => {
                 if !target {
                     self.broken_input = true;
                     self.err(CheckError::WrongKind {
@@ -628,18 +544,11 @@ impl<'a> ModelChecker<'a> {
                         value: classes.to_string(),
                         range: "at least 2".into(),
                         span: (*classes_span).into(),
-                        help: Some(
-                            "a single output trained with binary_cross_entropy uses `f32[1]`"
-                                .into(),
-                        ),
+                        help: Some("a single output trained with binary_cross_entropy uses `f32[1]`".into()),
                     });
                     return None;
                 }
-                let shape = if *per_token {
-                    Shape(vec![Dim::Batch, Dim::Fixed(0)])
-                } else {
-                    Shape(vec![Dim::Batch])
-                };
+                let shape = if *per_token { Shape(vec![Dim::Batch, Dim::Fixed(0)]) } else { Shape(vec![Dim::Batch]) };
                 Some(TensorType::new(DType::Class { classes: *classes }, shape))
             }
             TypeExpr::Tensor { dtype, dims, .. } => {
@@ -647,15 +556,10 @@ impl<'a> ModelChecker<'a> {
                     "f32" => DType::F32,
                     "i32" if !target => DType::I32,
                     other => {
-                        let allowed: &[&str] = if target {
-                            &["f32", "class"]
-                        } else {
-                            &["f32", "i32"]
-                        };
+                        let allowed: &[&str] = if target { &["f32", "class"] } else { &["f32", "i32"] };
                         let help = did_you_mean(other, allowed.iter().copied()).or_else(|| {
                             Some(if target {
-                                "targets are `class[N]` (labels) or `f32[…]` (regression values)"
-                                    .into()
+                                "targets are `class[N]` (labels) or `f32[…]` (regression values)".into()
                             } else {
                                 "inputs are `f32[…]` or `i32[…]`".into()
                             })
@@ -688,14 +592,7 @@ impl<'a> ModelChecker<'a> {
         }
     }
 
-    fn push(
-        &mut self,
-        op: Op,
-        inputs: Vec<usize>,
-        ty: TensorType,
-        span: Span,
-        path: &str,
-    ) -> usize {
+    fn push(&mut self, op: Op, inputs: Vec<usize>, ty: TensorType, span: Span, path: &str) -> usize {
         if self.nodes.len() >= MAX_NODES && !self.too_big {
             self.too_big = true;
             self.err(CheckError::OutOfRange {
@@ -707,14 +604,7 @@ impl<'a> ModelChecker<'a> {
                 help: Some("lower the `repeat` counts".into()),
             });
         }
-        self.nodes.push(Node {
-            op,
-            inputs,
-            ty,
-            file: self.stmt_file,
-            span,
-            path: path.to_string(),
-        });
+        self.nodes.push(Node { op, inputs, ty, file: self.stmt_file, span, path: path.to_string() });
         self.nodes.len() - 1
     }
 
@@ -753,10 +643,7 @@ impl<'a> ModelChecker<'a> {
                 // Report problems in the stage even when the input was broken.
                 self.call(stage, Some((x, input.span)), ctx)
             }
-            ExprKind::Str(_)
-            | ExprKind::List(_)
-            | ExprKind::Range { .. }
-            | ExprKind::Duration { .. } => {
+            ExprKind::Str(_) | ExprKind::List(_) | ExprKind::Range { .. } | ExprKind::Duration { .. } => {
                 let found = constant(e).map(|v| v.describe()).unwrap_or_default();
                 self.err(CheckError::WrongKind {
                     name: snippet(e),
@@ -770,15 +657,7 @@ impl<'a> ModelChecker<'a> {
         }
     }
 
-    fn binary(
-        &mut self,
-        op: BinOp,
-        a: usize,
-        b: usize,
-        sa: Span,
-        sb: Span,
-        span: Span,
-    ) -> Option<usize> {
+    fn binary(&mut self, op: BinOp, a: usize, b: usize, sa: Span, sb: Span, span: Span) -> Option<usize> {
         let (ta, tb) = (self.nodes[a].ty.clone(), self.nodes[b].ty.clone());
         for (t, s) in [(&ta, sa), (&tb, sb)] {
             if t.dtype != DType::F32 {
@@ -787,19 +666,14 @@ impl<'a> ModelChecker<'a> {
                     expected: "f32",
                     found: t.dtype.to_string(),
                     span: s.into(),
-                    help: Some(
-                        "integer token ids become vectors through `embed(tokens, vocab, dim: …)`"
-                            .into(),
-                    ),
+                    help: Some("integer token ids become vectors through `embed(tokens, vocab, dim: …)`".into()),
                 });
                 return None;
             }
         }
         let Some(shape) = ta.shape.broadcast(&tb.shape) else {
             let help = if ta.shape.sample_elements() == tb.shape.sample_elements() {
-                Some(
-                    "the sizes agree but the layouts differ; reshape one side to match".to_string(),
-                )
+                Some("the sizes agree but the layouts differ; reshape one side to match".to_string())
             } else {
                 None
             };
@@ -813,30 +687,20 @@ impl<'a> ModelChecker<'a> {
             });
             return None;
         };
-        let path = self
-            .naming
-            .as_ref()
-            .map(|n| n.scope.clone())
-            .unwrap_or_default();
+        let path = self.naming.as_ref().map(|n| n.scope.clone()).unwrap_or_default();
         let t = TensorType::new(DType::F32, shape);
         Some(self.push(Op::Binary { op: op.symbol() }, vec![a, b], t, span, &path))
     }
 
     fn lookup(&mut self, id: &ast::Ident, ctx: Ctx, as_target: bool) -> Option<usize> {
-        let entry = self
-            .scopes
-            .iter()
-            .rev()
-            .find_map(|s| s.names.get(&id.name))
-            .cloned();
+        let entry = self.scopes.iter().rev().find_map(|s| s.names.get(&id.name)).cloned();
         match entry {
             Some(e) => {
                 if e.kind == EntryKind::Target && !as_target {
                     let help = if ctx == Ctx::Layer {
                         "targets can only be used in `loss` and `metric` declarations".to_string()
                     } else {
-                        "pass the target as the second argument: `cross_entropy(logits, label)`"
-                            .to_string()
+                        "pass the target as the second argument: `cross_entropy(logits, label)`".to_string()
                     };
                     self.err(CheckError::WrongKind {
                         name: id.name.clone(),
@@ -851,11 +715,7 @@ impl<'a> ModelChecker<'a> {
                     let targets: Vec<String> = self.target_names();
                     self.err(CheckError::WrongKind {
                         name: id.name.clone(),
-                        actual: if e.kind == EntryKind::Input {
-                            "an input".into()
-                        } else {
-                            "a computed value".into()
-                        },
+                        actual: if e.kind == EntryKind::Input { "an input".into() } else { "a computed value".into() },
                         expected: "a target",
                         span: id.span.into(),
                         help: Some(match targets.first() {
@@ -898,11 +758,7 @@ impl<'a> ModelChecker<'a> {
             }
         }
         if let Some(def) = self.loop_defs.get(&id.name).copied() {
-            self.err(CheckError::LoopLocal {
-                name: id.name.clone(),
-                span: id.span.into(),
-                def: def.into(),
-            });
+            self.err(CheckError::LoopLocal { name: id.name.clone(), span: id.span.into(), def: def.into() });
             return;
         }
         if let Some(sig) = layers::sig(&id.name) {
@@ -921,24 +777,13 @@ impl<'a> ModelChecker<'a> {
             });
             return;
         }
-        let visible: Vec<String> = self
-            .scopes
-            .iter()
-            .flat_map(|s| s.names.keys().cloned())
-            .collect();
+        let visible: Vec<String> = self.scopes.iter().flat_map(|s| s.names.keys().cloned()).collect();
         let help = if self.inputs.is_empty() && !self.broken_input {
-            Some(format!(
-                "the model has no input yet; declare it: `input {}: f32[…]`",
-                id.name
-            ))
+            Some(format!("the model has no input yet; declare it: `input {}: f32[…]`", id.name))
         } else {
             did_you_mean(&id.name, visible.iter().map(String::as_str))
         };
-        self.err(CheckError::Undefined {
-            name: id.name.clone(),
-            span: id.span.into(),
-            help,
-        });
+        self.err(CheckError::Undefined { name: id.name.clone(), span: id.span.into(), help });
     }
 
     fn is_value_name(&self, name: &str) -> bool {
@@ -947,12 +792,7 @@ impl<'a> ModelChecker<'a> {
             || self.loop_defs.contains_key(name)
     }
 
-    fn call(
-        &mut self,
-        call: &Call,
-        piped: Option<(Option<usize>, Span)>,
-        ctx: Ctx,
-    ) -> Option<usize> {
+    fn call(&mut self, call: &Call, piped: Option<(Option<usize>, Span)>, ctx: Ctx) -> Option<usize> {
         let name = call.callee.name.as_str();
         let Some(sig) = layers::sig(name) else {
             if self.is_value_name(name) {
@@ -961,23 +801,20 @@ impl<'a> ModelChecker<'a> {
                     actual: "a value".into(),
                     expected: "a layer",
                     span: call.callee.span.into(),
-                    help: Some("`|>` feeds a value into a layer; to combine two values use `+`, `*` or `concat(a, b)`".into()),
+                    help: Some(
+                        "`|>` feeds a value into a layer; to combine two values use `+`, `*` or `concat(a, b)`".into(),
+                    ),
                 });
             } else {
                 let all = layers::SIGS.iter().map(|s| s.name);
-                let help = did_you_mean(name, all)
-                    .or_else(|| Some(format!("the layers are {}", names_list(Kind::Layer))));
+                let help =
+                    did_you_mean(name, all).or_else(|| Some(format!("the layers are {}", names_list(Kind::Layer))));
                 let kind = match ctx {
                     Ctx::Layer => "layer",
                     Ctx::Loss => "loss or layer",
                     Ctx::Metric => "metric",
                 };
-                self.err(CheckError::Unknown {
-                    kind,
-                    name: name.to_string(),
-                    span: call.callee.span.into(),
-                    help,
-                });
+                self.err(CheckError::Unknown { kind, name: name.to_string(), span: call.callee.span.into(), help });
             }
             return None;
         };
@@ -985,14 +822,8 @@ impl<'a> ModelChecker<'a> {
             (Kind::Loss, Ctx::Loss) | (Kind::Metric, Ctx::Metric) | (Kind::Layer, _) => {}
             (k, _) => {
                 let (actual, help) = match k {
-                    Kind::Loss => (
-                        "a loss",
-                        format!("declare it on its own line: `loss {name}(…)`"),
-                    ),
-                    Kind::Metric => (
-                        "a metric",
-                        format!("declare it on its own line: `metric {name}(…)`"),
-                    ),
+                    Kind::Loss => ("a loss", format!("declare it on its own line: `loss {name}(…)`")),
+                    Kind::Metric => ("a metric", format!("declare it on its own line: `metric {name}(…)`")),
                     Kind::Layer => ("a layer", String::new()),
                 };
                 let expected = match ctx {
@@ -1013,10 +844,7 @@ impl<'a> ModelChecker<'a> {
         if ctx == Ctx::Metric
             && sig.kind == Kind::Layer
             && piped.is_none()
-            && self
-                .naming
-                .as_ref()
-                .is_some_and(|n| n.next == 0 && n.layer_calls == 0)
+            && self.naming.as_ref().is_some_and(|n| n.next == 0 && n.layer_calls == 0)
         {
             // A layer as the whole metric expression: `metric relu(x)`.
             self.err(CheckError::WrongKind {
@@ -1037,12 +865,8 @@ impl<'a> ModelChecker<'a> {
             Inputs::Two => 2,
             Inputs::Many => usize::MAX,
         };
-        let bool_params: Vec<&str> = sig
-            .params
-            .iter()
-            .filter(|p| matches!(p.ty, args::Ty::Bool))
-            .map(|p| p.name)
-            .collect();
+        let bool_params: Vec<&str> =
+            sig.params.iter().filter(|p| matches!(p.ty, args::Ty::Bool)).map(|p| p.name).collect();
         let mut tensor_args: Vec<&Arg> = Vec::new();
         let have_piped = usize::from(piped.is_some());
         for a in &positional {
@@ -1050,9 +874,7 @@ impl<'a> ModelChecker<'a> {
                 break;
             }
             let is_tensor = match &a.value.kind {
-                ExprKind::Name(n) => {
-                    !bool_params.contains(&n.name.as_str()) && n.name != "true" && n.name != "false"
-                }
+                ExprKind::Name(n) => !bool_params.contains(&n.name.as_str()) && n.name != "true" && n.name != "false",
                 ExprKind::Call(_) | ExprKind::Pipe { .. } | ExprKind::Binary { .. } => true,
                 ExprKind::Neg(inner) => constant(inner).is_none(),
                 _ => false,
@@ -1062,20 +884,13 @@ impl<'a> ModelChecker<'a> {
             }
             tensor_args.push(a);
         }
-        let config: Vec<&Arg> = call
-            .args
-            .iter()
-            .filter(|a| !tensor_args.iter().any(|t| std::ptr::eq(*t, *a)))
-            .collect();
+        let config: Vec<&Arg> =
+            call.args.iter().filter(|a| !tensor_args.iter().any(|t| std::ptr::eq(*t, *a))).collect();
         let n_inputs = tensor_args.len() + have_piped;
         if !sig.inputs.accepts(n_inputs) {
             let help = match (sig.inputs, n_inputs) {
-                (Inputs::One, 0) => {
-                    Some(format!("feed it with `|>`: `x |> {}`", display_call(call)))
-                }
-                (Inputs::One, _) if piped.is_some() => {
-                    Some(format!("`|>` already gives {name} its input"))
-                }
+                (Inputs::One, 0) => Some(format!("feed it with `|>`: `x |> {}`", display_call(call))),
+                (Inputs::One, _) if piped.is_some() => Some(format!("`|>` already gives {name} its input")),
                 (Inputs::None, _) => Some(format!(
                     "{name} makes a tensor from its arguments alone; add it to another: `x + {}`",
                     display_call(call)
@@ -1117,9 +932,7 @@ impl<'a> ModelChecker<'a> {
                             actual: "an expression".into(),
                             expected: "a target",
                             span: a.value.span.into(),
-                            help: Some(
-                                "the second argument is the name of a declared target".into(),
-                            ),
+                            help: Some("the second argument is the name of a declared target".into()),
                         });
                         None
                     }
@@ -1159,18 +972,13 @@ impl<'a> ModelChecker<'a> {
             return None;
         }
         let input_nodes: Vec<usize> = inputs.iter().filter_map(|(n, _)| *n).collect();
-        let input_types: Vec<TensorType> = input_nodes
-            .iter()
-            .map(|n| self.nodes[*n].ty.clone())
-            .collect();
+        let input_types: Vec<TensorType> = input_nodes.iter().map(|n| self.nodes[*n].ty.clone()).collect();
         match sig.kind {
             Kind::Layer => {
                 let rank = input_types.first().map(|t| t.shape.rank()).unwrap_or(0);
                 let layer = layers::layer(name, &bound, rank)?;
                 if let Layer::Conv2d { stride, .. } = &layer {
-                    if matches!(bound.get("padding"), Some(Value::Name(n)) if n == "same")
-                        && *stride != (1, 1)
-                    {
+                    if matches!(bound.get("padding"), Some(Value::Name(n)) if n == "same") && *stride != (1, 1) {
                         self.err(CheckError::Conflict {
                             message: "`padding: same` needs stride 1".into(),
                             span: bound.span_of("padding").into(),
@@ -1184,20 +992,12 @@ impl<'a> ModelChecker<'a> {
                 let out = match layers::infer(&layer, &input_types) {
                     Ok(t) => t,
                     Err(e) => {
-                        let (node, span) = (
-                            input_nodes.get(e.input).copied(),
-                            inputs.get(e.input).map(|i| i.1).unwrap_or(call.span),
-                        );
+                        let (node, span) =
+                            (input_nodes.get(e.input).copied(), inputs.get(e.input).map(|i| i.1).unwrap_or(call.span));
                         let found = node.map(|n| self.nodes[n].ty.clone());
                         let found_s = found
                             .as_ref()
-                            .map(|t| {
-                                if e.dtype {
-                                    t.dtype.to_string()
-                                } else {
-                                    t.shape.to_string()
-                                }
-                            })
+                            .map(|t| if e.dtype { t.dtype.to_string() } else { t.shape.to_string() })
                             .unwrap_or_default();
                         let error = if e.dtype {
                             CheckError::DTypeMismatch {
@@ -1224,23 +1024,13 @@ impl<'a> ModelChecker<'a> {
                 let path = self.layer_path(index.unwrap_or(0), !params.is_empty());
                 let node = self.push(Op::Layer { layer }, input_nodes, out, call.span, &path);
                 for (suffix, shape) in params {
-                    self.params.push(ParamInfo {
-                        name: format!("{path}.{suffix}"),
-                        shape,
-                        layer: path.clone(),
-                        node,
-                    });
+                    self.params.push(ParamInfo { name: format!("{path}.{suffix}"), shape, layer: path.clone(), node });
                 }
                 Some(node)
             }
             Kind::Loss => {
                 let loss = layers::loss(name, &bound)?;
-                self.check_target(
-                    name,
-                    &input_nodes,
-                    &inputs,
-                    matches!(loss, Loss::CrossEntropy { .. }),
-                )?;
+                self.check_target(name, &input_nodes, &inputs, matches!(loss, Loss::CrossEntropy { .. }))?;
                 let t = TensorType::new(DType::F32, Shape::scalar());
                 Some(self.push(Op::Loss { loss }, input_nodes, t, call.span, "loss"))
             }
@@ -1249,11 +1039,7 @@ impl<'a> ModelChecker<'a> {
                 let needs_classes = !matches!(metric, Metric::Accuracy);
                 self.check_target(name, &input_nodes, &inputs, needs_classes)?;
                 let t = TensorType::new(DType::F32, Shape::scalar());
-                let path = self
-                    .naming
-                    .as_ref()
-                    .map(|n| n.scope.clone())
-                    .unwrap_or_default();
+                let path = self.naming.as_ref().map(|n| n.scope.clone()).unwrap_or_default();
                 Some(self.push(Op::Metric { metric }, input_nodes, t, call.span, &path))
             }
         }
@@ -1285,13 +1071,7 @@ impl<'a> ModelChecker<'a> {
             Op::Target { name, .. } => name.clone(),
             _ => String::new(),
         };
-        let per_token = matches!(
-            self.nodes[target].op,
-            Op::Target {
-                per_token: true,
-                ..
-            }
-        );
+        let per_token = matches!(self.nodes[target].op, Op::Target { per_token: true, .. });
         let pspan = inputs[0].1;
         let mismatch = |this: &mut Self, reason: String, help: Option<String>| {
             // Report a pair once, not again for every metric that uses it.
@@ -1309,11 +1089,7 @@ impl<'a> ModelChecker<'a> {
             None
         };
         if pt.dtype != DType::F32 {
-            return mismatch(
-                self,
-                format!("the prediction must be f32, not {}", pt.dtype),
-                None,
-            );
+            return mismatch(self, format!("the prediction must be f32, not {}", pt.dtype), None);
         }
         match tt.dtype {
             DType::Class { classes } => {
@@ -1336,21 +1112,12 @@ impl<'a> ModelChecker<'a> {
                     } else if per_token {
                         Some("per-token targets need predictions of shape [N, T, classes]".into())
                     } else {
-                        Some(format!(
-                            "the prediction should be [N, {classes}]: one score per class"
-                        ))
+                        Some(format!("the prediction should be [N, {classes}]: one score per class"))
                     };
-                    let expected = if per_token {
-                        format!("[N, T, {classes}]")
-                    } else {
-                        format!("[N, {classes}]")
-                    };
+                    let expected = if per_token { format!("[N, T, {classes}]") } else { format!("[N, {classes}]") };
                     return mismatch(
                         self,
-                        format!(
-                            "expected a prediction of shape {expected}, found {}",
-                            pt.shape
-                        ),
+                        format!("expected a prediction of shape {expected}, found {}", pt.shape),
                         help,
                     );
                 }
@@ -1376,11 +1143,7 @@ impl<'a> ModelChecker<'a> {
                         format!("`{tname}` is {}, but {func} needs class labels", tt),
                         Some(format!(
                             "declare the target as `class[N]`, or use {}",
-                            if func == "cross_entropy" {
-                                "mse or binary_cross_entropy"
-                            } else {
-                                "accuracy"
-                            }
+                            if func == "cross_entropy" { "mse or binary_cross_entropy" } else { "accuracy" }
                         )),
                     );
                 }
@@ -1391,17 +1154,11 @@ impl<'a> ModelChecker<'a> {
                             shape_decl(&pt.shape)
                         ))
                     } else {
-                        Some(format!(
-                            "the last layer should produce {}",
-                            shape_decl(&tt.shape)
-                        ))
+                        Some(format!("the last layer should produce {}", shape_decl(&tt.shape)))
                     };
                     return mismatch(
                         self,
-                        format!(
-                            "the prediction is {} but `{tname}` is {}",
-                            pt.shape, tt.shape
-                        ),
+                        format!("the prediction is {} but `{tname}` is {}", pt.shape, tt.shape),
                         help,
                     );
                 }
@@ -1437,9 +1194,7 @@ fn collect_defs(
 ) {
     for s in body {
         let name = match s {
-            Stmt::Input { name, .. } | Stmt::Target { name, .. } | Stmt::Bind { name, .. } => {
-                Some(name)
-            }
+            Stmt::Input { name, .. } | Stmt::Target { name, .. } | Stmt::Bind { name, .. } => Some(name),
             Stmt::Repeat { body, .. } => {
                 collect_defs(body, true, defs, loop_defs);
                 None
@@ -1447,11 +1202,7 @@ fn collect_defs(
             _ => None,
         };
         if let Some(n) = name {
-            let map = if in_repeat {
-                &mut *loop_defs
-            } else {
-                &mut *defs
-            };
+            let map = if in_repeat { &mut *loop_defs } else { &mut *defs };
             map.entry(n.name.clone()).or_insert(n.span);
         }
     }
@@ -1473,18 +1224,12 @@ fn count_layers(e: &Expr, with_params: bool) -> usize {
             ),
             _ => 0,
         };
-        own + c
-            .args
-            .iter()
-            .map(|a| count_layers(&a.value, with_params))
-            .sum::<usize>()
+        own + c.args.iter().map(|a| count_layers(&a.value, with_params)).sum::<usize>()
     };
     match &e.kind {
         ExprKind::Call(c) => call_counts(c),
         ExprKind::Pipe { input, stage } => count_layers(input, with_params) + call_counts(stage),
-        ExprKind::Binary { lhs, rhs, .. } => {
-            count_layers(lhs, with_params) + count_layers(rhs, with_params)
-        }
+        ExprKind::Binary { lhs, rhs, .. } => count_layers(lhs, with_params) + count_layers(rhs, with_params),
         ExprKind::Neg(x) => count_layers(x, with_params),
         _ => 0,
     }

@@ -68,30 +68,10 @@ pub const TEXT_CLASSES: u64 = 96;
 #[derive(Clone, Debug, PartialEq, Serialize)]
 #[serde(tag = "optimizer", rename_all = "snake_case")]
 pub enum Optimizer {
-    Sgd {
-        lr: f64,
-        momentum: f64,
-        nesterov: bool,
-    },
-    Adam {
-        lr: f64,
-        beta1: f64,
-        beta2: f64,
-        eps: f64,
-    },
-    Adamw {
-        lr: f64,
-        beta1: f64,
-        beta2: f64,
-        eps: f64,
-        weight_decay: f64,
-    },
-    Rmsprop {
-        lr: f64,
-        alpha: f64,
-        eps: f64,
-        momentum: f64,
-    },
+    Sgd { lr: f64, momentum: f64, nesterov: bool },
+    Adam { lr: f64, beta1: f64, beta2: f64, eps: f64 },
+    Adamw { lr: f64, beta1: f64, beta2: f64, eps: f64, weight_decay: f64 },
+    Rmsprop { lr: f64, alpha: f64, eps: f64, momentum: f64 },
 }
 
 impl Optimizer {
@@ -234,30 +214,15 @@ const OPTIMIZERS: Table = &[
 
 const SCHEDULES: Table = &[
     ("constant", &[]),
-    (
-        "step",
-        &[
-            req("every", Ty::Duration),
-            opt("gamma", Ty::UNIT_HALF_OPEN, D::Float(0.1)),
-        ],
-    ),
+    ("step", &[req("every", Ty::Duration), opt("gamma", Ty::UNIT_HALF_OPEN, D::Float(0.1))]),
     ("exponential", &[req("gamma", Ty::UNIT_HALF_OPEN)]),
-    (
-        "cosine",
-        &[
-            opt("warmup", Ty::Duration, D::Absent),
-            opt("min_lr", Ty::NON_NEGATIVE, D::Float(0.0)),
-        ],
-    ),
+    ("cosine", &[opt("warmup", Ty::Duration, D::Absent), opt("min_lr", Ty::NON_NEGATIVE, D::Float(0.0))]),
 ];
 
 const SCALES: &[&str] = &["none", "standard", "minmax"];
 
 const SOURCES: Table = &[
-    (
-        "mnist",
-        &[req("path", Ty::Str), opt("classes", Ty::Range, D::Absent)],
-    ),
+    ("mnist", &[req("path", Ty::Str), opt("classes", Ty::Range, D::Absent)]),
     (
         "csv",
         &[
@@ -271,22 +236,12 @@ const SOURCES: Table = &[
     (
         "spirals",
         &[
-            opt(
-                "samples",
-                Ty::Int {
-                    min: 4,
-                    max: 10_000_000,
-                },
-                D::Int(1000),
-            ),
+            opt("samples", Ty::Int { min: 4, max: 10_000_000 }, D::Int(1000)),
             opt("classes", Ty::Int { min: 2, max: 64 }, D::Int(3)),
             opt("noise", Ty::NON_NEGATIVE, D::Float(0.1)),
         ],
     ),
-    (
-        "text",
-        &[req("path", Ty::Str), req("context", Ty::POSITIVE_INT)],
-    ),
+    ("text", &[req("path", Ty::Str), req("context", Ty::POSITIVE_INT)]),
 ];
 
 /// Where a setting may appear.
@@ -310,52 +265,16 @@ impl Block {
 /// Every setting key, its single-value signature (or `None` when it takes a
 /// list handled by hand), and where it may appear.
 const SETTINGS: &[(&str, Option<Param>, &[Block])] = &[
-    (
-        "data",
-        Some(req("source", Ty::Call)),
-        &[Block::Train, Block::Finetune],
-    ),
-    (
-        "batch",
-        Some(req("size", Ty::POSITIVE_INT)),
-        &[Block::Train, Block::Finetune, Block::Stage],
-    ),
-    (
-        "epochs",
-        Some(req("count", Ty::POSITIVE_INT)),
-        &[Block::Train, Block::Stage],
-    ),
-    (
-        "optimizer",
-        Some(req("optimizer", Ty::Call)),
-        &[Block::Train, Block::Finetune, Block::Stage],
-    ),
-    (
-        "schedule",
-        Some(req("schedule", Ty::Call)),
-        &[Block::Train, Block::Finetune, Block::Stage],
-    ),
-    (
-        "weight_decay",
-        Some(req("value", Ty::NON_NEGATIVE)),
-        &[Block::Train, Block::Finetune, Block::Stage],
-    ),
-    (
-        "clip_grad_norm",
-        Some(req("max_norm", Ty::POSITIVE)),
-        &[Block::Train, Block::Finetune, Block::Stage],
-    ),
+    ("data", Some(req("source", Ty::Call)), &[Block::Train, Block::Finetune]),
+    ("batch", Some(req("size", Ty::POSITIVE_INT)), &[Block::Train, Block::Finetune, Block::Stage]),
+    ("epochs", Some(req("count", Ty::POSITIVE_INT)), &[Block::Train, Block::Stage]),
+    ("optimizer", Some(req("optimizer", Ty::Call)), &[Block::Train, Block::Finetune, Block::Stage]),
+    ("schedule", Some(req("schedule", Ty::Call)), &[Block::Train, Block::Finetune, Block::Stage]),
+    ("weight_decay", Some(req("value", Ty::NON_NEGATIVE)), &[Block::Train, Block::Finetune, Block::Stage]),
+    ("clip_grad_norm", Some(req("max_norm", Ty::POSITIVE)), &[Block::Train, Block::Finetune, Block::Stage]),
     ("early_stop", None, &[Block::Train, Block::Finetune]),
-    (
-        "seed",
-        Some(req("value", Ty::NON_NEGATIVE_INT)),
-        &[Block::Train, Block::Finetune],
-    ),
-    (
-        "validation",
-        Some(req("fraction", Ty::FRACTION)),
-        &[Block::Train, Block::Finetune],
-    ),
+    ("seed", Some(req("value", Ty::NON_NEGATIVE_INT)), &[Block::Train, Block::Finetune]),
+    ("validation", Some(req("fraction", Ty::FRACTION)), &[Block::Train, Block::Finetune]),
     ("weights", Some(req("path", Ty::Str)), &[Block::Finetune]),
     ("train", None, &[Block::Stage]),
     ("freeze", None, &[Block::Stage]),
@@ -385,10 +304,7 @@ struct Raw<'s> {
 
 impl<'a> SettingsChecker<'a> {
     fn err(&mut self, e: CheckError) {
-        self.errors.push(Located {
-            file: self.file,
-            error: Error::Check(e),
-        });
+        self.errors.push(Located { file: self.file, error: Error::Check(e) });
     }
 
     /// Sorts a block's settings into known keys, reporting unknown, misplaced
@@ -398,23 +314,14 @@ impl<'a> SettingsChecker<'a> {
         for s in settings {
             match s {
                 Setting::Item { key, args, span } => {
-                    let Some((_, _, places)) = SETTINGS.iter().find(|(k, _, _)| *k == key.name)
-                    else {
-                        let allowed: Vec<&str> = SETTINGS
-                            .iter()
-                            .filter(|(_, _, p)| p.contains(&block))
-                            .map(|(k, _, _)| *k)
-                            .collect();
+                    let Some((_, _, places)) = SETTINGS.iter().find(|(k, _, _)| *k == key.name) else {
+                        let allowed: Vec<&str> =
+                            SETTINGS.iter().filter(|(_, _, p)| p.contains(&block)).map(|(k, _, _)| *k).collect();
                         if let Some(near) = closest(&key.name, allowed.iter().copied()) {
                             raw.broken.insert(near.to_string());
                         }
-                        let help = did_you_mean(&key.name, allowed.iter().copied()).or_else(|| {
-                            Some(format!(
-                                "{} takes {}",
-                                block.describe(),
-                                args::one_of(&allowed)
-                            ))
-                        });
+                        let help = did_you_mean(&key.name, allowed.iter().copied())
+                            .or_else(|| Some(format!("{} takes {}", block.describe(), args::one_of(&allowed))));
                         self.err(CheckError::Unknown {
                             kind: "setting",
                             name: key.name.clone(),
@@ -425,10 +332,17 @@ impl<'a> SettingsChecker<'a> {
                     };
                     if !places.contains(&block) {
                         let help = match (key.name.as_str(), block) {
-                            ("train" | "freeze" | "unfreeze" | "lr_scale", _) => "freezing and per-layer learning rates are set in the stages of a finetune block".to_string(),
-                            ("epochs", Block::Finetune) => "a finetune gives epochs in each stage: `stage head { epochs 2 … }`".to_string(),
+                            ("train" | "freeze" | "unfreeze" | "lr_scale", _) => {
+                                "freezing and per-layer learning rates are set in the stages of a finetune block"
+                                    .to_string()
+                            }
+                            ("epochs", Block::Finetune) => {
+                                "a finetune gives epochs in each stage: `stage head { epochs 2 … }`".to_string()
+                            }
                             ("weights", _) => "pretrained weights are loaded by a finetune block".to_string(),
-                            (k, Block::Stage) => format!("`{k}` applies to the whole finetune; move it out of the stage"),
+                            (k, Block::Stage) => {
+                                format!("`{k}` applies to the whole finetune; move it out of the stage")
+                            }
                             (k, _) => format!("`{k}` is not a setting of {}", block.describe()),
                         };
                         self.err(CheckError::SettingNotAllowed {
@@ -478,16 +392,8 @@ impl<'a> SettingsChecker<'a> {
     }
 
     /// Binds a single-value setting.
-    fn single(
-        &mut self,
-        key: &ast::Ident,
-        args: &[Arg],
-        span: Span,
-    ) -> Option<(Value, Span, Bound)> {
-        let param = SETTINGS
-            .iter()
-            .find(|(k, _, _)| *k == key.name)
-            .and_then(|(_, p, _)| *p)?;
+    fn single(&mut self, key: &ast::Ident, args: &[Arg], span: Span) -> Option<(Value, Span, Bound)> {
+        let param = SETTINGS.iter().find(|(k, _, _)| *k == key.name).and_then(|(_, p, _)| *p)?;
         let refs: Vec<&Arg> = args.iter().collect();
         let mut errs = Vec::new();
         let b = bind(&format!("`{}`", key.name), span, &[param], &refs, &mut errs);
@@ -504,12 +410,7 @@ impl<'a> SettingsChecker<'a> {
     }
 
     /// Resolves `name(args…)` against a table: optimizers, schedules, sources.
-    fn call(
-        &mut self,
-        kind: &'static str,
-        arg: &Arg,
-        table: Table,
-    ) -> Option<(&'static str, Bound)> {
+    fn call(&mut self, kind: &'static str, arg: &Arg, table: Table) -> Option<(&'static str, Bound)> {
         let (callee, args, span) = match &arg.value.kind {
             ExprKind::Call(c) => (&c.callee, c.args.iter().collect::<Vec<_>>(), c.span),
             ExprKind::Name(n) => (n, Vec::new(), n.span),
@@ -519,12 +420,7 @@ impl<'a> SettingsChecker<'a> {
             let names: Vec<&str> = table.iter().map(|(n, _)| *n).collect();
             let help = did_you_mean(&callee.name, names.iter().copied())
                 .or_else(|| Some(format!("the {kind}s are {}", args::one_of(&names))));
-            self.err(CheckError::Unknown {
-                kind,
-                name: callee.name.clone(),
-                span: callee.span.into(),
-                help,
-            });
+            self.err(CheckError::Unknown { kind, name: callee.name.clone(), span: callee.span.into(), help });
             return None;
         };
         let mut errs = Vec::new();
@@ -539,11 +435,7 @@ impl<'a> SettingsChecker<'a> {
     fn optimizer(&mut self, arg: &Arg) -> Option<Optimizer> {
         let (name, b) = self.call("optimizer", arg, OPTIMIZERS)?;
         let opt = match name {
-            "sgd" => Optimizer::Sgd {
-                lr: b.float("lr"),
-                momentum: b.float("momentum"),
-                nesterov: b.bool("nesterov"),
-            },
+            "sgd" => Optimizer::Sgd { lr: b.float("lr"), momentum: b.float("momentum"), nesterov: b.bool("nesterov") },
             "adam" => Optimizer::Adam {
                 lr: b.float("lr"),
                 beta1: b.float("beta1"),
@@ -564,12 +456,7 @@ impl<'a> SettingsChecker<'a> {
                 momentum: b.float("momentum"),
             },
         };
-        if let Optimizer::Sgd {
-            momentum,
-            nesterov: true,
-            ..
-        } = opt
-        {
+        if let Optimizer::Sgd { momentum, nesterov: true, .. } = opt {
             if momentum == 0.0 {
                 self.err(CheckError::Conflict {
                     message: "Nesterov momentum needs a momentum above 0".into(),
@@ -606,18 +493,10 @@ impl<'a> SettingsChecker<'a> {
                     });
                     return None;
                 }
-                Schedule::Step {
-                    every,
-                    gamma: b.float("gamma"),
-                }
+                Schedule::Step { every, gamma: b.float("gamma") }
             }
-            "exponential" => Schedule::Exponential {
-                gamma: b.float("gamma"),
-            },
-            _ => Schedule::Cosine {
-                warmup: dur(&b, "warmup"),
-                min_lr: b.float("min_lr"),
-            },
+            "exponential" => Schedule::Exponential { gamma: b.float("gamma") },
+            _ => Schedule::Cosine { warmup: dur(&b, "warmup"), min_lr: b.float("min_lr") },
         })
     }
 
@@ -640,10 +519,7 @@ impl<'a> SettingsChecker<'a> {
                     });
                     return None;
                 }
-                DataSource::Mnist {
-                    path: b.name("path").unwrap_or_default().to_string(),
-                    classes,
-                }
+                DataSource::Mnist { path: b.name("path").unwrap_or_default().to_string(), classes }
             }
             "csv" => DataSource::Csv {
                 path: b.name("path").unwrap_or_default().into(),
@@ -652,15 +528,10 @@ impl<'a> SettingsChecker<'a> {
                 scale: b.name("scale").unwrap_or("none").into(),
             },
             "xor" => DataSource::Xor,
-            "spirals" => DataSource::Spirals {
-                samples: b.uint("samples"),
-                classes: b.uint("classes"),
-                noise: b.float("noise"),
-            },
-            _ => DataSource::Text {
-                path: b.name("path").unwrap_or_default().into(),
-                context: b.uint("context"),
-            },
+            "spirals" => {
+                DataSource::Spirals { samples: b.uint("samples"), classes: b.uint("classes"), noise: b.float("noise") }
+            }
+            _ => DataSource::Text { path: b.name("path").unwrap_or_default().into(), context: b.uint("context") },
         };
         Some((src, arg.span))
     }
@@ -730,8 +601,7 @@ impl<'a> SettingsChecker<'a> {
                     info.early_stop = self.early_stop(args, *sp);
                     spans.insert("early_stop", *sp);
                 }
-                "batch" | "epochs" | "seed" | "weight_decay" | "clip_grad_norm" | "validation"
-                | "weights" => {
+                "batch" | "epochs" | "seed" | "weight_decay" | "clip_grad_norm" | "validation" | "weights" => {
                     let Some((v, vsp, _)) = self.single(key, args, *sp) else {
                         continue;
                     };
@@ -745,19 +615,14 @@ impl<'a> SettingsChecker<'a> {
                         "validation" => info.validation = f,
                         _ => {}
                     }
-                    let k: &'static str = SETTINGS
-                        .iter()
-                        .find(|(k, _, _)| *k == key.name)
-                        .map(|(k, _, _)| *k)
-                        .unwrap_or("");
+                    let k: &'static str =
+                        SETTINGS.iter().find(|(k, _, _)| *k == key.name).map(|(k, _, _)| *k).unwrap_or("");
                     spans.insert(k, vsp);
                 }
                 _ => {}
             }
         }
-        if let (Some(Optimizer::Adamw { .. }), Some(wd)) =
-            (&info.optimizer, spans.get("weight_decay"))
-        {
+        if let (Some(Optimizer::Adamw { .. }), Some(wd)) = (&info.optimizer, spans.get("weight_decay")) {
             let other = spans.get("optimizer").copied();
             self.err(CheckError::Conflict {
                 message: "weight decay is given twice: adamw has its own `weight_decay`".into(),
@@ -772,12 +637,7 @@ impl<'a> SettingsChecker<'a> {
 
     fn require(&mut self, raw: &Raw, key: &'static str, block: String, span: Span, help: &str) {
         if !raw.seen.contains_key(key) && !raw.broken.contains(key) {
-            self.err(CheckError::MissingSetting {
-                block,
-                key,
-                span: span.into(),
-                help: Some(help.to_string()),
-            });
+            self.err(CheckError::MissingSetting { block, key, span: span.into(), help: Some(help.to_string()) });
         }
     }
 
@@ -786,34 +646,10 @@ impl<'a> SettingsChecker<'a> {
         let raw = self.collect(&t.settings, Block::Train);
         let (info, spans) = self.common(&raw, &t.model.name, self.file, t.span);
         let block = format!("train block for `{}`", t.model.name);
-        self.require(
-            &raw,
-            "data",
-            block.clone(),
-            t.model.span,
-            "add e.g. `data mnist(\"data/mnist\")`",
-        );
-        self.require(
-            &raw,
-            "batch",
-            block.clone(),
-            t.model.span,
-            "add e.g. `batch 64`",
-        );
-        self.require(
-            &raw,
-            "epochs",
-            block.clone(),
-            t.model.span,
-            "add e.g. `epochs 5`",
-        );
-        self.require(
-            &raw,
-            "optimizer",
-            block,
-            t.model.span,
-            "add e.g. `optimizer adam(lr: 1e-3)`",
-        );
+        self.require(&raw, "data", block.clone(), t.model.span, "add e.g. `data mnist(\"data/mnist\")`");
+        self.require(&raw, "batch", block.clone(), t.model.span, "add e.g. `batch 64`");
+        self.require(&raw, "epochs", block.clone(), t.model.span, "add e.g. `epochs 5`");
+        self.require(&raw, "optimizer", block, t.model.span, "add e.g. `optimizer adam(lr: 1e-3)`");
         if let Some(m) = model.filter(|m| !m.has_errors) {
             if let (Some(d), Some(sp)) = (&info.data, spans.get("data")) {
                 self.data_fits(d, *sp, m);
@@ -823,12 +659,7 @@ impl<'a> SettingsChecker<'a> {
         info
     }
 
-    fn early_stop_fits(
-        &mut self,
-        info: &TrainInfo,
-        spans: &BTreeMap<&'static str, Span>,
-        m: &ModelInfo,
-    ) {
+    fn early_stop_fits(&mut self, info: &TrainInfo, spans: &BTreeMap<&'static str, Span>, m: &ModelInfo) {
         let Some(es) = &info.early_stop else { return };
         let sp = spans.get("early_stop").copied().unwrap_or_default();
         let mut names = vec!["loss".to_string(), "val_loss".to_string()];
@@ -840,12 +671,7 @@ impl<'a> SettingsChecker<'a> {
             let help = closest(&es.on, names.iter().map(String::as_str))
                 .map(|c| format!("did you mean `{c}`?"))
                 .or_else(|| Some(format!("the model reports {}", names.join(", "))));
-            self.err(CheckError::Unknown {
-                kind: "quantity to watch",
-                name: es.on.clone(),
-                span: sp.into(),
-                help,
-            });
+            self.err(CheckError::Unknown { kind: "quantity to watch", name: es.on.clone(), span: sp.into(), help });
             return;
         }
         if es.on.starts_with("val_") && info.validation == 0.0 {
@@ -861,17 +687,16 @@ impl<'a> SettingsChecker<'a> {
 
     /// Does the data source provide what the model declares?
     fn data_fits(&mut self, d: &DataSource, sp: Span, m: &ModelInfo) {
-        let mismatch =
-            |this: &mut Self, reason: String, decl: Option<Span>, help: Option<String>| {
-                this.err(CheckError::DataMismatch {
-                    source_name: d.name().into(),
-                    model: m.name.clone(),
-                    reason,
-                    span: sp.into(),
-                    decl: decl.filter(|_| m.file == this.file).map(Into::into),
-                    help,
-                });
-            };
+        let mismatch = |this: &mut Self, reason: String, decl: Option<Span>, help: Option<String>| {
+            this.err(CheckError::DataMismatch {
+                source_name: d.name().into(),
+                model: m.name.clone(),
+                reason,
+                span: sp.into(),
+                decl: decl.filter(|_| m.file == this.file).map(Into::into),
+                help,
+            });
+        };
         if m.inputs.len() != 1 || m.targets.len() != 1 {
             let reason = format!(
                 "the model has {} input(s) and {} target(s), the data provides one of each",
@@ -888,17 +713,9 @@ impl<'a> SettingsChecker<'a> {
             DType::Class { classes } => Some(classes),
             _ => None,
         };
-        let per_token = matches!(
-            target.op,
-            super::model::Op::Target {
-                per_token: true,
-                ..
-            }
-        );
+        let per_token = matches!(target.op, super::model::Op::Target { per_token: true, .. });
         match d {
-            DataSource::Mnist {
-                classes: (a, z), ..
-            } => {
+            DataSource::Mnist { classes: (a, z), .. } => {
                 if it.dtype != DType::F32 || it.shape.sample_elements() != 784 {
                     mismatch(
                         self,
@@ -910,16 +727,9 @@ impl<'a> SettingsChecker<'a> {
                 }
                 let n = z - a + 1;
                 if classes != Some(n) || per_token {
-                    let reason = format!(
-                        "mnist with digits {a}..{z} gives {n} classes, but the target is {}",
-                        type_text(tt)
-                    );
-                    mismatch(
-                        self,
-                        reason,
-                        Some(target.span),
-                        Some(format!("declare the target as class[{n}]")),
-                    );
+                    let reason =
+                        format!("mnist with digits {a}..{z} gives {n} classes, but the target is {}", type_text(tt));
+                    mismatch(self, reason, Some(target.span), Some(format!("declare the target as class[{n}]")));
                 }
             }
             DataSource::Csv { .. } => {
@@ -940,15 +750,10 @@ impl<'a> SettingsChecker<'a> {
                         Some(input.span),
                         Some("declare the input as f32[2]".into()),
                     );
-                } else if !(classes == Some(2)
-                    || (classes.is_none() && tt.shape.sample_dims() == [1]))
-                {
+                } else if !(classes == Some(2) || (classes.is_none() && tt.shape.sample_dims() == [1])) {
                     mismatch(
                         self,
-                        format!(
-                            "xor gives one 0/1 label, but the target is {}",
-                            type_text(tt)
-                        ),
+                        format!("xor gives one 0/1 label, but the target is {}", type_text(tt)),
                         Some(target.span),
                         Some("declare the target as f32[1] or class[2]".into()),
                     );
@@ -965,10 +770,7 @@ impl<'a> SettingsChecker<'a> {
                 } else if classes != Some(*k) {
                     mismatch(
                         self,
-                        format!(
-                            "spirals gives {k} classes, but the target is {}",
-                            type_text(tt)
-                        ),
+                        format!("spirals gives {k} classes, but the target is {}", type_text(tt)),
                         Some(target.span),
                         Some(format!("declare the target as class[{k}]")),
                     );
@@ -978,16 +780,17 @@ impl<'a> SettingsChecker<'a> {
                 if it.dtype != DType::I32 || it.shape.sample_dims() != [*context] {
                     mismatch(
                         self,
-                        format!(
-                            "text gives windows of {context} characters, but the input is {it}"
-                        ),
+                        format!("text gives windows of {context} characters, but the input is {it}"),
                         Some(input.span),
                         Some(format!("declare the input as i32[{context}]")),
                     );
                 } else if classes != Some(TEXT_CLASSES) || !per_token {
                     mismatch(
                         self,
-                        format!("text predicts each next character among {TEXT_CLASSES}, but the target is {}", type_text(tt)),
+                        format!(
+                            "text predicts each next character among {TEXT_CLASSES}, but the target is {}",
+                            type_text(tt)
+                        ),
                         Some(target.span),
                         Some(format!("declare the target as class[{TEXT_CLASSES}] per token")),
                     );
@@ -998,12 +801,7 @@ impl<'a> SettingsChecker<'a> {
 
     /// Checks a finetune block; `model` is the base model with the finetune's
     /// overrides applied.
-    pub fn finetune(
-        &mut self,
-        f: &ast::Finetune,
-        model: ModelInfo,
-        replaced: Vec<String>,
-    ) -> FinetuneInfo {
+    pub fn finetune(&mut self, f: &ast::Finetune, model: ModelInfo, replaced: Vec<String>) -> FinetuneInfo {
         let settings: Vec<Setting> = f
             .body
             .iter()
@@ -1015,27 +813,9 @@ impl<'a> SettingsChecker<'a> {
         let raw = self.collect(&settings, Block::Finetune);
         let (info, spans) = self.common(&raw, &f.base.name, self.file, f.span);
         let block = format!("finetune `{}`", f.name.name);
-        self.require(
-            &raw,
-            "weights",
-            block.clone(),
-            f.name.span,
-            "add e.g. `weights \"runs/base/best.safetensors\"`",
-        );
-        self.require(
-            &raw,
-            "data",
-            block.clone(),
-            f.name.span,
-            "add e.g. `data mnist(\"data/mnist\")`",
-        );
-        self.require(
-            &raw,
-            "batch",
-            block.clone(),
-            f.name.span,
-            "add e.g. `batch 64`",
-        );
+        self.require(&raw, "weights", block.clone(), f.name.span, "add e.g. `weights \"runs/base/best.safetensors\"`");
+        self.require(&raw, "data", block.clone(), f.name.span, "add e.g. `data mnist(\"data/mnist\")`");
+        self.require(&raw, "batch", block.clone(), f.name.span, "add e.g. `batch 64`");
         if !model.has_errors {
             if let (Some(d), Some(sp)) = (&info.data, spans.get("data")) {
                 self.data_fits(d, *sp, &model);
@@ -1103,17 +883,8 @@ impl<'a> SettingsChecker<'a> {
         let raw = self.collect(&st.settings, Block::Stage);
         let (own, spans) = self.common(&raw, &model.name, self.file, st.span);
         let block = format!("stage `{}`", st.name.name);
-        self.require(
-            &raw,
-            "epochs",
-            block.clone(),
-            st.name.span,
-            "add e.g. `epochs 2`",
-        );
-        if parent.optimizer.is_none()
-            && !raw.seen.contains_key("optimizer")
-            && !raw.broken.contains("optimizer")
-        {
+        self.require(&raw, "epochs", block.clone(), st.name.span, "add e.g. `epochs 2`");
+        if parent.optimizer.is_none() && !raw.seen.contains_key("optimizer") && !raw.broken.contains("optimizer") {
             self.err(CheckError::MissingSetting {
                 block,
                 key: "optimizer",
@@ -1121,27 +892,14 @@ impl<'a> SettingsChecker<'a> {
                 help: Some("give one in the stage or once for the whole finetune".into()),
             });
         }
-        let list = |key: &str| {
-            raw.items
-                .iter()
-                .find(|(k, _, _)| k.name == key)
-                .map(|(k, a, _)| (*k, *a))
-        };
-        if let (Some((t, _)), Some((other, _))) =
-            (list("train"), list("freeze").or(list("unfreeze")))
-        {
+        let list = |key: &str| raw.items.iter().find(|(k, _, _)| k.name == key).map(|(k, a, _)| (*k, *a));
+        if let (Some((t, _)), Some((other, _))) = (list("train"), list("freeze").or(list("unfreeze"))) {
             self.err(CheckError::Conflict {
-                message: format!(
-                    "`train` lists exactly what trains, so it cannot be combined with `{}`",
-                    other.name
-                ),
+                message: format!("`train` lists exactly what trains, so it cannot be combined with `{}`", other.name),
                 span: other.span.into(),
                 label: "changes the set again".into(),
                 other: Some(t.span.into()),
-                help: Some(
-                    "use `train` alone, or `freeze`/`unfreeze` relative to the previous stage"
-                        .into(),
-                ),
+                help: Some("use `train` alone, or `freeze`/`unfreeze` relative to the previous stage".into()),
             });
             return None;
         }
@@ -1158,10 +916,7 @@ impl<'a> SettingsChecker<'a> {
             trainable.retain(|p| !sel.contains(p));
         }
         if trainable.is_empty() {
-            self.err(CheckError::NothingTrainable {
-                stage: st.name.name.clone(),
-                span: st.name.span.into(),
-            });
+            self.err(CheckError::NothingTrainable { stage: st.name.name.clone(), span: st.name.span.into() });
             return None;
         }
         let mut lr_scale = BTreeMap::new();
@@ -1184,9 +939,7 @@ impl<'a> SettingsChecker<'a> {
                         self.err(CheckError::OutOfRange {
                             callee: "`lr_scale`".into(),
                             name: name.name.clone(),
-                            value: other
-                                .map(args::fmt_num)
-                                .unwrap_or_else(|| "not a number".into()),
+                            value: other.map(args::fmt_num).unwrap_or_else(|| "not a number".into()),
                             range: "greater than 0".into(),
                             span: a.value.span.into(),
                             help: None,
@@ -1223,22 +976,10 @@ impl<'a> SettingsChecker<'a> {
             trainable: trainable.clone(),
             lr_scale,
             optimizer: own.optimizer.or_else(|| parent.optimizer.clone()),
-            schedule: if raw.seen.contains_key("schedule") {
-                own.schedule
-            } else {
-                parent.schedule.clone()
-            },
-            weight_decay: if raw.seen.contains_key("weight_decay") {
-                own.weight_decay
-            } else {
-                parent.weight_decay
-            },
+            schedule: if raw.seen.contains_key("schedule") { own.schedule } else { parent.schedule.clone() },
+            weight_decay: if raw.seen.contains_key("weight_decay") { own.weight_decay } else { parent.weight_decay },
             clip_grad_norm: own.clip_grad_norm.or(parent.clip_grad_norm),
-            batch: if raw.seen.contains_key("batch") {
-                own.batch
-            } else {
-                parent.batch
-            },
+            batch: if raw.seen.contains_key("batch") { own.batch } else { parent.batch },
         })
     }
 
@@ -1270,9 +1011,7 @@ impl<'a> SettingsChecker<'a> {
                         callee: format!("`{}`", key.name),
                         name: "layers".into(),
                         expected: "layer names".into(),
-                        found: args::constant(&a.value)
-                            .map(|v| v.describe())
-                            .unwrap_or_else(|| "an expression".into()),
+                        found: args::constant(&a.value).map(|v| v.describe()).unwrap_or_else(|| "an expression".into()),
                         span: a.span.into(),
                         help: None,
                     });
@@ -1297,15 +1036,10 @@ impl<'a> SettingsChecker<'a> {
                         help: Some("only layers with weights (dense, conv2d, layernorm, embed, positions, attention) can be frozen or trained".into()),
                     });
                 } else {
-                    let mut layers: Vec<&str> =
-                        model.params.iter().map(|p| p.layer.as_str()).collect();
+                    let mut layers: Vec<&str> = model.params.iter().map(|p| p.layer.as_str()).collect();
                     layers.dedup();
-                    let help = did_you_mean(&id.name, layers.iter().copied()).or_else(|| {
-                        Some(format!(
-                            "its layers with parameters are {}",
-                            args::one_of(&layers)
-                        ))
-                    });
+                    let help = did_you_mean(&id.name, layers.iter().copied())
+                        .or_else(|| Some(format!("its layers with parameters are {}", args::one_of(&layers))));
                     self.err(CheckError::NoSuchLayer {
                         name: id.name.clone(),
                         model: model.name.clone(),

@@ -58,11 +58,7 @@ impl Shape {
 
     /// `[N, dims…]`
     pub fn batched(dims: &[u64]) -> Shape {
-        Shape(
-            std::iter::once(Dim::Batch)
-                .chain(dims.iter().map(|d| Dim::Fixed(*d)))
-                .collect(),
-        )
+        Shape(std::iter::once(Dim::Batch).chain(dims.iter().map(|d| Dim::Fixed(*d))).collect())
     }
 
     pub fn rank(&self) -> usize {
@@ -164,10 +160,7 @@ mod tests {
         assert_eq!(a.broadcast(&Shape::batched(&[1, 64])), Some(a.clone()));
         assert_eq!(a.broadcast(&Shape::batched(&[64, 128])), None);
         // A batch never broadcasts against a fixed size other than 1.
-        assert_eq!(
-            Shape::batched(&[3]).broadcast(&Shape(vec![Dim::Fixed(2), Dim::Fixed(3)])),
-            None
-        );
+        assert_eq!(Shape::batched(&[3]).broadcast(&Shape(vec![Dim::Fixed(2), Dim::Fixed(3)])), None);
         assert_eq!(a.to_string(), "[N, 128, 64]");
     }
 }
