@@ -2,6 +2,7 @@
 
 mod checker;
 mod cli;
+mod ir;
 mod props;
 mod specs;
 

@@ -133,6 +133,7 @@ pub enum Op {
     /// (x) reduced over `axes`, which are kept with size 1.
     Reduce { op: ReduceOp, axes: Vec<usize> },
     /// (x) index of the maximum along `axis` (kept with size 1), as f32; the first on ties.
+    #[serde(rename = "argmax")]
     ArgMax { axis: usize },
     /// (x) the runtime size of `axis`, as an f32 scalar.
     SizeOf { axis: usize },
@@ -150,10 +151,13 @@ pub enum Op {
     /// (a, b, …) joined along `axis`.
     Concat { axis: usize },
     /// (a, b): `[…, m, k] × […, k, n] → […, m, n]`, leading dims broadcast.
+    #[serde(rename = "matmul")]
     MatMul,
     /// (x `[N, C, H, W]`) → `[N, C·kh·kw, oh·ow]`, rows ordered (c, i, j).
+    #[serde(rename = "im2col")]
     Im2Col { kernel: (u64, u64), stride: (u64, u64), padding: (u64, u64) },
     /// (cols) → `[N, C, H, W]`: the adjoint of Im2Col (overlaps summed).
+    #[serde(rename = "col2im")]
     Col2Im { kernel: (u64, u64), stride: (u64, u64), padding: (u64, u64), channels: u64, image: (u64, u64) },
     /// (table `[V, D]`, indices i32 `[…]`) → `[…, D]`.
     Gather,
