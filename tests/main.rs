@@ -3,6 +3,7 @@
 mod checker;
 mod cli;
 mod ir;
+mod passes;
 mod props;
 mod specs;
 

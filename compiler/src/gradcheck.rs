@@ -66,6 +66,8 @@ pub fn random_inputs(g: &Graph, batch: usize, rng: &mut Rng) -> HashMap<String, 
                 (0..n).map(|_| centre + rng.uniform(-a, a)).collect()
             }
             (Role::Scalar, _) => vec![1.0; n],
+            // Optimizer state: running averages of squares must not be negative.
+            (Role::State, _) => (0..n).map(|_| rng.uniform(0.0, 1.0)).collect(),
             _ => (0..n).map(|_| rng.uniform(-1.0, 1.0)).collect(),
         };
         out.insert(name.clone(), Tensor::new(shape, data));

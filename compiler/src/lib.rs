@@ -11,7 +11,9 @@ pub mod diag;
 pub mod gradcheck;
 pub mod interp;
 pub mod ir;
+pub mod passes;
 pub mod source;
+pub mod step;
 pub mod summary;
 
 pub use check::{check, Program};

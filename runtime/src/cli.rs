@@ -8,13 +8,12 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use modelc_compiler::check::train::{FinetuneInfo, TrainInfo};
-use modelc_compiler::summary::{summarize, Summary};
-use std::collections::BTreeSet;
-
-use modelc_compiler::autodiff;
 use modelc_compiler::check::ModelInfo;
 use modelc_compiler::ir::lower::{self, Mode};
-use modelc_compiler::ir::{print, verify, Graph, NodeId, Role};
+use modelc_compiler::ir::{print, verify, Graph};
+use modelc_compiler::passes;
+use modelc_compiler::step::{self, StepConfig};
+use modelc_compiler::summary::{summarize, Summary};
 use modelc_compiler::{Program, Sources};
 
 use crate::render;
@@ -52,8 +51,9 @@ enum Command {
         /// The model or finetune (default: the only one in the file).
         #[arg(long)]
         model: Option<String>,
-        /// forward: the model, loss and metrics; train: with the gradients of
-        /// every trainable parameter.
+        /// forward: the model, loss and metrics; train: the whole training
+        /// step (forward, gradients, optimizer update); optimized: the
+        /// training step after the optimization passes.
         #[arg(long, value_enum, default_value_t = Stage::Forward)]
         stage: Stage,
         #[arg(long, value_enum, default_value_t = GraphFormat::Text)]
@@ -80,6 +80,7 @@ enum Command {
 enum Stage {
     Forward,
     Train,
+    Optimized,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -338,15 +339,34 @@ fn table(s: &Summary) -> String {
 }
 
 /// The model to compile: a model or finetune of the root file, by name or the
-/// only one. A finetune comes with its first stage's trainable set.
-fn select(program: &Program, only: Option<&str>) -> Result<(ModelInfo, Option<BTreeSet<String>>)> {
+/// only one, with how it trains (its train block, or a finetune's first stage)
+/// when the file says.
+fn select(program: &Program, only: Option<&str>) -> Result<(ModelInfo, Option<StepConfig>)> {
     let root = modelc_compiler::FileId(0);
-    let mut found: Vec<(String, ModelInfo, Option<BTreeSet<String>>)> = Vec::new();
+    let mut found: Vec<(String, ModelInfo, Option<StepConfig>)> = Vec::new();
     for m in program.models.iter().filter(|m| m.file == root) {
-        found.push((m.name.clone(), m.clone(), None));
+        let cfg = program.trains.iter().find(|t| t.model == m.name).and_then(|t| {
+            Some(StepConfig {
+                optimizer: t.optimizer.clone()?,
+                weight_decay: t.weight_decay,
+                clip_grad_norm: t.clip_grad_norm,
+                lr_scale: Default::default(),
+                trainable: None,
+            })
+        });
+        found.push((m.name.clone(), m.clone(), cfg));
     }
     for f in program.finetunes.iter().filter(|f| f.file == root) {
-        found.push((f.name.clone(), f.model.clone(), f.stages.first().map(|s| s.trainable.clone())));
+        let cfg = f.stages.first().and_then(|s| {
+            Some(StepConfig {
+                optimizer: s.optimizer.clone()?,
+                weight_decay: s.weight_decay,
+                clip_grad_norm: s.clip_grad_norm,
+                lr_scale: s.lr_scale.clone(),
+                trainable: Some(s.trainable.clone()),
+            })
+        });
+        found.push((f.name.clone(), f.model.clone(), cfg));
     }
     let names: Vec<String> = found.iter().map(|f| f.0.clone()).collect();
     let pick = match only {
@@ -361,20 +381,18 @@ fn select(program: &Program, only: Option<&str>) -> Result<(ModelInfo, Option<BT
     Ok((pick.1, pick.2))
 }
 
-/// The forward graph, or the forward graph with the gradient of every
-/// trainable parameter as outputs `grad.NAME`.
-fn build_graph(model: &ModelInfo, trainable: Option<&BTreeSet<String>>, stage: Stage) -> Result<Graph> {
-    let g = lower::forward(model, Mode::Train).map_err(|e| e.to_string())?;
+/// The graph of a stage: the forward graph, or the whole training step
+/// (forward, gradients, optimizer update), raw or optimized.
+fn build_graph(name_for_errors: &str, model: &ModelInfo, cfg: Option<&StepConfig>, stage: Stage) -> Result<Graph> {
     if stage == Stage::Forward {
-        return Ok(g);
+        return lower::forward(model, Mode::Train).map_err(|e| e.to_string());
     }
-    let loss = g.output("loss").ok_or("the model has no loss")?;
-    let params: Vec<(String, NodeId)> =
-        g.inputs_of(Role::Param).into_iter().filter(|(n, _)| trainable.is_none_or(|t| t.contains(n))).collect();
-    let wrt: Vec<NodeId> = params.iter().map(|p| p.1).collect();
-    let (mut g, grads) = autodiff::grad(g, loss, &wrt).map_err(|e| e.to_string())?;
-    for ((name, _), gr) in params.iter().zip(grads) {
-        g.outputs.push((format!("grad.{name}"), gr));
+    let cfg = cfg.ok_or_else(|| {
+        format!("`{name_for_errors}` has no train block with an optimizer, which the training step needs")
+    })?;
+    let mut g = step::training_step(model, cfg).map_err(|e| e.to_string())?;
+    if stage == Stage::Optimized {
+        passes::optimize(&mut g);
     }
     Ok(g)
 }
@@ -389,8 +407,8 @@ fn graph(
     color: bool,
 ) -> Result<i32> {
     let Some((_, program)) = load(path, err, color)? else { return Ok(1) };
-    let (model, trainable) = select(&program, only)?;
-    let g = build_graph(&model, trainable.as_ref(), stage)?;
+    let (model, cfg) = select(&program, only)?;
+    let g = build_graph(&model.name, &model, cfg.as_ref(), stage)?;
     verify::verify(&g)?;
     let text = match format {
         GraphFormat::Text => print::text(&g),
@@ -414,7 +432,8 @@ fn gradcheck(
     color: bool,
 ) -> Result<i32> {
     let Some((_, program)) = load(path, err, color)? else { return Ok(1) };
-    let (model, trainable) = select(&program, only)?;
+    let (model, cfg) = select(&program, only)?;
+    let trainable = cfg.and_then(|c| c.trainable);
     let reports = modelc_compiler::gradcheck::check(&model, trainable.as_ref(), batch.max(1), samples.max(1), seed)?;
     let width = reports.iter().map(|r| r.name.len()).max().unwrap_or(9).max(9);
     let _ = writeln!(

@@ -1,0 +1,34 @@
+//! Graph optimizations. Each pass is a free function in its own file, takes
+//! the graph and says whether it changed anything; [`optimize`] lists them in
+//! the order they run. Tests re-verify the graph after every pass, check that
+//! each pass is idempotent, and that the optimized graph computes what the
+//! unoptimized one does (in the reference interpreter, to 1e-12).
+//!
+//! Not here yet: transpose folding into matmul, fusion into kernels and memory
+//! planning, which come with the backends.
+
+pub mod constant_fold;
+pub mod cse;
+pub mod dce;
+pub mod simplify;
+
+use crate::ir::Graph;
+
+/// The passes, in order. Runs the list until nothing changes (at most a few
+/// rounds: every pass only shrinks the graph or keeps it).
+pub fn optimize(g: &mut Graph) {
+    for _ in 0..8 {
+        let mut changed = false;
+        changed |= constant_fold::run(g);
+        changed |= simplify::run(g);
+        changed |= cse::run(g);
+        changed |= dce::run(g);
+        if !changed {
+            break;
+        }
+    }
+}
+
+/// Each pass by name, for tests and `--emit` of intermediate stages.
+pub const PASSES: &[(&str, fn(&mut Graph) -> bool)] =
+    &[("constant_fold", constant_fold::run), ("simplify", simplify::run), ("cse", cse::run), ("dce", dce::run)];
