@@ -134,3 +134,56 @@ fn optimized_step_snapshots() {
         insta::assert_snapshot!(format!("optimized_{name}"), out);
     }
 }
+
+/// One Adam step of mnist_mlp in the interpreter against PyTorch's, from the
+/// fixture made by tests/fixtures/gen_mnist_mlp_step.py (same weights, same
+/// batch): loss, accuracy, new weights and Adam state agree to 1e-5.
+#[test]
+fn mnist_mlp_adam_step_matches_pytorch() {
+    let bytes = std::fs::read("tests/fixtures/mnist_mlp_step.safetensors").expect("fixture");
+    let st = safetensors::SafeTensors::deserialize(&bytes).expect("valid safetensors");
+    let tensor = |name: &str| -> Tensor {
+        let t = st.tensor(name).unwrap_or_else(|_| panic!("fixture lacks {name}"));
+        let data: Vec<f64> = match t.dtype() {
+            safetensors::Dtype::F32 => {
+                t.data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f64).collect()
+            }
+            safetensors::Dtype::I32 => {
+                t.data().chunks_exact(4).map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f64).collect()
+            }
+            other => panic!("unexpected dtype {other:?}"),
+        };
+        Tensor::new(t.shape().to_vec(), data)
+    };
+    let mut g = step_graph("specs/mnist_mlp.model");
+    passes::optimize(&mut g);
+    let mut inputs = HashMap::new();
+    inputs.insert("image".to_string(), tensor("image"));
+    inputs.insert("label".to_string(), tensor("label"));
+    inputs.insert("lr".to_string(), Tensor::scalar(1e-3));
+    inputs.insert("step".to_string(), Tensor::scalar(1.0));
+    let params = ["hidden.weight", "hidden.bias", "logits.weight", "logits.bias"];
+    for p in params {
+        let w = tensor(&format!("before.{p}"));
+        inputs.insert(format!("{p}.exp_avg"), Tensor::zeros(w.shape.clone()));
+        inputs.insert(format!("{p}.exp_avg_sq"), Tensor::zeros(w.shape.clone()));
+        inputs.insert(p.to_string(), w);
+    }
+    let out = outputs(&g, &inputs);
+    let close = |what: &str, ours: &Tensor, theirs: &Tensor| {
+        assert_eq!(ours.shape, theirs.shape, "{what}");
+        for (a, b) in ours.data.iter().zip(&theirs.data) {
+            assert!((a - b).abs() <= 1e-5 * b.abs() + 1e-12, "{what}: ours {a}, PyTorch {b}");
+        }
+    };
+    close("loss", &Tensor::new(vec![1], out["loss"].data.clone()), &tensor("loss"));
+    assert_eq!(out["metric.accuracy"].data[0], tensor("accuracy").data[0]);
+    for p in params {
+        close(p, &out[&format!("new.{p}")], &tensor(&format!("after.{p}")));
+        if p != "hidden.weight" {
+            for s in ["exp_avg", "exp_avg_sq"] {
+                close(&format!("{p}.{s}"), &out[&format!("new.{p}.{s}")], &tensor(&format!("after.{p}.{s}")));
+            }
+        }
+    }
+}

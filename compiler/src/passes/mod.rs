@@ -29,6 +29,9 @@ pub fn optimize(g: &mut Graph) {
     }
 }
 
+/// A pass: rewrites the graph, says whether it changed anything.
+pub type Pass = fn(&mut Graph) -> bool;
+
 /// Each pass by name, for tests and `--emit` of intermediate stages.
-pub const PASSES: &[(&str, fn(&mut Graph) -> bool)] =
+pub const PASSES: &[(&str, Pass)] =
     &[("constant_fold", constant_fold::run), ("simplify", simplify::run), ("cse", cse::run), ("dce", dce::run)];

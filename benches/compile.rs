@@ -1,0 +1,71 @@
+//! Compile time, source to optimized training-step graph, per spec (release):
+//! parse, check, lower, differentiate, add the optimizer update, optimize.
+//!
+//! Run: `cargo bench --bench compile`. The goal for lenet5 is under 20 ms.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use modelc_compiler::passes;
+use modelc_compiler::step::{training_step, StepConfig};
+
+fn compile(path: &Path) -> usize {
+    let (_, program, errors) = modelc_compiler::check_path(path).expect("readable");
+    assert!(errors.is_empty());
+    let (model, cfg) = match program.finetunes.first() {
+        Some(f) => {
+            let s = &f.stages[0];
+            let cfg = StepConfig {
+                optimizer: s.optimizer.clone().expect("optimizer"),
+                weight_decay: s.weight_decay,
+                clip_grad_norm: s.clip_grad_norm,
+                lr_scale: s.lr_scale.clone(),
+                trainable: Some(s.trainable.clone()),
+            };
+            (f.model.clone(), cfg)
+        }
+        None => {
+            let t = &program.trains[0];
+            let m = program.model(&t.model).expect("model").clone();
+            let cfg = StepConfig {
+                optimizer: t.optimizer.clone().expect("optimizer"),
+                weight_decay: t.weight_decay,
+                clip_grad_norm: t.clip_grad_norm,
+                lr_scale: Default::default(),
+                trainable: None,
+            };
+            (m, cfg)
+        }
+    };
+    let mut g = training_step(&model, &cfg).expect("builds");
+    passes::optimize(&mut g);
+    g.len()
+}
+
+fn main() {
+    let mut specs: Vec<_> = std::fs::read_dir("specs")
+        .expect("run from the project root")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "model"))
+        .collect();
+    specs.sort();
+    println!("{:<32} {:>8} {:>12} {:>12}", "spec", "nodes", "median", "min");
+    for spec in &specs {
+        let mut times: Vec<Duration> = Vec::new();
+        let mut nodes = 0;
+        let runs = if spec.ends_with("char_gpt.model") { 5 } else { 30 };
+        for _ in 0..runs {
+            let t = Instant::now();
+            nodes = compile(spec);
+            times.push(t.elapsed());
+        }
+        times.sort();
+        println!(
+            "{:<32} {:>8} {:>9.2} ms {:>9.2} ms",
+            spec.display(),
+            nodes,
+            times[times.len() / 2].as_secs_f64() * 1e3,
+            times[0].as_secs_f64() * 1e3
+        );
+    }
+}
