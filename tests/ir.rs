@@ -295,3 +295,14 @@ fn interpreter_runs_a_dense_layer_by_hand() {
     assert!((out["loss"].data[0] - (p - 1.0).powi(2)).abs() < 1e-15);
     assert_eq!(out["metric.accuracy"].data[0], 1.0);
 }
+
+#[test]
+fn matmul_with_transpose_flags_matches_finite_differences() {
+    for (ta, tb) in [(true, false), (false, true), (true, true)] {
+        let a: &[u64] = if ta { &[2, 4, 3] } else { &[2, 3, 4] };
+        let c: &[u64] = if tb { &[5, 4] } else { &[4, 5] };
+        check_rule(&format!("matmul ta={ta} tb={tb}"), &[a, c], false, |b, x| {
+            b.op(Op::MatMul { ta, tb }, &[x[0], x[1]]).expect("typed")
+        });
+    }
+}

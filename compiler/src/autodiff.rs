@@ -91,14 +91,6 @@ fn sum_to(b: &mut Builder, dx: NodeId, x: NodeId) -> R<NodeId> {
     b.reshape(s, ts)
 }
 
-/// Swaps the last two axes.
-fn transpose(b: &mut Builder, x: NodeId) -> R<NodeId> {
-    let r = b.rank(x);
-    let mut perm: Vec<usize> = (0..r).collect();
-    perm.swap(r - 2, r - 1);
-    b.permute(x, perm)
-}
-
 /// The adjoint contributions of `y = op(ins)` given `dy`, as (operand index,
 /// contribution) pairs; contributions may still be broadcast.
 fn rule(b: &mut Builder, op: &Op, y: NodeId, ins: &[NodeId], dy: NodeId) -> R<Vec<(usize, NodeId)>> {
@@ -223,12 +215,15 @@ fn rule(b: &mut Builder, op: &Op, y: NodeId, ins: &[NodeId], dy: NodeId) -> R<Ve
             }
             out
         }
-        // d(A·C) = (dy·Cᵀ, Aᵀ·dy), summed over broadcast leading dims.
-        Op::MatMul => {
+        // y = A'·C' with A' = Aᵀ if ta, C' = Cᵀ if tb:
+        // dA' = dy·C'ᵀ, dC' = A'ᵀ·dy; dA = dA'ᵀ if ta (= C'·dyᵀ), dC = dC'ᵀ if tb (= dyᵀ·A').
+        // Transposes are flags, never copies; broadcast leading dims are summed by sum_to.
+        Op::MatMul { ta, tb } => {
             let (a, c) = (ins[0], ins[1]);
-            let ct = transpose(b, c)?;
-            let at = transpose(b, a)?;
-            vec![(0, b.matmul(dy, ct)?), (1, b.matmul(at, dy)?)]
+            let mm = |b: &mut Builder, x, y, ta, tb| b.op(Op::MatMul { ta, tb }, &[x, y]);
+            let da = if *ta { mm(b, c, dy, *tb, true)? } else { mm(b, dy, c, false, !tb)? };
+            let dc = if *tb { mm(b, dy, a, true, *ta)? } else { mm(b, a, dy, !ta, false)? };
+            vec![(0, da), (1, dc)]
         }
         // im2col and col2im are each other's adjoints (both linear).
         Op::Im2Col { kernel, stride, padding } => {

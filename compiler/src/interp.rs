@@ -128,7 +128,18 @@ fn eval(op: &Op, a: &[&Tensor], inputs: &HashMap<String, Tensor>) -> Result<Tens
         Op::Slice { axis, start, end } => slice(a[0], *axis, *start as usize, *end as usize),
         Op::Pad { axis, before, after } => pad(a[0], *axis, *before as usize, *after as usize),
         Op::Concat { axis } => concat(a, *axis),
-        Op::MatMul => matmul(a[0], a[1])?,
+        Op::MatMul { ta, tb } => {
+            // Transposed operands are read by swapping their last two axes.
+            let swap = |t: &Tensor| {
+                let r = t.shape.len();
+                let mut perm: Vec<usize> = (0..r).collect();
+                perm.swap(r - 2, r - 1);
+                permute(t, &perm)
+            };
+            let x = if *ta { swap(a[0]) } else { a[0].clone() };
+            let y = if *tb { swap(a[1]) } else { a[1].clone() };
+            matmul(&x, &y)?
+        }
         Op::Im2Col { kernel, stride, padding } => im2col(a[0], *kernel, *stride, *padding),
         Op::Col2Im { kernel, stride, padding, channels, image } => {
             col2im(a[0], *kernel, *stride, *padding, *channels, *image)

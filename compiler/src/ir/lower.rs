@@ -71,7 +71,7 @@ impl Builder {
         self.op(Op::Permute { perm }, &[x])
     }
     pub fn matmul(&mut self, a: NodeId, b: NodeId) -> R<NodeId> {
-        self.op(Op::MatMul, &[a, b])
+        self.op(Op::MatMul { ta: false, tb: false }, &[a, b])
     }
     pub fn rank(&self, x: NodeId) -> usize {
         self.g.ty(x).shape.rank()

@@ -151,8 +151,10 @@ pub enum Op {
     /// (a, b, …) joined along `axis`.
     Concat { axis: usize },
     /// (a, b): `[…, m, k] × […, k, n] → […, m, n]`, leading dims broadcast.
+    /// `ta`/`tb` read an operand with its last two axes swapped (no copy: a
+    /// GEMM takes the transposition as strides).
     #[serde(rename = "matmul")]
-    MatMul,
+    MatMul { ta: bool, tb: bool },
     /// (x `[N, C, H, W]`) → `[N, C·kh·kw, oh·ow]`, rows ordered (c, i, j).
     #[serde(rename = "im2col")]
     Im2Col { kernel: (u64, u64), stride: (u64, u64), padding: (u64, u64) },
@@ -189,7 +191,7 @@ impl Op {
             Op::Slice { .. } => "slice".into(),
             Op::Pad { .. } => "pad".into(),
             Op::Concat { .. } => "concat".into(),
-            Op::MatMul => "matmul".into(),
+            Op::MatMul { .. } => "matmul".into(),
             Op::Im2Col { .. } => "im2col".into(),
             Op::Col2Im { .. } => "col2im".into(),
             Op::Gather => "gather".into(),
@@ -469,14 +471,20 @@ pub fn infer(op: &Op, inputs: &[&Ty]) -> Result<Ty, String> {
             d[*axis] = Dim::Fixed(total);
             Ok(Ty::f32(Shape(d)))
         }
-        Op::MatMul => {
+        Op::MatMul { ta, tb } => {
             arity(2)?;
             let (a, b) = (&sh(0).0, &sh(1).0);
             if a.len() < 2 || b.len() < 2 {
                 return Err("matmul operands need rank 2 or more".into());
             }
-            let (m, k1) = (a[a.len() - 2], a[a.len() - 1]);
-            let (k2, n) = (b[b.len() - 2], b[b.len() - 1]);
+            let (mut m, mut k1) = (a[a.len() - 2], a[a.len() - 1]);
+            let (mut k2, mut n) = (b[b.len() - 2], b[b.len() - 1]);
+            if *ta {
+                std::mem::swap(&mut m, &mut k1);
+            }
+            if *tb {
+                std::mem::swap(&mut k2, &mut n);
+            }
             if k1 != k2 {
                 return Err(format!("inner dimensions {k1} and {k2} differ"));
             }

@@ -38,6 +38,9 @@ pub fn op_text(op: &Op) -> String {
             "col2im[kernel={}x{}, stride={}x{}, padding={}x{}, image={}x{}x{}]",
             kernel.0, kernel.1, stride.0, stride.1, padding.0, padding.1, channels, image.0, image.1
         ),
+        Op::MatMul { ta, tb } if *ta || *tb => {
+            format!("matmul[{}{}]", if *ta { "aᵀ" } else { "a" }, if *tb { "bᵀ" } else { "b" })
+        }
         Op::ScatterAdd { rows } => format!("scatter_add[rows={rows}]"),
         Op::OneHot { classes } => format!("one_hot[classes={classes}]"),
         Op::DropoutMask { rate, salt } => format!("dropout_mask[rate={rate}, salt={salt}]"),

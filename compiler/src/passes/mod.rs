@@ -4,13 +4,13 @@
 //! each pass is idempotent, and that the optimized graph computes what the
 //! unoptimized one does (in the reference interpreter, to 1e-12).
 //!
-//! Not here yet: transpose folding into matmul, fusion into kernels and memory
-//! planning, which come with the backends.
+//! Not here yet: fusion into kernels and memory planning.
 
 pub mod constant_fold;
 pub mod cse;
 pub mod dce;
 pub mod simplify;
+pub mod transpose_fold;
 
 use crate::ir::Graph;
 
@@ -22,6 +22,7 @@ pub fn optimize(g: &mut Graph) {
         changed |= constant_fold::run(g);
         changed |= simplify::run(g);
         changed |= cse::run(g);
+        changed |= transpose_fold::run(g);
         changed |= dce::run(g);
         if !changed {
             break;
@@ -33,5 +34,10 @@ pub fn optimize(g: &mut Graph) {
 pub type Pass = fn(&mut Graph) -> bool;
 
 /// Each pass by name, for tests and `--emit` of intermediate stages.
-pub const PASSES: &[(&str, Pass)] =
-    &[("constant_fold", constant_fold::run), ("simplify", simplify::run), ("cse", cse::run), ("dce", dce::run)];
+pub const PASSES: &[(&str, Pass)] = &[
+    ("constant_fold", constant_fold::run),
+    ("simplify", simplify::run),
+    ("cse", cse::run),
+    ("transpose_fold", transpose_fold::run),
+    ("dce", dce::run),
+];
