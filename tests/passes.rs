@@ -132,6 +132,9 @@ fn optimized_step_snapshots() {
         assert_eq!(code, 0, "{err}");
         let name = Path::new(spec).file_stem().and_then(|s| s.to_str()).unwrap_or("spec").to_string();
         insta::assert_snapshot!(format!("optimized_{name}"), out);
+        let (code, out, err) = crate::modelc(&["graph", spec, "--stage", "kernels", "--batch", "64"]);
+        assert_eq!(code, 0, "{err}");
+        insta::assert_snapshot!(format!("kernels_{name}"), out);
     }
 }
 
@@ -183,6 +186,56 @@ fn mnist_mlp_adam_step_matches_pytorch() {
         if p != "hidden.weight" {
             for s in ["exp_avg", "exp_avg_sq"] {
                 close(&format!("{p}.{s}"), &out[&format!("new.{p}.{s}")], &tensor(&format!("after.{p}.{s}")));
+            }
+        }
+    }
+}
+
+/// Kernels cover every computed node once, run in an order where everything
+/// they read is ready, and the memory plan never puts two live values in the
+/// same bytes.
+#[test]
+fn kernels_and_memory_plan_are_sound() {
+    use modelc_compiler::ir::Op;
+    use modelc_compiler::passes::{fusion, memory};
+    for spec in FAST {
+        let mut g = step_graph(spec);
+        passes::optimize(&mut g);
+        let kernels = fusion::fuse(&g);
+        let mut seen = std::collections::HashSet::new();
+        for k in &kernels {
+            for n in &k.nodes {
+                assert!(seen.insert(*n), "{spec}: a node in two kernels");
+            }
+        }
+        for id in g.ids() {
+            let computed = fusion::class(&g.node(id).op).is_some();
+            assert_eq!(computed, seen.contains(&id), "{spec}: {:?} kernel membership", g.node(id).op);
+        }
+        // Readiness: a read is an input/constant/view chain or written by an earlier kernel.
+        let mut written = std::collections::HashSet::new();
+        for k in &kernels {
+            for r in &k.reads {
+                let mut stack = vec![*r];
+                while let Some(x) = stack.pop() {
+                    if fusion::class(&g.node(x).op).is_some() {
+                        assert!(written.contains(&x), "{spec}: {:?} read before it is written", g.node(x).op);
+                    } else if !matches!(g.node(x).op, Op::Input { .. }) {
+                        stack.extend(g.inputs(x));
+                    }
+                }
+            }
+            written.extend(k.writes.iter().copied());
+        }
+        for batch in [1, 64] {
+            let plan = memory::plan(&g, &kernels, batch);
+            assert!(plan.arena_bytes <= plan.unplanned_bytes);
+            for (i, a) in plan.buffers.iter().enumerate() {
+                for b in &plan.buffers[i + 1..] {
+                    let live = a.live.0 <= b.live.1 && b.live.0 <= a.live.1;
+                    let overlap = a.offset < b.offset + b.bytes && b.offset < a.offset + a.bytes;
+                    assert!(!(live && overlap), "{spec}: %{} and %{} share bytes while both live", a.value, b.value);
+                }
             }
         }
     }

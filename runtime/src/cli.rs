@@ -53,11 +53,15 @@ enum Command {
         model: Option<String>,
         /// forward: the model, loss and metrics; train: the whole training
         /// step (forward, gradients, optimizer update); optimized: the
-        /// training step after the optimization passes.
+        /// training step after the optimization passes; kernels: its fused
+        /// kernels and memory plan (for --batch).
         #[arg(long, value_enum, default_value_t = Stage::Forward)]
         stage: Stage,
         #[arg(long, value_enum, default_value_t = GraphFormat::Text)]
         format: GraphFormat,
+        /// The batch size the memory plan is made for (kernels stage).
+        #[arg(long, default_value_t = 64)]
+        batch: u64,
     },
     /// Check the symbolic gradients against central finite differences (f64).
     Gradcheck {
@@ -81,6 +85,7 @@ enum Stage {
     Forward,
     Train,
     Optimized,
+    Kernels,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -116,7 +121,9 @@ pub fn run(args: impl IntoIterator<Item = OsString>, out: &mut dyn Write, err: &
         Command::Summary { file, model, stage, format } => {
             summary(&file, model.as_deref(), stage.as_deref(), format, out, err, color)
         }
-        Command::Graph { file, model, stage, format } => graph(&file, model.as_deref(), stage, format, out, err, color),
+        Command::Graph { file, model, stage, format, batch } => {
+            graph(&file, model.as_deref(), stage, format, batch, out, err, color)
+        }
         Command::Gradcheck { file, model, batch, samples, seed } => {
             gradcheck(&file, model.as_deref(), batch, samples, seed, out, err, color)
         }
@@ -391,17 +398,19 @@ fn build_graph(name_for_errors: &str, model: &ModelInfo, cfg: Option<&StepConfig
         format!("`{name_for_errors}` has no train block with an optimizer, which the training step needs")
     })?;
     let mut g = step::training_step(model, cfg).map_err(|e| e.to_string())?;
-    if stage == Stage::Optimized {
+    if matches!(stage, Stage::Optimized | Stage::Kernels) {
         passes::optimize(&mut g);
     }
     Ok(g)
 }
 
+#[allow(clippy::too_many_arguments)]
 fn graph(
     path: &std::path::Path,
     only: Option<&str>,
     stage: Stage,
     format: GraphFormat,
+    batch: u64,
     out: &mut dyn Write,
     err: &mut dyn Write,
     color: bool,
@@ -410,6 +419,17 @@ fn graph(
     let (model, cfg) = select(&program, only)?;
     let g = build_graph(&model.name, &model, cfg.as_ref(), stage)?;
     verify::verify(&g)?;
+    if stage == Stage::Kernels {
+        let kernels = passes::fusion::fuse(&g);
+        let plan = passes::memory::plan(&g, &kernels, batch);
+        let text = match format {
+            GraphFormat::Text => passes::fusion::text(&g, &kernels, &plan),
+            GraphFormat::Yaml => serde_yaml::to_string(&plan).map_err(|e| e.to_string())?,
+            _ => return Err("the kernels stage prints as text or yaml".into()),
+        };
+        let _ = write!(out, "{text}");
+        return Ok(0);
+    }
     let text = match format {
         GraphFormat::Text => print::text(&g),
         GraphFormat::Dot => print::dot(&g),

@@ -4,11 +4,14 @@
 //! each pass is idempotent, and that the optimized graph computes what the
 //! unoptimized one does (in the reference interpreter, to 1e-12).
 //!
-//! Not here yet: fusion into kernels and memory planning.
+//! After the graph passes, [`fusion`] partitions the graph into kernels and
+//! [`memory`] plans one arena for the values they write.
 
 pub mod constant_fold;
 pub mod cse;
 pub mod dce;
+pub mod fusion;
+pub mod memory;
 pub mod simplify;
 pub mod transpose_fold;
 
