@@ -1,5 +1,6 @@
-//! Compile time, source to optimized training-step graph, per spec (release):
-//! parse, check, lower, differentiate, add the optimizer update, optimize.
+//! Compile time, source to kernels, per spec (release): parse, check, lower,
+//! differentiate, add the optimizer update, optimize, fuse into kernels and
+//! plan memory (batch 64).
 //!
 //! Run: `cargo bench --bench compile`. The goal for lenet5 is under 20 ms.
 
@@ -39,6 +40,9 @@ fn compile(path: &Path) -> usize {
     };
     let mut g = training_step(&model, &cfg).expect("builds");
     passes::optimize(&mut g);
+    let kernels = passes::fusion::fuse(&g);
+    let plan = passes::memory::plan(&g, &kernels, 64);
+    assert!(plan.arena_bytes > 0);
     g.len()
 }
 
