@@ -109,8 +109,17 @@ pub fn relative_error(analytic: f64, numeric: f64) -> f64 {
     (analytic - numeric).abs() / analytic.abs().max(numeric.abs()).max(1e-4)
 }
 
-/// The step of the finite differences.
-pub const STEP: f64 = 1e-5;
+/// The steps of the finite differences. Each derivative is estimated with
+/// both and judged by the better estimate: a large step is spoiled by kinks
+/// (relu, max pooling) within reach, a small one by rounding in models whose
+/// loss sums many terms (the transformer), and neither problem hits both.
+pub const STEPS: [f64; 2] = [1e-3, 1e-5];
+
+/// Five-point central difference of `f` at 0: error O(h⁴) from truncation,
+/// about ε·|f|/h from rounding.
+pub fn derivative(f: impl Fn(f64) -> Result<f64, String>, h: f64) -> Result<f64, String> {
+    Ok((-f(2.0 * h)? + 8.0 * f(h)? - 8.0 * f(-h)? + f(-2.0 * h)?) / (12.0 * h))
+}
 
 /// Checks d(loss)/d(param) for the trainable parameters of `model` (all when
 /// `trainable` is `None`) on `samples` elements of each, at random inputs.
@@ -142,19 +151,22 @@ pub fn check(
         let mut worst_rel: f64 = 0.0;
         let mut worst_abs: f64 = 0.0;
         for k in &picks {
-            // Five-point central difference: error O(h⁴) from truncation,
-            // about ε·|loss|/h from rounding.
-            let h = STEP;
             let at = |dx: f64| -> Result<f64, String> {
                 let mut probe = inputs.clone();
                 probe.get_mut(name).ok_or("parameter without a value")?.data[*k] += dx;
                 loss_at(&probe)
             };
-            let (p2, p1, m1, m2) = (at(2.0 * h)?, at(h)?, at(-h)?, at(-2.0 * h)?);
-            let numeric = (-p2 + 8.0 * p1 - 8.0 * m1 + m2) / (12.0 * h);
             let a = analytic.data[*k];
-            worst_rel = worst_rel.max(relative_error(a, numeric));
-            worst_abs = worst_abs.max((a - numeric).abs());
+            let mut best = (f64::INFINITY, f64::INFINITY);
+            for h in STEPS {
+                let numeric = derivative(at, h)?;
+                let e = (relative_error(a, numeric), (a - numeric).abs());
+                if e.0 < best.0 {
+                    best = e;
+                }
+            }
+            worst_rel = worst_rel.max(best.0);
+            worst_abs = worst_abs.max(best.1);
         }
         reports.push(ParamReport {
             name: name.clone(),
