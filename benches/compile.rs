@@ -14,28 +14,10 @@ fn compile(path: &Path) -> usize {
     let (_, program, errors) = modelc_compiler::check_path(path).expect("readable");
     assert!(errors.is_empty());
     let (model, cfg) = match program.finetunes.first() {
-        Some(f) => {
-            let s = &f.stages[0];
-            let cfg = StepConfig {
-                optimizer: s.optimizer.clone().expect("optimizer"),
-                weight_decay: s.weight_decay,
-                clip_grad_norm: s.clip_grad_norm,
-                lr_scale: s.lr_scale.clone(),
-                trainable: Some(s.trainable.clone()),
-            };
-            (f.model.clone(), cfg)
-        }
+        Some(f) => (f.model.clone(), StepConfig::from_stage(&f.stages[0]).expect("optimizer")),
         None => {
             let t = &program.trains[0];
-            let m = program.model(&t.model).expect("model").clone();
-            let cfg = StepConfig {
-                optimizer: t.optimizer.clone().expect("optimizer"),
-                weight_decay: t.weight_decay,
-                clip_grad_norm: t.clip_grad_norm,
-                lr_scale: Default::default(),
-                trainable: None,
-            };
-            (m, cfg)
+            (program.model(&t.model).expect("model").clone(), StepConfig::from_train(t).expect("optimizer"))
         }
     };
     let mut g = training_step(&model, &cfg).expect("builds");

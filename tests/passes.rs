@@ -17,27 +17,13 @@ use crate::check_spec;
 fn step_graph(spec: &str) -> Graph {
     let (_, program, errors) = check_spec(Path::new(spec));
     assert!(errors.is_empty(), "{errors:?}");
-    let (model, cfg) = if let Some(f) = program.finetunes.first() {
-        let s = &f.stages[0];
-        let cfg = StepConfig {
-            optimizer: s.optimizer.clone().expect("optimizer"),
-            weight_decay: s.weight_decay,
-            clip_grad_norm: s.clip_grad_norm,
-            lr_scale: s.lr_scale.clone(),
-            trainable: Some(s.trainable.clone()),
-        };
-        (f.model.clone(), cfg)
-    } else {
-        let m = program.models[0].clone();
-        let t = program.trains.iter().find(|t| t.model == m.name).expect("train block");
-        let cfg = StepConfig {
-            optimizer: t.optimizer.clone().expect("optimizer"),
-            weight_decay: t.weight_decay,
-            clip_grad_norm: t.clip_grad_norm,
-            lr_scale: Default::default(),
-            trainable: None,
-        };
-        (m, cfg)
+    let (model, cfg) = match program.finetunes.first() {
+        Some(f) => (f.model.clone(), StepConfig::from_stage(&f.stages[0]).expect("optimizer")),
+        None => {
+            let m = program.models[0].clone();
+            let t = program.trains.iter().find(|t| t.model == m.name).expect("train block");
+            (m, StepConfig::from_train(t).expect("optimizer"))
+        }
     };
     let g = training_step(&model, &cfg).expect("builds");
     verify::verify(&g).expect("verifies");

@@ -448,25 +448,34 @@ fn matmul(a: &Tensor, b: &Tensor) -> Result<Tensor, String> {
     Ok(Tensor { shape, data })
 }
 
-fn im2col(x: &Tensor, kernel: (u64, u64), stride: (u64, u64), pad: (u64, u64)) -> Tensor {
-    let (n, c, h, w) = (x.shape[0], x.shape[1], x.shape[2], x.shape[3]);
-    let (kh, kw, sh, sw, ph, pw) =
-        (kernel.0 as usize, kernel.1 as usize, stride.0 as usize, stride.1 as usize, pad.0 as usize, pad.1 as usize);
-    let oh = (h + 2 * ph - kh) / sh + 1;
-    let ow = (w + 2 * pw - kw) / sw + 1;
+/// Calls `f(image index, column index)` for every pair im2col copies: the
+/// one loop nest of im2col (which copies) and col2im (which adds back).
+#[allow(clippy::too_many_arguments)]
+fn for_each_window(
+    n: usize,
+    c: usize,
+    (h, w): (usize, usize),
+    kernel: (u64, u64),
+    stride: (u64, u64),
+    pad: (u64, u64),
+    mut f: impl FnMut(usize, usize),
+) {
+    let (kh, kw, sh, sw) = (kernel.0 as usize, kernel.1 as usize, stride.0 as usize, stride.1 as usize);
+    let (ph, pw) = (pad.0 as isize, pad.1 as isize);
+    let oh = (h + 2 * pad.0 as usize - kh) / sh + 1;
+    let ow = (w + 2 * pad.1 as usize - kw) / sw + 1;
     let rows = c * kh * kw;
-    let mut out = Tensor::zeros(vec![n, rows, oh * ow]);
     for b in 0..n {
         for ch in 0..c {
             for i in 0..kh {
                 for j in 0..kw {
                     let row = (ch * kh + i) * kw + j;
                     for y in 0..oh {
-                        for xo in 0..ow {
-                            let (iy, ix) = ((y * sh + i) as isize - ph as isize, (xo * sw + j) as isize - pw as isize);
+                        for x in 0..ow {
+                            let (iy, ix) = ((y * sh + i) as isize - ph, (x * sw + j) as isize - pw);
                             if iy >= 0 && ix >= 0 && (iy as usize) < h && (ix as usize) < w {
-                                out.data[(b * rows + row) * oh * ow + y * ow + xo] =
-                                    x.data[((b * c + ch) * h + iy as usize) * w + ix as usize];
+                                let image = ((b * c + ch) * h + iy as usize) * w + ix as usize;
+                                f(image, (b * rows + row) * oh * ow + y * ow + x);
                             }
                         }
                     }
@@ -474,6 +483,14 @@ fn im2col(x: &Tensor, kernel: (u64, u64), stride: (u64, u64), pad: (u64, u64)) -
             }
         }
     }
+}
+
+fn im2col(x: &Tensor, kernel: (u64, u64), stride: (u64, u64), pad: (u64, u64)) -> Tensor {
+    let (n, c, h, w) = (x.shape[0], x.shape[1], x.shape[2], x.shape[3]);
+    let oh = (h + 2 * pad.0 as usize - kernel.0 as usize) / stride.0 as usize + 1;
+    let ow = (w + 2 * pad.1 as usize - kernel.1 as usize) / stride.1 as usize + 1;
+    let mut out = Tensor::zeros(vec![n, c * (kernel.0 * kernel.1) as usize, oh * ow]);
+    for_each_window(n, c, (h, w), kernel, stride, pad, |image, col| out.data[col] = x.data[image]);
     out
 }
 
@@ -487,30 +504,8 @@ fn col2im(
 ) -> Tensor {
     let n = cols.shape[0];
     let (c, h, w) = (channels as usize, image.0 as usize, image.1 as usize);
-    let (kh, kw, sh, sw, ph, pw) =
-        (kernel.0 as usize, kernel.1 as usize, stride.0 as usize, stride.1 as usize, pad.0 as usize, pad.1 as usize);
-    let oh = (h + 2 * ph - kh) / sh + 1;
-    let ow = (w + 2 * pw - kw) / sw + 1;
-    let rows = c * kh * kw;
     let mut out = Tensor::zeros(vec![n, c, h, w]);
-    for b in 0..n {
-        for ch in 0..c {
-            for i in 0..kh {
-                for j in 0..kw {
-                    let row = (ch * kh + i) * kw + j;
-                    for y in 0..oh {
-                        for xo in 0..ow {
-                            let (iy, ix) = ((y * sh + i) as isize - ph as isize, (xo * sw + j) as isize - pw as isize);
-                            if iy >= 0 && ix >= 0 && (iy as usize) < h && (ix as usize) < w {
-                                out.data[((b * c + ch) * h + iy as usize) * w + ix as usize] +=
-                                    cols.data[(b * rows + row) * oh * ow + y * ow + xo];
-                            }
-                        }
-                    }
-                }
-            }
-        }
-    }
+    for_each_window(n, c, (h, w), kernel, stride, pad, |image, col| out.data[image] += cols.data[col]);
     out
 }
 

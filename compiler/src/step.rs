@@ -36,6 +36,30 @@ pub struct StepConfig {
     pub trainable: Option<BTreeSet<String>>,
 }
 
+impl StepConfig {
+    /// How a train block trains (`None` without an optimizer).
+    pub fn from_train(t: &crate::check::TrainInfo) -> Option<StepConfig> {
+        Some(StepConfig {
+            optimizer: t.optimizer.clone()?,
+            weight_decay: t.weight_decay,
+            clip_grad_norm: t.clip_grad_norm,
+            lr_scale: BTreeMap::new(),
+            trainable: None,
+        })
+    }
+
+    /// How a finetune stage trains (`None` without an optimizer).
+    pub fn from_stage(s: &crate::check::StageInfo) -> Option<StepConfig> {
+        Some(StepConfig {
+            optimizer: s.optimizer.clone()?,
+            weight_decay: s.weight_decay,
+            clip_grad_norm: s.clip_grad_norm,
+            lr_scale: s.lr_scale.clone(),
+            trainable: Some(s.trainable.clone()),
+        })
+    }
+}
+
 /// The state tensors the optimizer keeps per parameter, PyTorch's names.
 pub fn state_names(opt: &Optimizer) -> Vec<&'static str> {
     match opt {

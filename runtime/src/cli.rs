@@ -352,27 +352,11 @@ fn select(program: &Program, only: Option<&str>) -> Result<(ModelInfo, Option<St
     let root = modelc_compiler::FileId(0);
     let mut found: Vec<(String, ModelInfo, Option<StepConfig>)> = Vec::new();
     for m in program.models.iter().filter(|m| m.file == root) {
-        let cfg = program.trains.iter().find(|t| t.model == m.name).and_then(|t| {
-            Some(StepConfig {
-                optimizer: t.optimizer.clone()?,
-                weight_decay: t.weight_decay,
-                clip_grad_norm: t.clip_grad_norm,
-                lr_scale: Default::default(),
-                trainable: None,
-            })
-        });
+        let cfg = program.trains.iter().find(|t| t.model == m.name).and_then(StepConfig::from_train);
         found.push((m.name.clone(), m.clone(), cfg));
     }
     for f in program.finetunes.iter().filter(|f| f.file == root) {
-        let cfg = f.stages.first().and_then(|s| {
-            Some(StepConfig {
-                optimizer: s.optimizer.clone()?,
-                weight_decay: s.weight_decay,
-                clip_grad_norm: s.clip_grad_norm,
-                lr_scale: s.lr_scale.clone(),
-                trainable: Some(s.trainable.clone()),
-            })
-        });
+        let cfg = f.stages.first().and_then(StepConfig::from_stage);
         found.push((f.name.clone(), f.model.clone(), cfg));
     }
     let names: Vec<String> = found.iter().map(|f| f.0.clone()).collect();

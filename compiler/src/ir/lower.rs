@@ -100,22 +100,24 @@ impl Builder {
         let n = self.count(x)?;
         self.div(s, n)
     }
-    /// Softmax along `axis`, stabilized by the (gradient-free) maximum.
-    pub fn softmax(&mut self, x: NodeId, axis: usize) -> R<NodeId> {
+    /// x − max(x) along `axis` (the max gradient-free), its exponential, and
+    /// the sum of that: the shared start of softmax and log-softmax.
+    fn shifted_exp(&mut self, x: NodeId, axis: usize) -> R<(NodeId, NodeId, NodeId)> {
         let m = self.reduce(ReduceOp::Max, x, vec![axis])?;
         let m = self.op(Op::StopGradient, &[m])?;
         let z = self.sub(x, m)?;
         let e = self.un(U::Exp, z)?;
         let s = self.reduce(ReduceOp::Sum, e, vec![axis])?;
+        Ok((z, e, s))
+    }
+    /// Softmax along `axis`.
+    pub fn softmax(&mut self, x: NodeId, axis: usize) -> R<NodeId> {
+        let (_, e, s) = self.shifted_exp(x, axis)?;
         self.div(e, s)
     }
     /// log(softmax(x)) along `axis`.
     pub fn log_softmax(&mut self, x: NodeId, axis: usize) -> R<NodeId> {
-        let m = self.reduce(ReduceOp::Max, x, vec![axis])?;
-        let m = self.op(Op::StopGradient, &[m])?;
-        let z = self.sub(x, m)?;
-        let e = self.un(U::Exp, z)?;
-        let s = self.reduce(ReduceOp::Sum, e, vec![axis])?;
+        let (z, _, s) = self.shifted_exp(x, axis)?;
         let lse = self.un(U::Log, s)?;
         self.sub(z, lse)
     }
