@@ -207,7 +207,7 @@ fn whole_specs_pass_gradcheck() {
 }
 
 #[test]
-#[ignore = "about 90 s in a release build: `cargo test --release --test main -- --ignored char_gpt`"]
+#[ignore = "about 3.5 min in a release build: `cargo test --release --test main -- --ignored char_gpt`"]
 fn char_gpt_passes_gradcheck() {
     let m = spec_model("specs/char_gpt.model");
     let reports = gradcheck::check(&m, None, 1, 2, 0).expect("gradcheck runs");
@@ -297,6 +297,45 @@ fn matmul_with_transpose_flags_matches_finite_differences() {
         let c: &[u64] = if tb { &[5, 4] } else { &[4, 5] };
         check_rule(&format!("matmul ta={ta} tb={tb}"), &[a, c], false, |b, x| {
             b.op(Op::MatMul { ta, tb }, &[x[0], x[1]]).expect("typed")
+        });
+    }
+}
+
+/// Random shapes: broadcasting binary ops, matmuls with broadcast leading
+/// dimensions, reductions over random axes, random permutations.
+#[test]
+fn rules_hold_on_random_shapes() {
+    let mut rng = Rng::new(42);
+    let dim = |rng: &mut Rng| 1 + rng.below(4);
+    for case in 0..12 {
+        // Two shapes of rank 1..3 that broadcast: each axis of b is a's or 1.
+        let rank = 1 + rng.below(3) as usize;
+        let a: Vec<u64> = (0..rank).map(|_| dim(&mut rng)).collect();
+        let drop = rng.below(rank as u64) as usize;
+        let b: Vec<u64> = a.iter().map(|d| if rng.below(3) == 0 { 1 } else { *d }).skip(drop).collect();
+        let op = [B::Add, B::Sub, B::Mul, B::Max][case % 4];
+        check_rule(&format!("random {op:?} {a:?} {b:?}"), &[&a, &b], false, |bd, x| {
+            bd.bin(op, x[0], x[1]).expect("typed")
+        });
+        // Matmul with broadcast leading dims.
+        let (m, k, n, l) = (dim(&mut rng), dim(&mut rng), dim(&mut rng), dim(&mut rng));
+        let lead: &[u64] = if case % 2 == 0 { &[] } else { &[l] };
+        let ash: Vec<u64> = [&[l][..], &[m, k][..]].concat();
+        let bsh: Vec<u64> = [lead, &[k, n][..]].concat();
+        check_rule(&format!("random matmul {ash:?} {bsh:?}"), &[&ash, &bsh], false, |bd, x| {
+            bd.matmul(x[0], x[1]).expect("typed")
+        });
+        // A reduction over a random non-empty set of axes, then a random permutation.
+        let axes: Vec<usize> = (0..rank).filter(|_| rng.below(2) == 0).collect();
+        let axes = if axes.is_empty() { vec![0] } else { axes };
+        let mut perm: Vec<usize> = (0..rank).collect();
+        for i in (1..rank).rev() {
+            perm.swap(i, rng.below(i as u64 + 1) as usize);
+        }
+        let rop = if case % 2 == 0 { ReduceOp::Sum } else { ReduceOp::Max };
+        check_rule(&format!("random reduce {a:?} {axes:?} {perm:?}"), &[&a], false, |bd, x| {
+            let r = bd.reduce(rop, x[0], axes.clone()).expect("typed");
+            bd.permute(r, perm.clone()).expect("typed")
         });
     }
 }
