@@ -2,6 +2,7 @@
 
 mod checker;
 mod cli;
+mod data;
 mod ir;
 mod passes;
 mod props;

@@ -3,4 +3,5 @@
 //! shell around [`cli::run`], so tests drive the CLI in-process.
 
 pub mod cli;
+pub mod data;
 pub mod render;
