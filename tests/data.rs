@@ -31,7 +31,7 @@ fn shipped_mnist_loads() {
     // The well-known first training labels.
     assert_eq!(&values[..10], &[5, 0, 4, 1, 9, 2, 1, 3, 1, 4]);
     assert!(train.features.iter().all(|p| (0.0..=1.0).contains(p)));
-    assert!(train.features.iter().any(|p| *p == 1.0));
+    assert!(train.features.contains(&1.0));
 }
 
 #[test]

@@ -1,6 +1,7 @@
 //! The integration tests: one binary, one module per concern.
 
 mod checker;
+mod checkpoint;
 mod cli;
 mod data;
 mod ir;

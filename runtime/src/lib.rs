@@ -2,6 +2,9 @@
 //! tensors, data sources and the trainer. The binary in `main.rs` is a thin
 //! shell around [`cli::run`], so tests drive the CLI in-process.
 
+pub mod checkpoint;
 pub mod cli;
 pub mod data;
+pub mod metrics;
 pub mod render;
+pub mod schedule;

@@ -1,0 +1,128 @@
+//! Checkpoints: parameters (and optimizer state) as safetensors, PyTorch's
+//! names and layouts, so `torch.save`-compatible state dicts load both ways.
+//!
+//! Writing is atomic: a temporary file in the same folder, then a rename, so
+//! a crash never leaves a half-written checkpoint in place of a good one.
+//! Loading checks every tensor against what the model expects and says which
+//! tensor is wrong and how.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use thiserror::Error;
+
+/// Named f32 tensors: name → (shape, values).
+pub type Tensors = BTreeMap<String, (Vec<usize>, Vec<f32>)>;
+
+#[derive(Debug, Error)]
+pub enum CheckpointError {
+    #[error("cannot read checkpoint {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("cannot write checkpoint {path}: {source}")]
+    Write { path: PathBuf, source: std::io::Error },
+    #[error("{path} is not a valid safetensors file: {reason}")]
+    Format { path: PathBuf, reason: String },
+    #[error("{path}: tensor `{name}` has dtype {dtype}; modelc checkpoints hold f32")]
+    DType { path: PathBuf, name: String, dtype: String },
+    #[error("{path}: tensor `{name}` is {found:?} but the model expects {expected:?}")]
+    Shape { path: PathBuf, name: String, expected: Vec<usize>, found: Vec<usize> },
+    #[error("{path}: the model needs `{name}` {shape:?}, which the checkpoint lacks{hint}")]
+    Missing { path: PathBuf, name: String, shape: Vec<usize>, hint: String },
+    #[error("{path}: the checkpoint holds `{name}`, which the model does not have{hint}")]
+    Unexpected { path: PathBuf, name: String, hint: String },
+}
+
+/// Writes `tensors` to `path` atomically, with `metadata`.
+pub fn save(path: &Path, tensors: &Tensors, metadata: BTreeMap<String, String>) -> Result<(), CheckpointError> {
+    let werr = |source| CheckpointError::Write { path: path.to_path_buf(), source };
+    let bytes: Vec<(String, Vec<u8>, Vec<usize>)> = tensors
+        .iter()
+        .map(|(n, (shape, data))| (n.clone(), data.iter().flat_map(|v| v.to_le_bytes()).collect(), shape.clone()))
+        .collect();
+    let mut views = Vec::with_capacity(bytes.len());
+    for (n, b, shape) in &bytes {
+        let v = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), b)
+            .map_err(|e| CheckpointError::Format { path: path.to_path_buf(), reason: e.to_string() })?;
+        views.push((n.clone(), v));
+    }
+    let meta: std::collections::HashMap<String, String> = metadata.into_iter().collect();
+    let data = safetensors::tensor::serialize(views, Some(meta))
+        .map_err(|e| CheckpointError::Format { path: path.to_path_buf(), reason: e.to_string() })?;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(werr)?;
+    }
+    let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
+    std::fs::write(&tmp, &data).map_err(|source| CheckpointError::Write { path: tmp.clone(), source })?;
+    std::fs::rename(&tmp, path).map_err(werr)
+}
+
+/// Reads every tensor of `path` (f32 only).
+pub fn load(path: &Path) -> Result<Tensors, CheckpointError> {
+    let bytes = std::fs::read(path).map_err(|source| CheckpointError::Read { path: path.to_path_buf(), source })?;
+    let st = safetensors::SafeTensors::deserialize(&bytes)
+        .map_err(|e| CheckpointError::Format { path: path.to_path_buf(), reason: e.to_string() })?;
+    let mut out = Tensors::new();
+    for (name, view) in st.tensors() {
+        if view.dtype() != safetensors::Dtype::F32 {
+            return Err(CheckpointError::DType {
+                path: path.to_path_buf(),
+                name,
+                dtype: format!("{:?}", view.dtype()),
+            });
+        }
+        let data = view.data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+        out.insert(name, (view.shape().to_vec(), data));
+    }
+    Ok(out)
+}
+
+/// Checks loaded tensors against the parameters a model expects (name →
+/// shape). Names in `fresh` (replaced layers of a finetune) are not loaded:
+/// checkpoint tensors for them are skipped whatever their shape. Returns the
+/// tensors to use.
+pub fn validate(
+    path: &Path,
+    mut loaded: Tensors,
+    expected: &[(String, Vec<usize>)],
+    fresh: &[String],
+) -> Result<Tensors, CheckpointError> {
+    let is_fresh = |n: &str| fresh.iter().any(|f| n == f || n.starts_with(&format!("{f}.")));
+    let mut out = Tensors::new();
+    for (name, shape) in expected {
+        if is_fresh(name) {
+            loaded.remove(name);
+            continue;
+        }
+        match loaded.remove(name) {
+            Some((found, data)) => {
+                if &found != shape {
+                    return Err(CheckpointError::Shape {
+                        path: path.to_path_buf(),
+                        name: name.clone(),
+                        expected: shape.clone(),
+                        found,
+                    });
+                }
+                out.insert(name.clone(), (found, data));
+            }
+            None => {
+                let names: Vec<&str> = loaded.keys().map(String::as_str).collect();
+                let hint =
+                    modelc_compiler::diag::closest(name, names).map(|c| format!(" (it has `{c}`)")).unwrap_or_default();
+                return Err(CheckpointError::Missing {
+                    path: path.to_path_buf(),
+                    name: name.clone(),
+                    shape: shape.clone(),
+                    hint,
+                });
+            }
+        }
+    }
+    if let Some(name) = loaded.keys().find(|n| !is_fresh(n)) {
+        let names: Vec<&str> = expected.iter().map(|(n, _)| n.as_str()).collect();
+        let hint =
+            modelc_compiler::diag::closest(name, names).map(|c| format!(" (did you mean `{c}`?)")).unwrap_or_default();
+        return Err(CheckpointError::Unexpected { path: path.to_path_buf(), name: name.clone(), hint });
+    }
+    Ok(out)
+}
