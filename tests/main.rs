@@ -8,6 +8,7 @@ mod ir;
 mod passes;
 mod props;
 mod specs;
+mod train;
 
 use std::path::Path;
 

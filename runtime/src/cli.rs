@@ -63,6 +63,33 @@ enum Command {
         #[arg(long, default_value_t = 64)]
         batch: u64,
     },
+    /// Train a model as its train block says (CPU).
+    Train {
+        file: PathBuf,
+        #[arg(long)]
+        model: Option<String>,
+        #[arg(long)]
+        epochs: Option<u64>,
+        #[arg(long)]
+        batch: Option<u64>,
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Train on the first N training samples only.
+        #[arg(long)]
+        limit: Option<usize>,
+        /// Evaluate on the first N test samples only.
+        #[arg(long)]
+        test_limit: Option<usize>,
+        /// Output folder for the log and checkpoints (default runs/MODEL).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// A YAML run file with any of: epochs, batch, seed, limit, test_limit, data, out.
+        #[arg(long)]
+        run: Option<PathBuf>,
+        /// Override one setting: --set epochs=1 --set data=/path/to/mnist.
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        set: Vec<String>,
+    },
     /// Check the symbolic gradients against central finite differences (f64).
     Gradcheck {
         file: PathBuf,
@@ -123,6 +150,10 @@ pub fn run(args: impl IntoIterator<Item = OsString>, out: &mut dyn Write, err: &
         }
         Command::Graph { file, model, stage, format, batch } => {
             graph(&file, model.as_deref(), stage, format, batch, out, err, color)
+        }
+        Command::Train { file, model, epochs, batch, seed, limit, test_limit, out: dir, run, set } => {
+            let flags = RunFile { epochs, batch, seed, limit, test_limit, data: None, out: dir };
+            train(&file, model.as_deref(), flags, run.as_deref(), &set, out, err, color)
         }
         Command::Gradcheck { file, model, batch, samples, seed } => {
             gradcheck(&file, model.as_deref(), batch, samples, seed, out, err, color)
@@ -460,4 +491,100 @@ fn gradcheck(
         reports.len()
     );
     Ok(i32::from(worst > 1e-6))
+}
+
+/// Settings a run may override, from a run file, `--set` or flags.
+#[derive(Clone, Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RunFile {
+    epochs: Option<u64>,
+    batch: Option<u64>,
+    seed: Option<u64>,
+    limit: Option<usize>,
+    test_limit: Option<usize>,
+    data: Option<PathBuf>,
+    out: Option<PathBuf>,
+}
+
+impl RunFile {
+    /// `self` with every setting `over` gives replaced.
+    fn then(self, over: RunFile) -> RunFile {
+        RunFile {
+            epochs: over.epochs.or(self.epochs),
+            batch: over.batch.or(self.batch),
+            seed: over.seed.or(self.seed),
+            limit: over.limit.or(self.limit),
+            test_limit: over.test_limit.or(self.test_limit),
+            data: over.data.or(self.data),
+            out: over.out.or(self.out),
+        }
+    }
+}
+
+/// `--set key=value` pairs as a run file (each value read as YAML).
+fn parse_sets(sets: &[String]) -> Result<RunFile> {
+    let mut yaml = String::new();
+    for s in sets {
+        let (k, v) = s.split_once('=').ok_or_else(|| format!("--set {s}: expected KEY=VALUE"))?;
+        yaml.push_str(&format!("{}: {}\n", k.trim(), v.trim()));
+    }
+    if yaml.is_empty() {
+        return Ok(RunFile::default());
+    }
+    serde_yaml::from_str::<RunFile>(&yaml).map_err(|e| format!("--set: {e}"))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn train(
+    path: &std::path::Path,
+    only: Option<&str>,
+    flags: RunFile,
+    run: Option<&std::path::Path>,
+    sets: &[String],
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+    color: bool,
+) -> Result<i32> {
+    let Some((_, program)) = load(path, err, color)? else { return Ok(1) };
+    let (model, cfg) = select(&program, only)?;
+    if program.finetunes.iter().any(|f| f.name == model.name || Some(f.name.as_str()) == only) {
+        return Err(
+            "training a finetune is not implemented yet (its stages are checked; the trainer runs train blocks)".into(),
+        );
+    }
+    let info = program
+        .trains
+        .iter()
+        .find(|t| t.model == model.name)
+        .ok_or_else(|| format!("`{}` has no train block", model.name))?;
+    let cfg = cfg.ok_or("the train block has no optimizer")?;
+    let from_file = match run {
+        Some(r) => {
+            let text = std::fs::read_to_string(r).map_err(|e| format!("cannot read run file {}: {e}", r.display()))?;
+            serde_yaml::from_str::<RunFile>(&text).map_err(|e| format!("{}: {e}", r.display()))?
+        }
+        None => RunFile::default(),
+    };
+    let settings = from_file.then(parse_sets(sets)?).then(flags);
+    let opts = crate::train::Options {
+        epochs: settings.epochs,
+        batch: settings.batch,
+        seed: settings.seed,
+        limit: settings.limit,
+        test_limit: settings.test_limit,
+        data: settings.data,
+        out: settings.out.unwrap_or_else(|| crate::train::default_out(&model.name)),
+        progress: true,
+    };
+    let data_source = info.data.as_ref().ok_or("the train block has no data")?;
+    let data = crate::train::load(data_source, &model, info, &opts)?;
+    let init = crate::init::init(&model, opts.seed.unwrap_or(info.seed));
+    let mut exec = crate::exec::Interpreter::new(&model, &cfg, &init)?;
+    let outcome = crate::train::run(&mut exec, &model, info, &data, &opts, out)?;
+    let _ = writeln!(out, "log: {}", outcome.log.display());
+    let _ = writeln!(out, "checkpoint: {}", outcome.last.display());
+    if let Some(b) = &outcome.best {
+        let _ = writeln!(out, "best checkpoint: {}", b.display());
+    }
+    Ok(0)
 }

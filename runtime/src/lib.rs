@@ -5,6 +5,9 @@
 pub mod checkpoint;
 pub mod cli;
 pub mod data;
+pub mod exec;
+pub mod init;
 pub mod metrics;
 pub mod render;
 pub mod schedule;
+pub mod train;
