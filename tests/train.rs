@@ -15,7 +15,7 @@ fn xor_is_learned() {
     let out = out_dir("xor");
     let (code, stdout, err) = modelc(&["train", "specs/xor.model", "--out", &out.to_string_lossy()]);
     assert_eq!(code, 0, "{err}");
-    let last = stdout.lines().filter(|l| l.starts_with("epoch 2000/2000")).last().expect("final epoch line");
+    let last = stdout.lines().rev().find(|l| l.starts_with("epoch 2000/2000")).expect("final epoch line");
     assert!(last.contains("acc 100.00%"), "{stdout}");
     let log = std::fs::read_to_string(out.join("log.jsonl")).expect("log");
     assert_eq!(log.lines().count(), 2000, "one JSON line per epoch");
