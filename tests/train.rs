@@ -96,3 +96,42 @@ fn run_settings_are_checked() {
     assert_eq!(code, 1);
     assert!(err.contains("/nonexistent/train-images-idx3-ubyte[.gz]") && err.contains("--set data=PATH"), "{err}");
 }
+
+/// A trained checkpoint evaluates to what training reported, and predicts.
+#[test]
+fn eval_and_predict_use_the_checkpoint() {
+    let out = out_dir("eval");
+    let dir = out.to_string_lossy().into_owned();
+    let args =
+        ["train", "specs/mnist_mlp.model", "--limit", "512", "--test-limit", "300", "--epochs", "1", "--out", &dir];
+    let (code, _, err) = modelc(&args);
+    assert_eq!(code, 0, "{err}");
+    let log: serde_json::Value = serde_json::from_str(
+        std::fs::read_to_string(out.join("log.jsonl")).expect("log").lines().next().expect("a line"),
+    )
+    .expect("json");
+    let weights = out.join("last.safetensors").to_string_lossy().into_owned();
+    let (code, text, err) = modelc(&["eval", "specs/mnist_mlp.model", "--weights", &weights, "--limit", "300"]);
+    assert_eq!(code, 0, "{err}");
+    let reported = format!("accuracy   {:.2}%", 100.0 * log["test_accuracy"].as_f64().expect("accuracy"));
+    assert!(text.contains(&reported), "{text} vs {reported}");
+    assert!(text.contains("confusion matrix"), "{text}");
+    let (code, text, err) = modelc(&[
+        "predict",
+        "specs/mnist_mlp.model",
+        "--weights",
+        &weights,
+        "--input",
+        "data/mnist/t10k-images-idx3-ubyte.gz",
+        "--limit",
+        "5",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(text.lines().count(), 5);
+    assert!(text.lines().all(|l| l.split('\t').nth(1).and_then(|c| c.parse::<u32>().ok()).is_some_and(|c| c < 10)));
+    // A checkpoint of another model is refused with the tensor named.
+    let (code, _, err) = modelc(&["eval", "specs/lenet5.model", "--weights", &weights]);
+    assert_eq!(code, 1);
+    assert!(err.contains("the model needs `conv1.weight`"), "{err}");
+    std::fs::remove_dir_all(&out).ok();
+}

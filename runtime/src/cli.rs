@@ -90,6 +90,34 @@ enum Command {
         #[arg(long = "set", value_name = "KEY=VALUE")]
         set: Vec<String>,
     },
+    /// Evaluate a checkpoint on the test data of the train block.
+    Eval {
+        file: PathBuf,
+        #[arg(long)]
+        model: Option<String>,
+        /// The checkpoint (safetensors, PyTorch names and layouts).
+        #[arg(long)]
+        weights: PathBuf,
+        /// Evaluate on the first N test samples only.
+        #[arg(long)]
+        limit: Option<usize>,
+        /// Replaces the data path of the spec.
+        #[arg(long)]
+        data: Option<PathBuf>,
+    },
+    /// Predict the class of every sample of an IDX image file or a CSV file.
+    Predict {
+        file: PathBuf,
+        #[arg(long)]
+        model: Option<String>,
+        #[arg(long)]
+        weights: PathBuf,
+        /// IDX images (.gz or not), or CSV with a header and feature columns only.
+        #[arg(long)]
+        input: PathBuf,
+        #[arg(long)]
+        limit: Option<usize>,
+    },
     /// Check the symbolic gradients against central finite differences (f64).
     Gradcheck {
         file: PathBuf,
@@ -154,6 +182,12 @@ pub fn run(args: impl IntoIterator<Item = OsString>, out: &mut dyn Write, err: &
         Command::Train { file, model, epochs, batch, seed, limit, test_limit, out: dir, run, set } => {
             let flags = RunFile { epochs, batch, seed, limit, test_limit, data: None, out: dir };
             train(&file, model.as_deref(), flags, run.as_deref(), &set, out, err, color)
+        }
+        Command::Eval { file, model, weights, limit, data } => {
+            eval(&file, model.as_deref(), &weights, limit, data, out, err, color)
+        }
+        Command::Predict { file, model, weights, input, limit } => {
+            predict(&file, model.as_deref(), &weights, &input, limit, out, err, color)
         }
         Command::Gradcheck { file, model, batch, samples, seed } => {
             gradcheck(&file, model.as_deref(), batch, samples, seed, out, err, color)
@@ -585,6 +619,139 @@ fn train(
     let _ = writeln!(out, "checkpoint: {}", outcome.last.display());
     if let Some(b) = &outcome.best {
         let _ = writeln!(out, "best checkpoint: {}", b.display());
+    }
+    Ok(0)
+}
+
+/// The model, its train block and an executor holding the checkpoint's weights.
+fn with_weights(
+    program: &Program,
+    only: Option<&str>,
+    weights: &std::path::Path,
+) -> Result<(ModelInfo, modelc_compiler::check::TrainInfo, crate::exec::Interpreter)> {
+    let (model, cfg) = select(program, only)?;
+    let info = program
+        .trains
+        .iter()
+        .find(|t| t.model == model.name)
+        .ok_or_else(|| format!("`{}` has no train block to take the data from", model.name))?
+        .clone();
+    let cfg = cfg.ok_or("the train block has no optimizer")?;
+    let expected: Vec<(String, Vec<usize>)> =
+        model.params.iter().map(|p| (p.name.clone(), p.shape.iter().map(|d| *d as usize).collect())).collect();
+    let loaded = crate::checkpoint::load(weights).map_err(|e| e.to_string())?;
+    let tensors = crate::checkpoint::validate(weights, loaded, &expected, &[]).map_err(|e| e.to_string())?;
+    let mut exec = crate::exec::Interpreter::new(&model, &cfg, &tensors)?;
+    crate::exec::Executor::set_parameters(&mut exec, &tensors);
+    Ok((model, info, exec))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn eval(
+    path: &std::path::Path,
+    only: Option<&str>,
+    weights: &std::path::Path,
+    limit: Option<usize>,
+    data: Option<PathBuf>,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+    color: bool,
+) -> Result<i32> {
+    let Some((_, program)) = load(path, err, color)? else { return Ok(1) };
+    let (model, info, mut exec) = with_weights(&program, only, weights)?;
+    let opts = crate::train::Options { test_limit: limit, data, ..Default::default() };
+    let source = info.data.as_ref().ok_or("the train block has no data")?;
+    let sets = crate::train::load(source, &model, &info, &opts)?;
+    let (name, set) = match (&sets.test, &sets.val) {
+        (Some(t), _) => ("test", t),
+        (None, Some(v)) => ("validation", v),
+        (None, None) => ("training", &sets.train),
+    };
+    let batch = info.batch.max(1) as usize;
+    let e = crate::train::evaluate(&mut exec, set, batch)?;
+    let _ = writeln!(out, "{} on {} {name} samples: loss {:.4}", model.name, set.len, e.loss);
+    if let Some(a) = e.accuracy {
+        let _ = writeln!(out, "accuracy   {:.2}%", 100.0 * a);
+    }
+    if let Some(c) = &e.confusion {
+        use modelc_compiler::check::layers::Average;
+        let _ = writeln!(
+            out,
+            "precision  {:.2}%  recall {:.2}%  f1 {:.2}%  (macro averages)",
+            100.0 * c.precision(Average::Macro),
+            100.0 * c.recall(Average::Macro),
+            100.0 * c.f1(Average::Macro)
+        );
+        if c.classes <= 20 {
+            let _ = writeln!(out, "confusion matrix (rows: labels, columns: predictions)");
+            for l in 0..c.classes {
+                let row: Vec<String> = (0..c.classes).map(|p| format!("{:>6}", c.counts[l * c.classes + p])).collect();
+                let _ = writeln!(out, "{l:>4} {}", row.join(""));
+            }
+        }
+    }
+    Ok(0)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn predict(
+    path: &std::path::Path,
+    only: Option<&str>,
+    weights: &std::path::Path,
+    input: &std::path::Path,
+    limit: Option<usize>,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+    color: bool,
+) -> Result<i32> {
+    let Some((_, program)) = load(path, err, color)? else { return Ok(1) };
+    let (model, info, mut exec) = with_weights(&program, only, weights)?;
+    let is_csv = input.extension().is_some_and(|e| e == "csv");
+    let mut set = if is_csv {
+        let text = std::fs::read_to_string(input).map_err(|e| format!("cannot read {}: {e}", input.display()))?;
+        // Features only: a dummy all-zero label column is appended.
+        let with_label: String = text
+            .lines()
+            .enumerate()
+            .map(|(i, l)| if i == 0 { format!("{l},__label\n") } else { format!("{l},0\n") })
+            .collect();
+        crate::data::csv::parse(
+            input,
+            &with_label,
+            "__label",
+            true,
+            crate::data::csv::Scale::None,
+            crate::data::csv::Target::Value,
+        )
+        .map_err(|e| e.to_string())?
+    } else {
+        crate::data::mnist::read_images(input).map_err(|e| e.to_string())?
+    };
+    let want = model.nodes[model.inputs[0]].ty.shape.sample_elements() as usize;
+    if set.width != want {
+        return Err(format!("{}: samples have {} values, the model's input takes {want}", input.display(), set.width));
+    }
+    if let Some(n) = limit.filter(|n| *n < set.len) {
+        set = set.slice(&(0..n).collect::<Vec<_>>());
+    }
+    // Labels are not known: evaluate against class 0 and keep the predictions.
+    let classes = match model.nodes[model.targets[0]].ty.dtype {
+        modelc_compiler::check::types::DType::Class { classes } => classes as u32,
+        _ => return Err("predict needs a model with a class target".into()),
+    };
+    set.labels = crate::data::Labels::Classes { values: vec![0; set.len], classes };
+    let batch = info.batch.max(1) as usize;
+    let order: Vec<usize> = (0..set.len).collect();
+    let (mut x, mut y) = (Vec::new(), Vec::new());
+    let mut index = 0;
+    for idx in crate::data::batches(&order, batch) {
+        set.gather(idx, &mut x, &mut y);
+        let s =
+            crate::exec::Executor::evaluate(&mut exec, &crate::exec::Batch { n: idx.len(), features: &x, labels: &y })?;
+        for p in &s.predictions {
+            let _ = writeln!(out, "{index}\t{p}");
+            index += 1;
+        }
     }
     Ok(0)
 }

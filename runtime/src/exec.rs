@@ -101,9 +101,9 @@ impl Interpreter {
             loss: out.get("loss").map(|t| t.data[0]).unwrap_or(f64::NAN),
             accuracy: out.get("metric.accuracy").map(|t| t.data[0]),
             predictions: out
-                .iter()
-                .find(|(k, _)| k.starts_with("predictions."))
-                .map(|(_, t)| t.data.iter().map(|v| *v as f32).collect())
+                .get("predictions")
+                .or_else(|| out.iter().find(|(k, _)| k.starts_with("predictions.")).map(|(_, t)| t))
+                .map(|t| t.data.iter().map(|v| *v as f32).collect())
                 .unwrap_or_default(),
         }
     }

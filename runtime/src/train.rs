@@ -17,6 +17,7 @@ use serde::Serialize;
 use crate::checkpoint;
 use crate::data::{self, csv, mnist, synthetic, Dataset};
 use crate::exec::{Batch, Executor};
+use crate::metrics::Confusion;
 use crate::schedule::{lr_at, Progress};
 
 /// What a run may override of the train block.
@@ -130,11 +131,25 @@ pub fn load(source: &DataSource, model: &ModelInfo, info: &TrainInfo, opts: &Opt
     Ok(Data { train, val, test })
 }
 
-/// Mean loss and accuracy of `exec` over `d`, in batches of `batch`.
-fn evaluate(exec: &mut dyn Executor, d: &Dataset, batch: usize) -> Result<(f64, Option<f64>), String> {
+/// What evaluating a dataset gave.
+#[derive(Clone, Debug)]
+pub struct Evaluation {
+    pub loss: f64,
+    pub accuracy: Option<f64>,
+    /// Labels against predictions, for class targets.
+    pub confusion: Option<Confusion>,
+}
+
+/// Mean loss and accuracy of `exec` over `d` (and the confusion matrix for
+/// class labels), in batches of `batch`.
+pub fn evaluate(exec: &mut dyn Executor, d: &Dataset, batch: usize) -> Result<Evaluation, String> {
     let order: Vec<usize> = (0..d.len).collect();
     let (mut loss, mut acc, mut seen) = (0.0, 0.0, 0usize);
     let mut has_acc = false;
+    let mut confusion = match &d.labels {
+        data::Labels::Classes { classes, .. } => Some(Confusion::new(*classes as usize)),
+        data::Labels::Values { .. } => None,
+    };
     let (mut x, mut y) = (Vec::new(), Vec::new());
     for idx in data::batches(&order, batch) {
         d.gather(idx, &mut x, &mut y);
@@ -144,10 +159,16 @@ fn evaluate(exec: &mut dyn Executor, d: &Dataset, batch: usize) -> Result<(f64, 
             acc += a * idx.len() as f64;
             has_acc = true;
         }
+        if let Some(c) = confusion.as_mut() {
+            if s.predictions.len() == y.len() {
+                c.add(&y, &s.predictions);
+            }
+        }
         seen += idx.len();
     }
     let n = seen.max(1) as f64;
-    Ok((loss / n, has_acc.then_some(acc / n)))
+    let confusion = confusion.filter(|c| c.total() > 0);
+    Ok(Evaluation { loss: loss / n, accuracy: has_acc.then_some(acc / n), confusion })
 }
 
 /// Trains with `exec`, writing progress to `out`.
@@ -243,6 +264,8 @@ pub fn run(
         let seconds = started.elapsed().as_secs_f64();
         let val = data.val.as_ref().map(|d| evaluate(exec, d, batch)).transpose()?;
         let test = data.test.as_ref().map(|d| evaluate(exec, d, batch)).transpose()?;
+        let val = val.map(|v| (v.loss, v.accuracy));
+        let test = test.map(|t| (t.loss, t.accuracy));
         let entry = EpochLog {
             epoch: epoch + 1,
             lr,

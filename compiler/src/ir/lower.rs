@@ -7,7 +7,8 @@
 //! and, when training with dropout, the scalar `seed` (Scalar). Outputs:
 //! `loss`, and per metric `metric.NAME` (accuracy, a fraction) or
 //! `predictions.NAME` (class indices, for precision, recall and F1, which the
-//! runtime aggregates over a whole epoch).
+//! runtime aggregates over a whole epoch); in evaluation mode also
+//! `predictions`, the predicted class of every sample.
 
 use crate::check::layers::{Layer, Loss, Metric};
 use crate::check::model::{ModelInfo, Op as CheckOp};
@@ -183,6 +184,20 @@ pub fn forward(model: &ModelInfo, mode: Mode) -> R<Graph> {
         let (Some(pred), Some(target)) = (map[node.inputs[0]], map[node.inputs[1]]) else { continue };
         let (key, out) = lower_metric(&mut b, metric, pred, target, name)?;
         b.g.outputs.push((key, out));
+    }
+    // Evaluation also gives the predicted class of every sample (of the
+    // first cross-entropy loss), for confusion matrices and `modelc predict`.
+    if mode == Mode::Eval {
+        let ce = model.nodes.iter().find(|n| matches!(n.op, CheckOp::Loss { loss: Loss::CrossEntropy { .. } }));
+        if let Some(node) = ce {
+            if let (Some(pred), Some(target)) = (map[node.inputs[0]], map[node.inputs[1]]) {
+                let axis = b.rank(pred) - 1;
+                let am = b.op(Op::ArgMax { axis }, &[pred])?;
+                let shape = b.g.ty(target).shape.clone();
+                let am = b.reshape(am, shape)?;
+                b.g.outputs.push(("predictions".into(), am));
+            }
+        }
     }
     Ok(b.g)
 }

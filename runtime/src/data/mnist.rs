@@ -53,6 +53,20 @@ pub fn load(dir: &Path, split: Split, classes: (u64, u64)) -> Result<Dataset, Da
     Ok(Dataset { features, width, labels: Labels::Classes { values, classes: (hi - lo + 1) as u32 }, len })
 }
 
+/// A standalone IDX image file (gzipped or not), pixels scaled to [0, 1]:
+/// (images, rows·cols values each).
+pub fn read_images(path: &Path) -> Result<Dataset, DataError> {
+    let bytes = read(path)?;
+    let (count, rows, cols, pixels) = parse_images(path, &bytes)?;
+    let features = pixels.iter().map(|p| *p as f32 / 255.0).collect();
+    Ok(Dataset {
+        features,
+        width: (rows * cols) as usize,
+        labels: Labels::Classes { values: vec![0; count], classes: 10 },
+        len: count,
+    })
+}
+
 /// `name.gz` or `name`, whichever exists.
 fn find(dir: &Path, name: &str) -> Result<PathBuf, DataError> {
     for candidate in [dir.join(format!("{name}.gz")), dir.join(name)] {
