@@ -135,3 +135,44 @@ fn eval_and_predict_use_the_checkpoint() {
     assert!(err.contains("the model needs `conv1.weight`"), "{err}");
     std::fs::remove_dir_all(&out).ok();
 }
+
+/// Stopping after an epoch and resuming gives the curve an uninterrupted run
+/// gives (up to the f32 rounding of the checkpoint; the interpreter is f64).
+#[test]
+fn resume_continues_the_same_run() {
+    let (_, program, _) = crate::check_spec(Path::new("specs/mnist_mlp.model"));
+    let model = &program.models[0];
+    let info = &program.trains[0];
+    let cfg = modelc_compiler::step::StepConfig::from_train(info).expect("optimizer");
+    let run = |out: &Path, epochs: u64, resume: bool| {
+        let opts = modelc::train::Options {
+            epochs: Some(epochs),
+            limit: Some(256),
+            test_limit: Some(64),
+            out: out.to_path_buf(),
+            resume,
+            ..Default::default()
+        };
+        let data = modelc::train::load(info.data.as_ref().expect("data"), model, info, &opts).expect("data");
+        let mut exec =
+            modelc::exec::Interpreter::new(model, &cfg, &modelc::init::init(model, info.seed)).expect("compiles");
+        modelc::train::run(&mut exec, model, info, &data, &opts, &mut Vec::new())
+    };
+    let whole = out_dir("whole");
+    let split = out_dir("split");
+    let all = run(&whole, 2, false).expect("trains").losses;
+    let first = run(&split, 1, false).expect("trains").losses;
+    let rest = run(&split, 2, true).expect("resumes").losses;
+    assert_eq!(first.len() + rest.len(), all.len());
+    assert_eq!(first, all[..first.len()], "the first epoch is the same run");
+    for (a, b) in rest.iter().zip(&all[first.len()..]) {
+        assert!((a - b).abs() <= 1e-5 * b.abs(), "resumed loss {a} vs uninterrupted {b}");
+    }
+    let log = std::fs::read_to_string(split.join("log.jsonl")).expect("log");
+    assert_eq!(log.lines().count(), 2, "the log continues");
+    let err = run(&out_dir("nothing"), 2, true).err().expect("nothing to resume");
+    assert!(err.starts_with("cannot resume: cannot read checkpoint"), "{err}");
+    for d in [whole, split, out_dir("nothing")] {
+        std::fs::remove_dir_all(d).ok();
+    }
+}

@@ -76,6 +76,14 @@ pub fn load(path: &Path) -> Result<Tensors, CheckpointError> {
     Ok(out)
 }
 
+/// The metadata a checkpoint was saved with.
+pub fn metadata(path: &Path) -> Result<BTreeMap<String, String>, CheckpointError> {
+    let bytes = std::fs::read(path).map_err(|source| CheckpointError::Read { path: path.to_path_buf(), source })?;
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes)
+        .map_err(|e| CheckpointError::Format { path: path.to_path_buf(), reason: e.to_string() })?;
+    Ok(meta.metadata().clone().unwrap_or_default().into_iter().collect())
+}
+
 /// Checks loaded tensors against the parameters a model expects (name →
 /// shape). Names in `fresh` (replaced layers of a finetune) are not loaded:
 /// checkpoint tensors for them are skipped whatever their shape. Returns the

@@ -89,6 +89,9 @@ enum Command {
         /// Override one setting: --set epochs=1 --set data=/path/to/mnist.
         #[arg(long = "set", value_name = "KEY=VALUE")]
         set: Vec<String>,
+        /// Continue from the last checkpoint and optimizer state in the output folder.
+        #[arg(long)]
+        resume: bool,
     },
     /// Evaluate a checkpoint on the test data of the train block.
     Eval {
@@ -179,9 +182,9 @@ pub fn run(args: impl IntoIterator<Item = OsString>, out: &mut dyn Write, err: &
         Command::Graph { file, model, stage, format, batch } => {
             graph(&file, model.as_deref(), stage, format, batch, out, err, color)
         }
-        Command::Train { file, model, epochs, batch, seed, limit, test_limit, out: dir, run, set } => {
+        Command::Train { file, model, epochs, batch, seed, limit, test_limit, out: dir, run, set, resume } => {
             let flags = RunFile { epochs, batch, seed, limit, test_limit, data: None, out: dir };
-            train(&file, model.as_deref(), flags, run.as_deref(), &set, out, err, color)
+            train(&file, model.as_deref(), flags, run.as_deref(), &set, resume, out, err, color)
         }
         Command::Eval { file, model, weights, limit, data } => {
             eval(&file, model.as_deref(), &weights, limit, data, out, err, color)
@@ -575,6 +578,7 @@ fn train(
     flags: RunFile,
     run: Option<&std::path::Path>,
     sets: &[String],
+    resume: bool,
     out: &mut dyn Write,
     err: &mut dyn Write,
     color: bool,
@@ -609,6 +613,7 @@ fn train(
         data: settings.data,
         out: settings.out.unwrap_or_else(|| crate::train::default_out(&model.name)),
         progress: true,
+        resume,
     };
     let data_source = info.data.as_ref().ok_or("the train block has no data")?;
     let data = crate::train::load(data_source, &model, info, &opts)?;

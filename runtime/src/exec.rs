@@ -41,6 +41,8 @@ pub trait Executor {
     fn parameters(&self) -> Tensors;
     /// Replaces parameters by name (shapes already validated).
     fn set_parameters(&mut self, t: &Tensors);
+    /// The optimizer state (`PARAM.exp_avg`, …), for resuming.
+    fn state(&self) -> Tensors;
     /// The first parameter or state tensor holding a NaN or infinity.
     fn first_non_finite(&self) -> Option<String>;
 }
@@ -154,6 +156,14 @@ impl Executor for Interpreter {
         for (name, (shape, data)) in t {
             self.values.insert(name.clone(), Tensor::new(shape.clone(), data.iter().map(|v| *v as f64).collect()));
         }
+    }
+
+    fn state(&self) -> Tensors {
+        self.values
+            .iter()
+            .filter(|(k, _)| !self.params.contains(k))
+            .map(|(k, t)| (k.clone(), (t.shape.clone(), t.data.iter().map(|v| *v as f32).collect())))
+            .collect()
     }
 
     fn first_non_finite(&self) -> Option<String> {

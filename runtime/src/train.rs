@@ -36,6 +36,8 @@ pub struct Options {
     pub out: PathBuf,
     /// Draw a progress bar (only on a terminal).
     pub progress: bool,
+    /// Continue from `last.safetensors` and `last.state.safetensors` in `out`.
+    pub resume: bool,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -188,7 +190,32 @@ pub fn run(
     let log_path = opts.out.join("log.jsonl");
     let last = opts.out.join("last.safetensors");
     let best_path = opts.out.join("best.safetensors");
-    let mut log = std::fs::File::create(&log_path).map_err(|e| format!("cannot write {}: {e}", log_path.display()))?;
+    let state_path = opts.out.join("last.state.safetensors");
+    // Resuming: weights, optimizer state and where training stood.
+    let mut first_epoch = 0;
+    if opts.resume {
+        let expected: Vec<(String, Vec<usize>)> = exec.parameters().into_iter().map(|(k, (s, _))| (k, s)).collect();
+        let weights = checkpoint::load(&last).map_err(|e| format!("cannot resume: {e}"))?;
+        let weights = checkpoint::validate(&last, weights, &expected, &[]).map_err(|e| e.to_string())?;
+        let expected_state: Vec<(String, Vec<usize>)> = exec.state().into_iter().map(|(k, (s, _))| (k, s)).collect();
+        let state = checkpoint::load(&state_path).map_err(|e| format!("cannot resume: {e}"))?;
+        let state = checkpoint::validate(&state_path, state, &expected_state, &[]).map_err(|e| e.to_string())?;
+        let meta = checkpoint::metadata(&state_path).map_err(|e| e.to_string())?;
+        first_epoch = meta
+            .get("epoch")
+            .and_then(|e| e.parse().ok())
+            .ok_or_else(|| format!("{}: no epoch in its metadata", state_path.display()))?;
+        exec.set_parameters(&weights);
+        exec.set_parameters(&state);
+        let _ = writeln!(out, "resuming after epoch {first_epoch} from {}", last.display());
+    }
+    let mut log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(opts.resume)
+        .write(true)
+        .truncate(!opts.resume)
+        .open(&log_path)
+        .map_err(|e| format!("cannot write {}: {e}", log_path.display()))?;
     let n = data.train.len;
     let steps_per_epoch = n.div_ceil(batch) as u64;
     let total_steps = steps_per_epoch * epochs;
@@ -203,7 +230,7 @@ pub fn run(
     );
     let mut logs = Vec::new();
     let mut losses = Vec::new();
-    let mut step = 0u64;
+    let mut step = first_epoch * n.div_ceil(batch) as u64;
     let (mut x, mut y) = (Vec::new(), Vec::new());
     let mut best: Option<(f64, u64)> = None;
     let mut saved_best = None;
@@ -213,7 +240,7 @@ pub fn run(
             return Err(format!("early stopping on `{}` is not supported by the trainer yet (loss, val_loss, accuracy and val_accuracy are)", es.on));
         }
     }
-    for epoch in 0..epochs {
+    for epoch in first_epoch..epochs {
         let started = Instant::now();
         let order = data::epoch_order(n, seed, epoch);
         let bar = (opts.progress && std::io::stderr().is_terminal()).then(|| {
@@ -292,6 +319,7 @@ pub fn run(
         ]);
         let params = exec.parameters();
         checkpoint::save(&last, &params, meta.clone()).map_err(|e| e.to_string())?;
+        checkpoint::save(&state_path, &exec.state(), meta.clone()).map_err(|e| e.to_string())?;
         if let Some(es) = watch {
             let value = watched(&entry, &es.on);
             let lower_is_better = es.on.ends_with("loss");
