@@ -1,5 +1,6 @@
 //! The integration tests: one binary, one module per concern.
 
+mod backend;
 mod checker;
 mod checkpoint;
 mod cli;

@@ -6,6 +6,7 @@
 //! binary renders them.
 
 pub mod autodiff;
+pub mod backend;
 pub mod check;
 pub mod diag;
 pub mod gradcheck;

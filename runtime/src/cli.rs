@@ -121,6 +121,14 @@ enum Command {
         #[arg(long)]
         limit: Option<usize>,
     },
+    /// Print generated code: the CLIF of every kernel the CPU backend lowers.
+    Emit {
+        file: PathBuf,
+        #[arg(long)]
+        model: Option<String>,
+        #[arg(long, value_enum, default_value_t = Target::Clif)]
+        target: Target,
+    },
     /// Check the symbolic gradients against central finite differences (f64).
     Gradcheck {
         file: PathBuf,
@@ -144,6 +152,11 @@ enum Stage {
     Train,
     Optimized,
     Kernels,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Target {
+    Clif,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -192,6 +205,7 @@ pub fn run(args: impl IntoIterator<Item = OsString>, out: &mut dyn Write, err: &
         Command::Predict { file, model, weights, input, limit } => {
             predict(&file, model.as_deref(), &weights, &input, limit, out, err, color)
         }
+        Command::Emit { file, model, target: Target::Clif } => emit(&file, model.as_deref(), out, err, color),
         Command::Gradcheck { file, model, batch, samples, seed } => {
             gradcheck(&file, model.as_deref(), batch, samples, seed, out, err, color)
         }
@@ -758,5 +772,34 @@ fn predict(
             index += 1;
         }
     }
+    Ok(0)
+}
+
+fn emit(
+    path: &std::path::Path,
+    only: Option<&str>,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+    color: bool,
+) -> Result<i32> {
+    let Some((_, program)) = load(path, err, color)? else { return Ok(1) };
+    let (model, cfg) = select(&program, only)?;
+    let g = build_graph(&model.name, &model, cfg.as_ref(), Stage::Optimized)?;
+    let kernels = passes::fusion::fuse(&g);
+    let mut jit = modelc_compiler::backend::clif::Jit::new()?;
+    let (mut lowered, mut not) = (0, 0);
+    for (k, kernel) in kernels.iter().enumerate() {
+        match jit.clif(&g, kernel) {
+            Ok(text) => {
+                lowered += 1;
+                let _ = writeln!(out, "; kernel {k}\n{text}");
+            }
+            Err(why) => {
+                not += 1;
+                let _ = writeln!(out, "; kernel {k}: not lowered yet: {why}\n");
+            }
+        }
+    }
+    let _ = writeln!(out, "; {lowered} of {} kernels lowered to Cranelift, {not} not yet", kernels.len());
     Ok(0)
 }

@@ -1,0 +1,222 @@
+//! Cranelift lowering of elementwise kernels — the first piece of the CPU
+//! backend.
+//!
+//! A kernel becomes one function `fn(args: *const *mut f32, n: i64)`: `args`
+//! holds the kernel's reads, then its writes; the loop runs over the `n`
+//! elements of the kernel's shape. Operands of that shape are loaded at the
+//! loop index; scalar operands are loaded once before the loop.
+//!
+//! Lowered today: neg, sqrt, 1/x, add, sub, mul, div, max, min, greater,
+//! equal, constants, stop-gradient, and expand of scalars — scalar code, one
+//! element per iteration. Not yet (the kernel is reported as not lowered,
+//! never silently skipped): reductions, broadcasting of non-scalar operands,
+//! exp/log/tanh/erf (which need inline polynomials), dropout masks, f32x4.
+
+use std::collections::HashMap;
+
+use cranelift_codegen::ir::condcodes::FloatCC;
+use cranelift_codegen::ir::{types, AbiParam, InstBuilder, MemFlagsData, Value};
+use cranelift_codegen::settings::{self, Configurable};
+use cranelift_codegen::Context;
+use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext};
+use cranelift_jit::{JITBuilder, JITModule};
+use cranelift_module::{default_libcall_names, Linkage, Module};
+
+use crate::ir::{BinaryOp as B, Graph, NodeId, Op, UnaryOp as U};
+use crate::passes::fusion::{Kernel, KernelKind};
+
+/// Why a kernel is not lowered (yet).
+pub fn unsupported(g: &Graph, k: &Kernel) -> Option<String> {
+    if k.kind != KernelKind::Elementwise {
+        return Some(format!("{:?} kernels are not lowered to Cranelift", k.kind).to_lowercase());
+    }
+    let shape = k.writes.first().map(|w| g.ty(*w).shape.clone())?;
+    for id in &k.nodes {
+        let ok = match &g.node(*id).op {
+            Op::Unary { op } => matches!(op, U::Neg | U::Sqrt | U::Recip),
+            Op::Binary { .. } | Op::Const { .. } | Op::StopGradient => true,
+            Op::Expand => {
+                g.ty(g.inputs(*id)[0]).shape.sample_elements() == 1 && !g.ty(g.inputs(*id)[0]).shape.has_batch()
+            }
+            other => return Some(format!("`{}` is not lowered yet", other.name())),
+        };
+        if !ok {
+            return Some(format!("`{}` is not lowered yet", g.node(*id).op.name()));
+        }
+        if g.ty(*id).shape != shape && g.ty(*id).shape.rank() > 0 {
+            return Some("values of several shapes in one kernel".into());
+        }
+    }
+    if let Some(w) = k.writes.iter().find(|w| g.ty(**w).shape != shape) {
+        return Some(format!("writes of several shapes ({} and {shape})", g.ty(*w).shape));
+    }
+    for r in &k.reads {
+        let s = &g.ty(*r).shape;
+        if s != &shape && !is_scalar(g, *r) {
+            return Some(format!("operand of shape {s} broadcast to {shape}"));
+        }
+    }
+    None
+}
+
+fn is_scalar(g: &Graph, id: NodeId) -> bool {
+    let s = &g.ty(id).shape;
+    !s.has_batch() && s.sample_elements() == 1
+}
+
+/// A JIT holding compiled kernels.
+pub struct Jit {
+    module: JITModule,
+    ctx: Context,
+    fctx: FunctionBuilderContext,
+    count: usize,
+}
+
+/// A compiled kernel: `f(args, n)`.
+pub type KernelFn = unsafe extern "C" fn(*const *mut f32, i64);
+
+impl Jit {
+    pub fn new() -> Result<Jit, String> {
+        let mut flags = settings::builder();
+        flags.set("opt_level", "speed").map_err(|e| e.to_string())?;
+        let isa = cranelift_native::builder()
+            .map_err(|e| format!("this processor is not supported by Cranelift: {e}"))?
+            .finish(settings::Flags::new(flags))
+            .map_err(|e| e.to_string())?;
+        let module = JITModule::new(JITBuilder::with_isa(isa, default_libcall_names()));
+        let ctx = module.make_context();
+        Ok(Jit { module, ctx, fctx: FunctionBuilderContext::new(), count: 0 })
+    }
+
+    /// Builds the CLIF of `k` into the context; returns its text.
+    fn build(&mut self, g: &Graph, k: &Kernel) -> String {
+        let target = self.module.target_config();
+        let ptr = target.pointer_type();
+        self.module.clear_context(&mut self.ctx);
+        self.ctx.func.signature.params.push(AbiParam::new(ptr));
+        self.ctx.func.signature.params.push(AbiParam::new(types::I64));
+        let mut b = FunctionBuilder::new(&mut self.ctx.func, &mut self.fctx);
+        let entry = b.create_block();
+        let header = b.create_block();
+        let body = b.create_block();
+        let exit = b.create_block();
+        b.append_block_params_for_function_params(entry);
+        b.switch_to_block(entry);
+        let (args, n) = (b.block_params(entry)[0], b.block_params(entry)[1]);
+        let flags = MemFlagsData::trusted();
+        // Pointers of every operand; scalars loaded once.
+        let slots: Vec<NodeId> = k.reads.iter().chain(&k.writes).copied().collect();
+        let mut ptrs: HashMap<NodeId, Value> = HashMap::new();
+        let mut scalars: HashMap<NodeId, Value> = HashMap::new();
+        for (i, id) in slots.iter().enumerate() {
+            let p = b.ins().load(ptr, flags, args, (i * ptr.bytes() as usize) as i32);
+            ptrs.insert(*id, p);
+            if i < k.reads.len() && is_scalar(g, *id) {
+                let v = b.ins().load(types::F32, flags, p, 0);
+                scalars.insert(*id, v);
+            }
+        }
+        let zero = b.ins().iconst(types::I64, 0);
+        b.ins().jump(header, &[zero.into()]);
+        // header(i): i < n ? body(i) : exit
+        b.append_block_param(header, types::I64);
+        b.switch_to_block(header);
+        let i = b.block_params(header)[0];
+        let more = b.ins().icmp(cranelift_codegen::ir::condcodes::IntCC::SignedLessThan, i, n);
+        b.ins().brif(more, body, &[i.into()], exit, &[]);
+        b.append_block_param(body, types::I64);
+        b.switch_to_block(body);
+        let i = b.block_params(body)[0];
+        let offset = b.ins().imul_imm_s(i, 4);
+        let mut vals: HashMap<NodeId, Value> = scalars.clone();
+        for r in &k.reads {
+            if !vals.contains_key(r) {
+                let addr = b.ins().iadd(ptrs[r], offset);
+                let v = b.ins().load(types::F32, flags, addr, 0);
+                vals.insert(*r, v);
+            }
+        }
+        for id in &k.nodes {
+            let ins = g.inputs(*id);
+            let arg = |j: usize| vals[&ins[j]];
+            let v = match &g.node(*id).op {
+                Op::Const { value } => b.ins().f32const(*value as f32),
+                Op::StopGradient | Op::Expand => arg(0),
+                Op::Unary { op } => match op {
+                    U::Neg => b.ins().fneg(arg(0)),
+                    U::Sqrt => b.ins().sqrt(arg(0)),
+                    _ => {
+                        let one = b.ins().f32const(1.0);
+                        b.ins().fdiv(one, arg(0))
+                    }
+                },
+                Op::Binary { op } => {
+                    let (x, y) = (arg(0), arg(1));
+                    match op {
+                        B::Add => b.ins().fadd(x, y),
+                        B::Sub => b.ins().fsub(x, y),
+                        B::Mul => b.ins().fmul(x, y),
+                        B::Div => b.ins().fdiv(x, y),
+                        // Ties (and NaN comparisons) pick the second operand, as the IR says.
+                        B::Max => {
+                            let c = b.ins().fcmp(FloatCC::GreaterThan, x, y);
+                            b.ins().select(c, x, y)
+                        }
+                        B::Min => {
+                            let c = b.ins().fcmp(FloatCC::LessThan, x, y);
+                            b.ins().select(c, x, y)
+                        }
+                        B::Greater | B::Equal => {
+                            let cc = if *op == B::Greater { FloatCC::GreaterThan } else { FloatCC::Equal };
+                            let c = b.ins().fcmp(cc, x, y);
+                            let (one, zero) = (b.ins().f32const(1.0), b.ins().f32const(0.0));
+                            b.ins().select(c, one, zero)
+                        }
+                    }
+                }
+                _ => b.ins().f32const(f32::NAN),
+            };
+            vals.insert(*id, v);
+        }
+        for w in &k.writes {
+            let addr = b.ins().iadd(ptrs[w], offset);
+            b.ins().store(flags, vals[w], addr, 0);
+        }
+        let next = b.ins().iadd_imm_s(i, 1);
+        b.ins().jump(header, &[next.into()]);
+        b.switch_to_block(exit);
+        b.ins().return_(&[]);
+        b.seal_all_blocks();
+        b.finalize(target);
+        self.ctx.func.display().to_string()
+    }
+
+    /// The CLIF text of `k`, or why it is not lowered.
+    pub fn clif(&mut self, g: &Graph, k: &Kernel) -> Result<String, String> {
+        if let Some(why) = unsupported(g, k) {
+            return Err(why);
+        }
+        Ok(self.build(g, k))
+    }
+
+    /// Compiles `k` to machine code.
+    pub fn compile(&mut self, g: &Graph, k: &Kernel) -> Result<KernelFn, String> {
+        if let Some(why) = unsupported(g, k) {
+            return Err(why);
+        }
+        self.build(g, k);
+        self.count += 1;
+        let name = format!("kernel{}", self.count);
+        let id = self
+            .module
+            .declare_function(&name, Linkage::Export, &self.ctx.func.signature)
+            .map_err(|e| e.to_string())?;
+        self.module.define_function(id, &mut self.ctx).map_err(|e| format!("Cranelift rejected {name}: {e:?}"))?;
+        self.module.clear_context(&mut self.ctx);
+        self.module.finalize_definitions().map_err(|e| e.to_string())?;
+        let code = self.module.get_finalized_function(id);
+        // SAFETY: the function was just defined with exactly this signature
+        // (pointer, i64) -> () in the platform's default calling convention.
+        Ok(unsafe { std::mem::transmute::<*const u8, KernelFn>(code) })
+    }
+}
