@@ -4,13 +4,13 @@
 //! A kernel becomes one function `fn(args: *const *mut f32, n: i64)`: `args`
 //! holds the kernel's reads, then its writes; the loop runs over the `n`
 //! elements of the kernel's shape. Operands of that shape are loaded at the
-//! loop index; scalar operands are loaded once before the loop.
+//! loop index; scalar operands are loaded once before the loop; other
+//! broadcast operands are read at an offset computed from the loop index.
 //!
 //! Lowered today: neg, sqrt, 1/x, add, sub, mul, div, max, min, greater,
 //! equal, constants, stop-gradient, and expand of scalars — scalar code, one
 //! element per iteration. Not yet (the kernel is reported as not lowered,
-//! never silently skipped): reductions, broadcasting of non-scalar operands,
-//! exp/log/tanh/erf (which need inline polynomials), dropout masks, f32x4.
+//! never silently skipped): reductions, exp/log/tanh/erf (which need inline polynomials), dropout masks, f32x4.
 
 use std::collections::HashMap;
 
@@ -22,7 +22,7 @@ use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext};
 use cranelift_jit::{JITBuilder, JITModule};
 use cranelift_module::{default_libcall_names, Linkage, Module};
 
-use crate::ir::{BinaryOp as B, Graph, NodeId, Op, UnaryOp as U};
+use crate::ir::{BinaryOp as B, Dim, Graph, NodeId, Op, Shape, UnaryOp as U};
 use crate::passes::fusion::{Kernel, KernelKind};
 
 /// Why a kernel is not lowered (yet).
@@ -52,11 +52,42 @@ pub fn unsupported(g: &Graph, k: &Kernel) -> Option<String> {
     }
     for r in &k.reads {
         let s = &g.ty(*r).shape;
-        if s != &shape && !is_scalar(g, *r) {
-            return Some(format!("operand of shape {s} broadcast to {shape}"));
+        if s.broadcast(&shape).as_ref() != Some(&shape) {
+            return Some(format!("operand of shape {s} does not broadcast to {shape}"));
         }
     }
     None
+}
+
+/// For an operand of shape `s` read in a loop over `shape`: per loop axis
+/// (size, elements of the loop inside that axis, the operand's stride); the
+/// batch's size is `None` (known at run time). Broadcast axes have stride 0.
+fn broadcast_plan(s: &Shape, shape: &Shape) -> Vec<(Option<u64>, Option<u64>, u64)> {
+    let r = shape.rank();
+    let off = r - s.rank();
+    let mut plan = Vec::new();
+    let mut stride = 1u64;
+    let mut strides = vec![0u64; r];
+    for d in (0..r).rev() {
+        let own = d.checked_sub(off).map(|j| s.0[j]);
+        strides[d] = match own {
+            Some(Dim::Fixed(1)) | None if shape.0[d] != Dim::Fixed(1) => 0,
+            _ => stride,
+        };
+        if let Some(Dim::Fixed(n)) = own {
+            stride *= n;
+        }
+    }
+    for d in 0..r {
+        let size = match shape.0[d] {
+            Dim::Fixed(n) => Some(n),
+            Dim::Batch => None,
+        };
+        let inner: u64 = shape.0[d + 1..].iter().map(|x| if let Dim::Fixed(n) = x { *n } else { 1 }).product();
+        // The batch is always the leading axis, so `inner` never contains it.
+        plan.push((size, Some(inner), strides[d]));
+    }
+    plan
 }
 
 fn is_scalar(g: &Graph, id: NodeId) -> bool {
@@ -129,12 +160,34 @@ impl Jit {
         let i = b.block_params(body)[0];
         let offset = b.ins().imul_imm_s(i, 4);
         let mut vals: HashMap<NodeId, Value> = scalars.clone();
+        let shape = g.ty(k.writes[0]).shape.clone();
         for r in &k.reads {
-            if !vals.contains_key(r) {
-                let addr = b.ins().iadd(ptrs[r], offset);
-                let v = b.ins().load(types::F32, flags, addr, 0);
-                vals.insert(*r, v);
+            if vals.contains_key(r) {
+                continue;
             }
+            let addr = if g.ty(*r).shape == shape {
+                b.ins().iadd(ptrs[r], offset)
+            } else {
+                // A broadcast operand: element offset Σ (i / inner_d mod size_d)·stride_d.
+                let mut elem = b.ins().iconst(types::I64, 0);
+                for (size, inner, stride) in broadcast_plan(&g.ty(*r).shape, &shape) {
+                    if stride == 0 {
+                        continue;
+                    }
+                    let inner = inner.unwrap_or(1) as i64;
+                    let q = if inner == 1 { i } else { b.ins().udiv_imm_u(i, inner) };
+                    let idx = match size {
+                        Some(n) => b.ins().urem_imm_u(q, n as i64),
+                        None => q,
+                    };
+                    let t = b.ins().imul_imm_s(idx, stride as i64);
+                    elem = b.ins().iadd(elem, t);
+                }
+                let bytes = b.ins().imul_imm_s(elem, 4);
+                b.ins().iadd(ptrs[r], bytes)
+            };
+            let v = b.ins().load(types::F32, flags, addr, 0);
+            vals.insert(*r, v);
         }
         for id in &k.nodes {
             let ins = g.inputs(*id);
