@@ -78,14 +78,14 @@ fn broadcast_plan(s: &Shape, shape: &Shape) -> Vec<(Option<u64>, Option<u64>, u6
             stride *= n;
         }
     }
-    for d in 0..r {
+    for (d, stride) in strides.iter().enumerate() {
         let size = match shape.0[d] {
             Dim::Fixed(n) => Some(n),
             Dim::Batch => None,
         };
         let inner: u64 = shape.0[d + 1..].iter().map(|x| if let Dim::Fixed(n) = x { *n } else { 1 }).product();
         // The batch is always the leading axis, so `inner` never contains it.
-        plan.push((size, Some(inner), strides[d]));
+        plan.push((size, Some(inner), *stride));
     }
     plan
 }
