@@ -68,3 +68,54 @@ fn clif_is_emitted_for_lowered_kernels_and_refusals_are_explained() {
     assert!(out.contains("fadd") || out.contains("fmul"), "{out}");
     assert!(out.contains("not lowered yet"), "{out}");
 }
+
+/// Runs one unary op through the JIT on `xs`.
+fn jit_unary(op: modelc_compiler::ir::UnaryOp, xs: &[f32]) -> Vec<f32> {
+    use modelc_compiler::ir::lower::Builder;
+    use modelc_compiler::ir::{Dim, Graph, Role, Shape, Ty};
+    let mut b = Builder { g: Graph::new() };
+    let x = b.g.input("x", Role::Data, Ty::f32(Shape(vec![Dim::Fixed(xs.len() as u64)])));
+    let y = b.un(op, x).expect("typed");
+    b.g.outputs.push(("y".into(), y));
+    let kernels = fusion::fuse(&b.g);
+    assert_eq!(kernels.len(), 1);
+    let f = Jit::new().expect("jit").compile(&b.g, &kernels[0]).expect("compiles");
+    let mut input = xs.to_vec();
+    let mut out = vec![0.0f32; xs.len()];
+    let ptrs = [input.as_mut_ptr(), out.as_mut_ptr()];
+    // SAFETY: one read and one write buffer of xs.len() elements each.
+    unsafe { f(ptrs.as_ptr(), xs.len() as i64) };
+    out
+}
+
+/// The inline polynomials' worst error against f64 (the note quotes these).
+#[test]
+fn exp_and_log_polynomials_are_accurate() {
+    use modelc_compiler::ir::UnaryOp;
+    let xs: Vec<f32> = (-8000..=8000).map(|i| i as f32 * 0.01).collect();
+    let ys = jit_unary(UnaryOp::Exp, &xs);
+    let worst_exp = xs
+        .iter()
+        .zip(&ys)
+        .map(|(x, y)| ((*y as f64) - (*x as f64).exp()).abs() / (*x as f64).exp())
+        .fold(0.0, f64::max);
+    assert!(worst_exp <= 4e-7, "exp: worst relative error {worst_exp:e}");
+    // ln over 1e-30 … 1e30, log-spaced, plus a dense sweep around 1.
+    let mut xs: Vec<f32> = (-3000..=3000).map(|i| 10f64.powf(i as f64 / 100.0) as f32).collect();
+    xs.extend((1..4000).map(|i| 0.5 + i as f32 * 0.00025));
+    let ys = jit_unary(UnaryOp::Log, &xs);
+    let worst_log = xs
+        .iter()
+        .zip(&ys)
+        .map(|(x, y)| {
+            let t = (*x as f64).ln();
+            ((*y as f64) - t).abs() / t.abs().max(1.0)
+        })
+        .fold(0.0, f64::max);
+    assert!(worst_log <= 4e-7, "log: worst error {worst_log:e} (relative, absolute below |ln x| = 1)");
+    let special = jit_unary(UnaryOp::Log, &[0.0, -1.0, f32::INFINITY, f32::NAN]);
+    assert_eq!(special[0], f32::NEG_INFINITY);
+    assert!(special[1].is_nan() && special[3].is_nan());
+    assert_eq!(special[2], f32::INFINITY);
+    println!("worst error against f64: exp {worst_exp:.2e} (relative), log {worst_log:.2e}");
+}

@@ -7,10 +7,11 @@
 //! loop index; scalar operands are loaded once before the loop; other
 //! broadcast operands are read at an offset computed from the loop index.
 //!
-//! Lowered today: neg, sqrt, 1/x, add, sub, mul, div, max, min, greater,
-//! equal, constants, stop-gradient, and expand of scalars — scalar code, one
-//! element per iteration. Not yet (the kernel is reported as not lowered,
-//! never silently skipped): reductions, exp/log/tanh/erf (which need inline polynomials), dropout masks, f32x4.
+//! Lowered today: neg, sqrt, 1/x, exp and ln (inline polynomials), add, sub,
+//! mul, div, max, min, greater, equal, constants, stop-gradient, and expand
+//! of scalars — scalar code, one element per iteration. Not yet (the kernel
+//! is reported as not lowered, never silently skipped): reductions,
+//! tanh/erf, dropout masks, f32x4.
 
 use std::collections::HashMap;
 
@@ -33,7 +34,7 @@ pub fn unsupported(g: &Graph, k: &Kernel) -> Option<String> {
     let shape = k.writes.first().map(|w| g.ty(*w).shape.clone())?;
     for id in &k.nodes {
         let ok = match &g.node(*id).op {
-            Op::Unary { op } => matches!(op, U::Neg | U::Sqrt | U::Recip),
+            Op::Unary { op } => matches!(op, U::Neg | U::Sqrt | U::Recip | U::Exp | U::Log),
             Op::Binary { .. } | Op::Const { .. } | Op::StopGradient => true,
             Op::Expand => {
                 g.ty(g.inputs(*id)[0]).shape.sample_elements() == 1 && !g.ty(g.inputs(*id)[0]).shape.has_batch()
@@ -93,6 +94,112 @@ fn broadcast_plan(s: &Shape, shape: &Shape) -> Vec<(Option<u64>, Option<u64>, u6
 fn is_scalar(g: &Graph, id: NodeId) -> bool {
     let s = &g.ty(id).shape;
     !s.has_batch() && s.sample_elements() == 1
+}
+
+/// `p(x)` by Horner's rule, coefficients from the highest power down.
+fn horner(b: &mut FunctionBuilder, x: Value, coefficients: &[f32]) -> Value {
+    let mut acc = b.ins().f32const(coefficients[0]);
+    for c in &coefficients[1..] {
+        let m = b.ins().fmul(acc, x);
+        let k = b.ins().f32const(*c);
+        acc = b.ins().fadd(m, k);
+    }
+    acc
+}
+
+/// eˣ in f32: x = n·ln2 + r with |r| ≤ ln2/2 (ln2 split in two for
+/// exactness), eʳ by a degree-6 polynomial (Cephes' expf), 2ⁿ built in the
+/// exponent bits. Inputs are clamped to [−87.3, 88]: below, the result is the
+/// smallest normal (≈1e−38) rather than 0; above, e⁸⁸ rather than ∞. NaN
+/// stays NaN.
+fn exp(b: &mut FunctionBuilder, x: Value) -> Value {
+    let (lo, hi) = (b.ins().f32const(-87.336_54), b.ins().f32const(88.0));
+    let x = b.ins().fmax(x, lo);
+    let x = b.ins().fmin(x, hi);
+    let log2e = b.ins().f32const(std::f32::consts::LOG2_E);
+    let t = b.ins().fmul(x, log2e);
+    let n = b.ins().nearest(t);
+    let (c1, c2) = (b.ins().f32const(0.693_359_4), b.ins().f32const(-2.121_944_4e-4));
+    let a = b.ins().fmul(n, c1);
+    let r = b.ins().fsub(x, a);
+    let a = b.ins().fmul(n, c2);
+    let r = b.ins().fsub(r, a);
+    let p =
+        horner(b, r, &[1.987_569_1e-4, 1.398_199_9e-3, 8.333_452e-3, 4.166_579_6e-2, 1.666_666_5e-1, 5.000_000_1e-1]);
+    let rr = b.ins().fmul(r, r);
+    let y = b.ins().fmul(p, rr);
+    let y = b.ins().fadd(y, r);
+    let one = b.ins().f32const(1.0);
+    let y = b.ins().fadd(y, one);
+    let ni = b.ins().fcvt_to_sint_sat(types::I32, n);
+    let biased = b.ins().iadd_imm_s(ni, 127);
+    let bits = b.ins().ishl_imm_u(biased, 23);
+    let scale = b.ins().bitcast(types::F32, MemFlagsData::new(), bits);
+    b.ins().fmul(y, scale)
+}
+
+/// ln x in f32 (Cephes' logf): x = m·2ᵉ with m in [√½, √2), ln m by a degree-9
+/// polynomial in m − 1, plus e·ln2 (split in two). ln 0 = −∞, ln of a
+/// negative number or NaN is NaN, ln ∞ = ∞. Subnormal inputs are treated as
+/// their normalised neighbours' scale (not exact below 1e−38).
+fn log(b: &mut FunctionBuilder, x: Value) -> Value {
+    let bits = b.ins().bitcast(types::I32, MemFlagsData::new(), x);
+    let ebits = b.ins().ushr_imm_u(bits, 23);
+    let ebits = b.ins().band_imm_u(ebits, 0xff);
+    let e = b.ins().iadd_imm_s(ebits, -126);
+    let mbits = b.ins().band_imm_u(bits, 0x807f_ffff_u32 as i64);
+    let mbits = b.ins().bor_imm_u(mbits, 0x3f00_0000);
+    let m = b.ins().bitcast(types::F32, MemFlagsData::new(), mbits);
+    // m in [0.5, 1): below √½ use 2m − 1 and e − 1, else m − 1.
+    let sqrthf = b.ins().f32const(std::f32::consts::FRAC_1_SQRT_2);
+    let small = b.ins().fcmp(FloatCC::LessThan, m, sqrthf);
+    let one = b.ins().f32const(1.0);
+    let twice = b.ins().fadd(m, m);
+    let a = b.ins().fsub(twice, one);
+    let c = b.ins().fsub(m, one);
+    let m = b.ins().select(small, a, c);
+    let e1 = b.ins().iadd_imm_s(e, -1);
+    let e = b.ins().select(small, e1, e);
+    let ef = b.ins().fcvt_from_sint(types::F32, e);
+    let z = b.ins().fmul(m, m);
+    let p = horner(
+        b,
+        m,
+        &[
+            7.037_683_6e-2,
+            -1.151_461_0e-1,
+            1.167_699_9e-1,
+            -1.242_014_1e-1,
+            1.424_932_3e-1,
+            -1.666_805_8e-1,
+            2.000_071_5e-1,
+            -2.499_999_4e-1,
+            3.333_333_1e-1,
+        ],
+    );
+    let y = b.ins().fmul(p, m);
+    let y = b.ins().fmul(y, z);
+    let q1 = b.ins().f32const(-2.121_944_4e-4);
+    let t = b.ins().fmul(ef, q1);
+    let y = b.ins().fadd(y, t);
+    let half = b.ins().f32const(0.5);
+    let hz = b.ins().fmul(z, half);
+    let y = b.ins().fsub(y, hz);
+    let r = b.ins().fadd(m, y);
+    let q2 = b.ins().f32const(0.693_359_4);
+    let t = b.ins().fmul(ef, q2);
+    let r = b.ins().fadd(r, t);
+    // Special values.
+    let zero = b.ins().f32const(0.0);
+    let is_zero = b.ins().fcmp(FloatCC::Equal, x, zero);
+    let ninf = b.ins().f32const(f32::NEG_INFINITY);
+    let r = b.ins().select(is_zero, ninf, r);
+    let inf = b.ins().f32const(f32::INFINITY);
+    let is_inf = b.ins().fcmp(FloatCC::Equal, x, inf);
+    let r = b.ins().select(is_inf, inf, r);
+    let bad = b.ins().fcmp(FloatCC::UnorderedOrLessThan, x, zero);
+    let nan = b.ins().f32const(f32::NAN);
+    b.ins().select(bad, nan, r)
 }
 
 /// A JIT holding compiled kernels.
@@ -198,6 +305,8 @@ impl Jit {
                 Op::Unary { op } => match op {
                     U::Neg => b.ins().fneg(arg(0)),
                     U::Sqrt => b.ins().sqrt(arg(0)),
+                    U::Exp => exp(&mut b, arg(0)),
+                    U::Log => log(&mut b, arg(0)),
                     _ => {
                         let one = b.ins().f32const(1.0);
                         b.ins().fdiv(one, arg(0))
