@@ -112,6 +112,7 @@ fn horner(b: &mut FunctionBuilder, x: Value, coefficients: &[f32]) -> Value {
 /// exponent bits. Inputs are clamped to [−87.3, 88]: below, the result is the
 /// smallest normal (≈1e−38) rather than 0; above, e⁸⁸ rather than ∞. NaN
 /// stays NaN.
+#[allow(clippy::excessive_precision)] // Cephes' coefficients as published; f32 rounds them.
 fn exp(b: &mut FunctionBuilder, x: Value) -> Value {
     let (lo, hi) = (b.ins().f32const(-87.336_54), b.ins().f32const(88.0));
     let x = b.ins().fmax(x, lo);
@@ -142,6 +143,7 @@ fn exp(b: &mut FunctionBuilder, x: Value) -> Value {
 /// polynomial in m − 1, plus e·ln2 (split in two). ln 0 = −∞, ln of a
 /// negative number or NaN is NaN, ln ∞ = ∞. Subnormal inputs are treated as
 /// their normalised neighbours' scale (not exact below 1e−38).
+#[allow(clippy::excessive_precision)] // Cephes' coefficients as published; f32 rounds them.
 fn log(b: &mut FunctionBuilder, x: Value) -> Value {
     let bits = b.ins().bitcast(types::I32, MemFlagsData::new(), x);
     let ebits = b.ins().ushr_imm_u(bits, 23);
