@@ -6,6 +6,7 @@ use std::path::Path;
 use modelc_compiler::backend::clif::{unsupported, Jit};
 use modelc_compiler::gradcheck::{concrete, random_inputs, Rng};
 use modelc_compiler::interp;
+use modelc_compiler::ir::Op;
 use modelc_compiler::passes::{self, fusion};
 use modelc_compiler::step::{training_step, StepConfig};
 
@@ -36,7 +37,8 @@ fn lowered_kernels_match_the_interpreter() {
             for w in &k.writes {
                 bufs.push(vec![0.0; concrete(&g.ty(*w).shape, 3).iter().product()]);
             }
-            let n = bufs.last().map_or(0, Vec::len) as i64;
+            let shape = modelc_compiler::backend::clif::loop_shape(&g, k).expect("a loop");
+            let n = concrete(&shape, 3).iter().product::<usize>() as i64;
             let ptrs: Vec<*mut f32> = bufs.iter_mut().map(|b| b.as_mut_ptr()).collect();
             // SAFETY: one pointer per read and write, each to a buffer of the
             // kernel's element count (or one element for scalar reads).
@@ -55,6 +57,13 @@ fn lowered_kernels_match_the_interpreter() {
             lowered += 1;
         }
         assert!(lowered > 0, "{spec}: no kernel lowered");
+        let reductions = kernels
+            .iter()
+            .filter(|k| {
+                unsupported(&g, k).is_none() && k.nodes.iter().any(|n| matches!(g.node(*n).op, Op::Reduce { .. }))
+            })
+            .count();
+        assert!(reductions > 0, "{spec}: no reduction kernel lowered");
         lowered_total += lowered;
     }
     assert!(lowered_total >= 20, "only {lowered_total} kernels lowered");

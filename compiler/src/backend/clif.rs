@@ -10,8 +10,10 @@
 //! Lowered today: neg, sqrt, 1/x, exp and ln (inline polynomials), add, sub,
 //! mul, div, max, min, greater, equal, constants, stop-gradient, and expand
 //! of scalars — scalar code, one element per iteration. Not yet (the kernel
-//! is reported as not lowered, never silently skipped): reductions,
-//! tanh/erf, dropout masks, f32x4.
+//! is reported as not lowered, never silently skipped): tanh/erf, dropout
+//! masks, f32x4. A kernel ending in a sum or max reduction first fills the
+//! output with the identity, then accumulates into it at the offset of each
+//! loop index (any reduced axes).
 
 use std::collections::HashMap;
 
@@ -31,11 +33,19 @@ pub fn unsupported(g: &Graph, k: &Kernel) -> Option<String> {
     if k.kind != KernelKind::Elementwise {
         return Some(format!("{:?} kernels are not lowered to Cranelift", k.kind).to_lowercase());
     }
-    let shape = k.writes.first().map(|w| g.ty(*w).shape.clone())?;
+    let shape = loop_shape(g, k)?;
     for id in &k.nodes {
         let ok = match &g.node(*id).op {
             Op::Unary { op } => matches!(op, U::Neg | U::Sqrt | U::Recip | U::Exp | U::Log),
             Op::Binary { .. } | Op::Const { .. } | Op::StopGradient => true,
+            // A reduction ends its kernel (fusion guarantees it); its output
+            // is accumulated, not computed at the loop index.
+            Op::Reduce { .. } => {
+                if Some(id) != k.nodes.last() {
+                    return Some("a reduction in the middle of a kernel".into());
+                }
+                continue;
+            }
             Op::Expand => {
                 g.ty(g.inputs(*id)[0]).shape.sample_elements() == 1 && !g.ty(g.inputs(*id)[0]).shape.has_batch()
             }
@@ -48,7 +58,7 @@ pub fn unsupported(g: &Graph, k: &Kernel) -> Option<String> {
             return Some("values of several shapes in one kernel".into());
         }
     }
-    if let Some(w) = k.writes.iter().find(|w| g.ty(**w).shape != shape) {
+    if let Some(w) = k.writes.iter().find(|w| g.ty(**w).shape != shape && !is_reduce(g, **w)) {
         return Some(format!("writes of several shapes ({} and {shape})", g.ty(*w).shape));
     }
     for r in &k.reads {
@@ -89,6 +99,40 @@ fn broadcast_plan(s: &Shape, shape: &Shape) -> Vec<(Option<u64>, Option<u64>, u6
         plan.push((size, Some(inner), *stride));
     }
     plan
+}
+
+fn is_reduce(g: &Graph, id: NodeId) -> bool {
+    matches!(g.node(id).op, Op::Reduce { .. })
+}
+
+/// The shape the kernel's loop runs over: a reduction's operand, or what the
+/// kernel writes.
+pub fn loop_shape(g: &Graph, k: &Kernel) -> Option<Shape> {
+    match k.nodes.last() {
+        Some(r) if is_reduce(g, *r) => Some(g.ty(g.inputs(*r)[0]).shape.clone()),
+        _ => k.writes.first().map(|w| g.ty(*w).shape.clone()),
+    }
+}
+
+/// The element offset of an operand of shape `s` read (or, for a reduction's
+/// output, accumulated) at loop index `i` of a loop over `shape`:
+/// Σ (i / inner_d mod size_d)·stride_d.
+fn operand_offset(b: &mut FunctionBuilder, i: Value, s: &Shape, shape: &Shape) -> Value {
+    let mut elem = b.ins().iconst(types::I64, 0);
+    for (size, inner, stride) in broadcast_plan(s, shape) {
+        if stride == 0 {
+            continue;
+        }
+        let inner = inner.unwrap_or(1) as i64;
+        let q = if inner == 1 { i } else { b.ins().udiv_imm_u(i, inner) };
+        let idx = match size {
+            Some(n) => b.ins().urem_imm_u(q, n as i64),
+            None => q,
+        };
+        let t = b.ins().imul_imm_s(idx, stride as i64);
+        elem = b.ins().iadd(elem, t);
+    }
+    elem
 }
 
 fn is_scalar(g: &Graph, id: NodeId) -> bool {
@@ -243,6 +287,7 @@ impl Jit {
         b.append_block_params_for_function_params(entry);
         b.switch_to_block(entry);
         let (args, n) = (b.block_params(entry)[0], b.block_params(entry)[1]);
+        let shape = loop_shape(g, k).unwrap_or_else(|| Shape::scalar());
         let flags = MemFlagsData::trusted();
         // Pointers of every operand; scalars loaded once.
         let slots: Vec<NodeId> = k.reads.iter().chain(&k.writes).copied().collect();
@@ -257,7 +302,39 @@ impl Jit {
             }
         }
         let zero = b.ins().iconst(types::I64, 0);
-        b.ins().jump(header, &[zero.into()]);
+        // A reduction's output starts at its identity (0 for sums, −∞ for
+        // maxima): one loop over its m elements first.
+        if let Some(r) = k.nodes.last().filter(|r| is_reduce(g, **r)) {
+            let out_shape = g.ty(*r).shape.clone();
+            let fixed = |s: &Shape| s.0.iter().map(|d| if let Dim::Fixed(n) = d { *n } else { 1 }).product::<u64>();
+            let m = if out_shape.has_batch() {
+                let per = b.ins().udiv_imm_u(n, fixed(&shape) as i64);
+                b.ins().imul_imm_s(per, fixed(&out_shape) as i64)
+            } else {
+                b.ins().iconst(types::I64, fixed(&out_shape) as i64)
+            };
+            let identity = match g.node(*r).op {
+                Op::Reduce { op: crate::ir::ReduceOp::Max, .. } => b.ins().f32const(f32::NEG_INFINITY),
+                _ => b.ins().f32const(0.0),
+            };
+            let (init_head, init_body) = (b.create_block(), b.create_block());
+            b.append_block_param(init_head, types::I64);
+            b.append_block_param(init_body, types::I64);
+            b.ins().jump(init_head, &[zero.into()]);
+            b.switch_to_block(init_head);
+            let j = b.block_params(init_head)[0];
+            let more = b.ins().icmp(cranelift_codegen::ir::condcodes::IntCC::SignedLessThan, j, m);
+            b.ins().brif(more, init_body, &[j.into()], header, &[zero.into()]);
+            b.switch_to_block(init_body);
+            let j = b.block_params(init_body)[0];
+            let off = b.ins().imul_imm_s(j, 4);
+            let addr = b.ins().iadd(ptrs[r], off);
+            b.ins().store(flags, identity, addr, 0);
+            let next = b.ins().iadd_imm_s(j, 1);
+            b.ins().jump(init_head, &[next.into()]);
+        } else {
+            b.ins().jump(header, &[zero.into()]);
+        }
         // header(i): i < n ? body(i) : exit
         b.append_block_param(header, types::I64);
         b.switch_to_block(header);
@@ -269,7 +346,6 @@ impl Jit {
         let i = b.block_params(body)[0];
         let offset = b.ins().imul_imm_s(i, 4);
         let mut vals: HashMap<NodeId, Value> = scalars.clone();
-        let shape = g.ty(k.writes[0]).shape.clone();
         for r in &k.reads {
             if vals.contains_key(r) {
                 continue;
@@ -277,21 +353,8 @@ impl Jit {
             let addr = if g.ty(*r).shape == shape {
                 b.ins().iadd(ptrs[r], offset)
             } else {
-                // A broadcast operand: element offset Σ (i / inner_d mod size_d)·stride_d.
-                let mut elem = b.ins().iconst(types::I64, 0);
-                for (size, inner, stride) in broadcast_plan(&g.ty(*r).shape, &shape) {
-                    if stride == 0 {
-                        continue;
-                    }
-                    let inner = inner.unwrap_or(1) as i64;
-                    let q = if inner == 1 { i } else { b.ins().udiv_imm_u(i, inner) };
-                    let idx = match size {
-                        Some(n) => b.ins().urem_imm_u(q, n as i64),
-                        None => q,
-                    };
-                    let t = b.ins().imul_imm_s(idx, stride as i64);
-                    elem = b.ins().iadd(elem, t);
-                }
+                // A broadcast operand: read at its own offset.
+                let elem = operand_offset(&mut b, i, &g.ty(*r).shape, &shape);
                 let bytes = b.ins().imul_imm_s(elem, 4);
                 b.ins().iadd(ptrs[r], bytes)
             };
@@ -338,11 +401,29 @@ impl Jit {
                         }
                     }
                 }
+                Op::Reduce { op, .. } => {
+                    // out[o(i)] ← out[o(i)] ⊕ x[i]
+                    let o = operand_offset(&mut b, i, &g.ty(*id).shape, &shape);
+                    let bytes = b.ins().imul_imm_s(o, 4);
+                    let addr = b.ins().iadd(ptrs[id], bytes);
+                    let acc = b.ins().load(types::F32, flags, addr, 0);
+                    let x = arg(0);
+                    let v = match op {
+                        crate::ir::ReduceOp::Sum => b.ins().fadd(acc, x),
+                        // As the interpreter: a larger value or a NaN wins.
+                        crate::ir::ReduceOp::Max => {
+                            let c = b.ins().fcmp(FloatCC::UnorderedOrGreaterThan, x, acc);
+                            b.ins().select(c, x, acc)
+                        }
+                    };
+                    b.ins().store(flags, v, addr, 0);
+                    continue;
+                }
                 _ => b.ins().f32const(f32::NAN),
             };
             vals.insert(*id, v);
         }
-        for w in &k.writes {
+        for w in k.writes.iter().filter(|w| !is_reduce(g, **w)) {
             let addr = b.ins().iadd(ptrs[w], offset);
             b.ins().store(flags, vals[w], addr, 0);
         }
