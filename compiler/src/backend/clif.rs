@@ -287,7 +287,7 @@ impl Jit {
         b.append_block_params_for_function_params(entry);
         b.switch_to_block(entry);
         let (args, n) = (b.block_params(entry)[0], b.block_params(entry)[1]);
-        let shape = loop_shape(g, k).unwrap_or_else(|| Shape::scalar());
+        let shape = loop_shape(g, k).unwrap_or_else(Shape::scalar);
         let flags = MemFlagsData::trusted();
         // Pointers of every operand; scalars loaded once.
         let slots: Vec<NodeId> = k.reads.iter().chain(&k.writes).copied().collect();
