@@ -9,7 +9,7 @@
 //!
 //! Lowered today: neg, sqrt, 1/x, exp and ln (inline polynomials), add, sub,
 //! mul, div, max, min, greater, equal, constants, stop-gradient, and expand
-//! of scalars — scalar code, one element per iteration. Not yet (the kernel
+//! of operands read from other kernels — scalar code, one element per iteration. Not yet (the kernel
 //! is reported as not lowered, never silently skipped): tanh/erf, dropout
 //! masks, f32x4. A kernel ending in a sum or max reduction first fills the
 //! output with the identity, then accumulates into it at the offset of each
@@ -46,9 +46,8 @@ pub fn unsupported(g: &Graph, k: &Kernel) -> Option<String> {
                 }
                 continue;
             }
-            Op::Expand => {
-                g.ty(g.inputs(*id)[0]).shape.sample_elements() == 1 && !g.ty(g.inputs(*id)[0]).shape.has_batch()
-            }
+            // Expanding a read is reading it at the broadcast offset.
+            Op::Expand => k.reads.contains(&g.inputs(*id)[0]),
             other => return Some(format!("`{}` is not lowered yet", other.name())),
         };
         if !ok {
