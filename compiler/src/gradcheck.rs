@@ -11,32 +11,7 @@ use crate::interp::{self, Tensor};
 use crate::ir::lower::{self, Mode};
 use crate::ir::{DType, Dim, Graph, NodeId, Op, Role};
 
-/// A small deterministic generator (splitmix64): the same seed gives the
-/// same inputs on every machine.
-pub struct Rng(u64);
-
-impl Rng {
-    pub fn new(seed: u64) -> Rng {
-        Rng(seed)
-    }
-
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in [lo, hi).
-    pub fn uniform(&mut self, lo: f64, hi: f64) -> f64 {
-        lo + (hi - lo) * ((self.next_u64() >> 11) as f64 / (1u64 << 53) as f64)
-    }
-
-    pub fn below(&mut self, n: u64) -> u64 {
-        self.next_u64() % n.max(1)
-    }
-}
+pub use crate::rng::Rng;
 
 /// The concrete shape of `shape` for a batch of `batch`.
 pub fn concrete(shape: &crate::ir::Shape, batch: usize) -> Vec<usize> {

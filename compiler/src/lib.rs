@@ -13,6 +13,7 @@ pub mod gradcheck;
 pub mod interp;
 pub mod ir;
 pub mod passes;
+pub mod rng;
 pub mod source;
 pub mod step;
 pub mod summary;

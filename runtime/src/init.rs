@@ -28,7 +28,7 @@ pub fn init(model: &ModelInfo, seed: u64) -> Tensors {
             _ => None,
         };
         let mut uniform =
-            |bound: f64| -> Vec<f32> { (0..n).map(|_| ((rng.uniform() * 2.0 - 1.0) * bound) as f32).collect() };
+            |bound: f64| -> Vec<f32> { (0..n).map(|_| ((rng.uniform(0.0, 1.0) * 2.0 - 1.0) * bound) as f32).collect() };
         let data = match (layer, suffix) {
             (Some(Layer::Dense { .. } | Layer::Conv2d { .. }), _) => uniform(1.0 / fan_in(model, p).sqrt()),
             (Some(Layer::Layernorm { .. }), "weight") => vec![1.0; n],
