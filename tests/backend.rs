@@ -99,7 +99,7 @@ fn jit_unary(op: modelc_compiler::ir::UnaryOp, xs: &[f32]) -> Vec<f32> {
 
 /// The inline polynomials' worst error against f64 (the note quotes these).
 #[test]
-fn exp_and_log_polynomials_are_accurate() {
+fn exp_log_and_tanh_polynomials_are_accurate() {
     use modelc_compiler::ir::UnaryOp;
     let xs: Vec<f32> = (-8000..=8000).map(|i| i as f32 * 0.01).collect();
     let ys = jit_unary(UnaryOp::Exp, &xs);
@@ -126,5 +126,17 @@ fn exp_and_log_polynomials_are_accurate() {
     assert_eq!(special[0], f32::NEG_INFINITY);
     assert!(special[1].is_nan() && special[3].is_nan());
     assert_eq!(special[2], f32::INFINITY);
-    println!("worst error against f64: exp {worst_exp:.2e} (relative), log {worst_log:.2e}");
+    let xs: Vec<f32> = (-2000..=2000).map(|i| i as f32 * 0.005).chain([1e-6, -3e-5, 30.0, -30.0]).collect();
+    let ys = jit_unary(UnaryOp::Tanh, &xs);
+    let worst_tanh = xs
+        .iter()
+        .zip(&ys)
+        .map(|(x, y)| {
+            let t = (*x as f64).tanh();
+            ((*y as f64) - t).abs() / t.abs().max(1e-30)
+        })
+        .fold(0.0, f64::max);
+    assert!(worst_tanh <= 4e-7, "tanh: worst relative error {worst_tanh:e}");
+    assert!(jit_unary(UnaryOp::Tanh, &[f32::NAN])[0].is_nan());
+    println!("worst error against f64: exp {worst_exp:.2e} (relative), log {worst_log:.2e}, tanh {worst_tanh:.2e} (relative)");
 }

@@ -7,10 +7,10 @@
 //! loop index; scalar operands are loaded once before the loop; other
 //! broadcast operands are read at an offset computed from the loop index.
 //!
-//! Lowered today: neg, sqrt, 1/x, exp and ln (inline polynomials), add, sub,
+//! Lowered today: neg, sqrt, 1/x, exp, ln and tanh (inline polynomials), add, sub,
 //! mul, div, max, min, greater, equal, constants, stop-gradient, and expand
 //! of operands read from other kernels — scalar code, one element per iteration. Not yet (the kernel
-//! is reported as not lowered, never silently skipped): tanh/erf, dropout
+//! is reported as not lowered, never silently skipped): erf, dropout
 //! masks, f32x4. A kernel ending in a sum or max reduction first fills the
 //! output with the identity, then accumulates into it at the offset of each
 //! loop index (any reduced axes).
@@ -36,7 +36,7 @@ pub fn unsupported(g: &Graph, k: &Kernel) -> Option<String> {
     let shape = loop_shape(g, k)?;
     for id in &k.nodes {
         let ok = match &g.node(*id).op {
-            Op::Unary { op } => matches!(op, U::Neg | U::Sqrt | U::Recip | U::Exp | U::Log),
+            Op::Unary { op } => matches!(op, U::Neg | U::Sqrt | U::Recip | U::Exp | U::Log | U::Tanh),
             Op::Binary { .. } | Op::Const { .. } | Op::StopGradient => true,
             // A reduction ends its kernel (fusion guarantees it); its output
             // is accumulated, not computed at the loop index.
@@ -247,6 +247,35 @@ fn log(b: &mut FunctionBuilder, x: Value) -> Value {
     b.ins().select(bad, nan, r)
 }
 
+/// tanh x in f32 (Cephes' tanhf): an odd polynomial below |x| = 0.625,
+/// 1 − 2/(e^{2|x|} + 1) with the sign restored above (which saturates to ±1
+/// through `exp`'s clamp). NaN stays NaN.
+#[allow(clippy::excessive_precision)] // Cephes' coefficients as published; f32 rounds them.
+fn tanh(b: &mut FunctionBuilder, x: Value) -> Value {
+    let ax = b.ins().fabs(x);
+    // Small |x|: x + x·z·P(z), z = x².
+    let z = b.ins().fmul(x, x);
+    let p = horner(b, z, &[-5.704_988_7e-3, 2.063_908_9e-2, -5.373_971_6e-2, 1.333_144_2e-1, -3.333_328_2e-1]);
+    let pz = b.ins().fmul(p, z);
+    let pzx = b.ins().fmul(pz, x);
+    let small = b.ins().fadd(pzx, x);
+    // Large |x|: sign(x)·(1 − 2/(e^{2|x|} + 1)).
+    let two = b.ins().f32const(2.0);
+    let t = b.ins().fmul(ax, two);
+    let e = exp(b, t);
+    let one = b.ins().f32const(1.0);
+    let d = b.ins().fadd(e, one);
+    let q = b.ins().fdiv(two, d);
+    let mag = b.ins().fsub(one, q);
+    let large = b.ins().fcopysign(mag, x);
+    let limit = b.ins().f32const(0.625);
+    let is_small = b.ins().fcmp(FloatCC::LessThan, ax, limit);
+    let r = b.ins().select(is_small, small, large);
+    // NaN: the comparison is false, so `large` was picked; keep the NaN.
+    let is_nan = b.ins().fcmp(FloatCC::Unordered, x, x);
+    b.ins().select(is_nan, x, r)
+}
+
 /// A JIT holding compiled kernels.
 pub struct Jit {
     module: JITModule,
@@ -371,6 +400,7 @@ impl Jit {
                     U::Sqrt => b.ins().sqrt(arg(0)),
                     U::Exp => exp(&mut b, arg(0)),
                     U::Log => log(&mut b, arg(0)),
+                    U::Tanh => tanh(&mut b, arg(0)),
                     _ => {
                         let one = b.ins().f32const(1.0);
                         b.ins().fdiv(one, arg(0))
