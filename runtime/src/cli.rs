@@ -238,8 +238,8 @@ fn check(files: &[PathBuf], out: &mut dyn Write, err: &mut dyn Write, color: boo
     let mut failed = 0;
     for path in files {
         match load(path, err, color) {
-            Ok(Some((sources, program))) => {
-                let _ = writeln!(out, "ok    {}: {}", path.display(), one_line(&sources, &program));
+            Ok(Some((_, program))) => {
+                let _ = writeln!(out, "ok    {}: {}", path.display(), one_line(&program));
             }
             Ok(None) => failed += 1,
             Err(e) => {
@@ -255,9 +255,8 @@ fn check(files: &[PathBuf], out: &mut dyn Write, err: &mut dyn Write, color: boo
 }
 
 /// What a valid file holds, in one line.
-fn one_line(sources: &Sources, p: &Program) -> String {
+fn one_line(p: &Program) -> String {
     let root = modelc_compiler::FileId(0);
-    let _ = sources;
     let mut parts = Vec::new();
     for m in p.models.iter().filter(|m| m.file == root) {
         parts.push(format!("model {} ({} parameters)", m.name, render::thousands(m.param_count())));

@@ -58,7 +58,7 @@ pub struct Interpreter {
 }
 
 fn concrete(dims: &[Dim], n: usize) -> Vec<usize> {
-    dims.iter().map(|d| if let Dim::Fixed(k) = d { *k as usize } else { n }).collect()
+    modelc_compiler::gradcheck::concrete(&modelc_compiler::ir::Shape(dims.to_vec()), n)
 }
 
 impl Interpreter {
@@ -117,29 +117,36 @@ impl Executor for Interpreter {
     }
 
     fn train_step(&mut self, batch: &Batch, lr: f64, step: u64, seed: u64) -> Result<Stats, String> {
-        let mut inputs = self.feed(batch);
-        for (k, v) in &self.values {
-            inputs.insert(k.clone(), v.clone());
-        }
+        // Parameters and state move into the inputs and back, never copied.
+        let mut inputs = std::mem::take(&mut self.values);
+        let (data, target) = (self.data.0.clone(), self.target.0.clone());
+        inputs.extend(self.feed(batch));
         inputs.insert("lr".into(), Tensor::scalar(lr));
         inputs.insert("step".into(), Tensor::scalar(step as f64));
         inputs.insert("seed".into(), Tensor::scalar(seed as f64));
-        let out = interp::outputs(&self.step, &inputs)?;
-        for (name, t) in &out {
-            if let Some(target) = name.strip_prefix("new.") {
-                self.values.insert(target.to_string(), t.clone());
+        let out = interp::outputs(&self.step, &inputs);
+        for k in [data.as_str(), target.as_str(), "lr", "step", "seed"] {
+            inputs.remove(k);
+        }
+        self.values = inputs;
+        let mut out = out?;
+        let updated: Vec<String> = out.keys().filter(|k| k.starts_with("new.")).cloned().collect();
+        for name in updated {
+            if let Some(t) = out.remove(&name) {
+                self.values.insert(name["new.".len()..].to_string(), t);
             }
         }
         Ok(Self::stats(&out))
     }
 
     fn evaluate(&mut self, batch: &Batch) -> Result<Stats, String> {
-        let mut inputs = self.feed(batch);
-        for p in &self.params {
-            inputs.insert(p.clone(), self.values[p].clone());
-        }
-        let out = interp::outputs(&self.eval, &inputs)?;
-        Ok(Self::stats(&out))
+        let mut inputs = std::mem::take(&mut self.values);
+        inputs.extend(self.feed(batch));
+        let out = interp::outputs(&self.eval, &inputs);
+        inputs.remove(&self.data.0);
+        inputs.remove(&self.target.0);
+        self.values = inputs;
+        Ok(Self::stats(&out?))
     }
 
     fn parameters(&self) -> Tensors {

@@ -392,8 +392,7 @@ pub fn infer(layer: &Layer, inputs: &[TensorType]) -> Result<TensorType, ShapeEr
             f32_out(Shape(out))
         }
         Layer::Conv2d { filters, kernel, stride, padding, .. } => {
-            let (c, h, w) = image_dims(s).ok_or_else(|| image_error(s, "conv2d"))?;
-            let _ = c;
+            let (_, h, w) = image_dims(s).ok_or_else(|| image_error(s, "conv2d"))?;
             let oh = window_out(h, kernel.0, stride.0, padding.0);
             let ow = window_out(w, kernel.1, stride.1, padding.1);
             match (oh, ow) {

@@ -42,6 +42,8 @@ pub fn check(sources: &Sources) -> (Program, Vec<Located>) {
     // Models first, from every file, so train and finetune blocks anywhere can
     // refer to them.
     let mut model_asts: BTreeMap<String, (FileId, &ast::Model)> = BTreeMap::new();
+    // Each model's own errors, so a finetune reports only what it adds.
+    let mut model_errors: HashMap<String, Vec<Located>> = HashMap::new();
     for id in sources.ids() {
         for item in &sources.file(id).ast.items {
             let Item::Model(m) = item else { continue };
@@ -60,7 +62,8 @@ pub fn check(sources: &Sources) -> (Program, Vec<Located>) {
             }
             model_asts.insert(m.name.name.clone(), (id, m));
             let (info, errs) = model::ModelChecker::new(id, model::Overrides::default()).check(m);
-            errors.extend(errs);
+            errors.extend(errs.iter().cloned());
+            model_errors.insert(m.name.name.clone(), errs);
             program.models.push(info);
         }
     }
@@ -127,7 +130,7 @@ pub fn check(sources: &Sources) -> (Program, Vec<Located>) {
                         }
                         continue;
                     };
-                    if let Some(info) = finetune(f, id, base_file, base_ast, &mut errors) {
+                    if let Some(info) = finetune(f, id, base_file, base_ast, &model_errors[&f.base.name], &mut errors) {
                         program.finetunes.push(info);
                     }
                 }
@@ -147,6 +150,7 @@ fn finetune(
     file: FileId,
     base_file: FileId,
     base: &ast::Model,
+    base_errors: &[Located],
     errors: &mut Vec<Located>,
 ) -> Option<FinetuneInfo> {
     let mut overrides = model::Overrides { file: Some(file), ..Default::default() };
@@ -224,8 +228,7 @@ fn finetune(
     let (model, model_errors): (ModelInfo, Vec<Located>) = model::ModelChecker::new(base_file, overrides).check(base);
     // Errors in the base model's own lines were reported when it was checked
     // alone; keep only those that the finetune's changes cause.
-    let before: Vec<Located> = model::ModelChecker::new(base_file, model::Overrides::default()).check(base).1;
-    let new_errors: Vec<Located> = model_errors.into_iter().filter(|e| !before.contains(e)).collect();
+    let new_errors: Vec<Located> = model_errors.into_iter().filter(|e| !base_errors.contains(e)).collect();
     let had_errors = !new_errors.is_empty();
     // When a replacement or target named nothing, what follows from the
     // unchanged model is noise.

@@ -10,7 +10,7 @@ use modelc_grammar::ast::{self, Arg, BinOp, Call, Expr, ExprKind, Span, Stmt, Ty
 use super::args::{self, constant, Value};
 use super::layers::{self, Inputs, Kind, Layer, Loss, Metric};
 use super::types::{DType, Dim, Shape, TensorType};
-use crate::diag::{closest, did_you_mean, CheckError, Error, Located};
+use crate::diag::{did_you_mean, CheckError, Error, Located};
 use crate::source::FileId;
 
 /// The most iterations one `repeat` may have.
@@ -86,11 +86,6 @@ pub struct ModelInfo {
 impl ModelInfo {
     pub fn param_count(&self) -> u64 {
         self.params.iter().fold(0u64, |a, p| a.saturating_add(p.elements()))
-    }
-
-    /// The declaration span of an input or target node by name.
-    pub fn decl_span(&self, node: usize) -> Span {
-        self.nodes[node].span
     }
 }
 
@@ -222,11 +217,6 @@ impl<'a> ModelChecker<'a> {
                 span: model.name.span.into(),
                 help: Some("declare one, e.g. `loss cross_entropy(logits, label)`".into()),
             });
-        }
-        for name in self.overrides.replace.keys() {
-            if !self.bindings.contains_key(name) {
-                // Reported by the finetune checker, which knows the span.
-            }
         }
         let has_errors = !self.errors.is_empty() || self.broken_input || self.broken_loss || self.broken_any;
         let info = ModelInfo {
@@ -939,19 +929,7 @@ impl<'a> ModelChecker<'a> {
                 }
             } else {
                 let inner_ctx = if is_fn { Ctx::Layer } else { ctx };
-                let saved = self.naming.take();
-                // Inputs evaluated inside a loss or metric count as their own layers.
-                self.naming = saved.as_ref().map(|n| BindNaming {
-                    scope: n.scope.clone(),
-                    layer_calls: n.layer_calls,
-                    param_layers: n.param_layers,
-                    next: n.next,
-                });
-                let r = self.expr(&a.value, inner_ctx);
-                if let (Some(s), Some(n)) = (saved, self.naming.take()) {
-                    self.naming = Some(BindNaming { next: n.next, ..s });
-                }
-                r
+                self.expr(&a.value, inner_ctx)
             };
             inputs.push((node, a.value.span));
         }
@@ -1277,9 +1255,4 @@ fn snippet(e: &Expr) -> String {
 pub fn names_list(kind: Kind) -> String {
     let v: Vec<&str> = layers::names(kind).collect();
     args::one_of(&v)
-}
-
-/// Closest visible candidate, used by the finetune checker too.
-pub fn suggest<'a>(name: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<String> {
-    closest(name, candidates).map(|c| format!("did you mean `{c}`?"))
 }

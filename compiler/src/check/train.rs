@@ -881,7 +881,7 @@ impl<'a> SettingsChecker<'a> {
         trainable: &mut BTreeSet<String>,
     ) -> Option<StageInfo> {
         let raw = self.collect(&st.settings, Block::Stage);
-        let (own, spans) = self.common(&raw, &model.name, self.file, st.span);
+        let (own, _) = self.common(&raw, &model.name, self.file, st.span);
         let block = format!("stage `{}`", st.name.name);
         self.require(&raw, "epochs", block.clone(), st.name.span, "add e.g. `epochs 2`");
         if parent.optimizer.is_none() && !raw.seen.contains_key("optimizer") && !raw.broken.contains("optimizer") {
@@ -950,8 +950,7 @@ impl<'a> SettingsChecker<'a> {
                 let Some(sel) = self.select(k, std::slice::from_ref(a), model, "scale") else {
                     continue;
                 };
-                if let Some(frozen) = sel.iter().find(|p| !trainable.contains(*p)) {
-                    let _ = frozen;
+                if sel.iter().any(|p| !trainable.contains(p)) {
                     self.err(CheckError::Conflict {
                         message: format!(
                             "`{}` is frozen in stage `{}`, so its learning rate cannot be scaled",
@@ -969,7 +968,6 @@ impl<'a> SettingsChecker<'a> {
                 }
             }
         }
-        let _ = spans;
         Some(StageInfo {
             name: st.name.name.clone(),
             epochs: own.epochs,
