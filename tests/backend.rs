@@ -42,7 +42,7 @@ fn lowered_kernels_match_the_interpreter() {
             let ptrs: Vec<*mut f32> = bufs.iter_mut().map(|b| b.as_mut_ptr()).collect();
             // SAFETY: one pointer per read and write, each to a buffer of the
             // kernel's element count (or one element for scalar reads).
-            unsafe { f(ptrs.as_ptr(), n) };
+            unsafe { f(ptrs.as_ptr(), n, 0, n) };
             for (j, w) in k.writes.iter().enumerate() {
                 let got = &bufs[k.reads.len() + j];
                 for (a, b) in got.iter().zip(&values[w].data) {
@@ -93,7 +93,7 @@ fn jit_unary(op: modelc_compiler::ir::UnaryOp, xs: &[f32]) -> Vec<f32> {
     let mut out = vec![0.0f32; xs.len()];
     let ptrs = [input.as_mut_ptr(), out.as_mut_ptr()];
     // SAFETY: one read and one write buffer of xs.len() elements each.
-    unsafe { f(ptrs.as_ptr(), xs.len() as i64) };
+    unsafe { f(ptrs.as_ptr(), xs.len() as i64, 0, xs.len() as i64) };
     out
 }
 

@@ -3,6 +3,7 @@
 mod backend;
 mod checker;
 mod checkpoint;
+mod compiled;
 mod cli;
 mod data;
 mod ir;

@@ -92,6 +92,9 @@ enum Command {
         /// Continue from the last checkpoint and optimizer state in the output folder.
         #[arg(long)]
         resume: bool,
+        /// Which executor runs the model: compiled native code, or the f64 reference interpreter (slow; for checking).
+        #[arg(long, value_enum, default_value_t = ExecutorKind::Cpu)]
+        executor: ExecutorKind,
     },
     /// Evaluate a checkpoint on the test data of the train block.
     Eval {
@@ -107,6 +110,9 @@ enum Command {
         /// Replaces the data path of the spec.
         #[arg(long)]
         data: Option<PathBuf>,
+        /// Which executor runs the model: compiled native code, or the f64 reference interpreter (slow; for checking).
+        #[arg(long, value_enum, default_value_t = ExecutorKind::Cpu)]
+        executor: ExecutorKind,
     },
     /// Predict the class of every sample of an IDX image file or a CSV file.
     Predict {
@@ -120,6 +126,9 @@ enum Command {
         input: PathBuf,
         #[arg(long)]
         limit: Option<usize>,
+        /// Which executor runs the model: compiled native code, or the f64 reference interpreter (slow; for checking).
+        #[arg(long, value_enum, default_value_t = ExecutorKind::Cpu)]
+        executor: ExecutorKind,
     },
     /// Print generated code: the CLIF of every kernel the CPU backend lowers.
     Emit {
@@ -152,6 +161,26 @@ enum Stage {
     Train,
     Optimized,
     Kernels,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum ExecutorKind {
+    /// Native code: Cranelift kernels and gemm, f32.
+    Cpu,
+    /// The f64 reference interpreter.
+    Interp,
+}
+
+fn executor(
+    kind: ExecutorKind,
+    model: &ModelInfo,
+    cfg: &modelc_compiler::step::StepConfig,
+    init: &crate::checkpoint::Tensors,
+) -> Result<Box<dyn crate::exec::Executor>> {
+    Ok(match kind {
+        ExecutorKind::Cpu => Box::new(crate::exec::Compiled::new(model, cfg, init)?),
+        ExecutorKind::Interp => Box::new(crate::exec::Interpreter::new(model, cfg, init)?),
+    })
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -195,15 +224,15 @@ pub fn run(args: impl IntoIterator<Item = OsString>, out: &mut dyn Write, err: &
         Command::Graph { file, model, stage, format, batch } => {
             graph(&file, model.as_deref(), stage, format, batch, out, err, color)
         }
-        Command::Train { file, model, epochs, batch, seed, limit, test_limit, out: dir, run, set, resume } => {
+        Command::Train { file, model, epochs, batch, seed, limit, test_limit, out: dir, run, set, resume, executor } => {
             let flags = RunFile { epochs, batch, seed, limit, test_limit, data: None, out: dir };
-            train(&file, model.as_deref(), flags, run.as_deref(), &set, resume, out, err, color)
+            train(&file, model.as_deref(), flags, run.as_deref(), &set, resume, executor, out, err, color)
         }
-        Command::Eval { file, model, weights, limit, data } => {
-            eval(&file, model.as_deref(), &weights, limit, data, out, err, color)
+        Command::Eval { file, model, weights, limit, data, executor } => {
+            eval(&file, model.as_deref(), &weights, limit, data, executor, out, err, color)
         }
-        Command::Predict { file, model, weights, input, limit } => {
-            predict(&file, model.as_deref(), &weights, &input, limit, out, err, color)
+        Command::Predict { file, model, weights, input, limit, executor } => {
+            predict(&file, model.as_deref(), &weights, &input, limit, executor, out, err, color)
         }
         Command::Emit { file, model, target: Target::Clif } => emit(&file, model.as_deref(), out, err, color),
         Command::Gradcheck { file, model, batch, samples, seed } => {
@@ -592,6 +621,7 @@ fn train(
     run: Option<&std::path::Path>,
     sets: &[String],
     resume: bool,
+    kind: ExecutorKind,
     out: &mut dyn Write,
     err: &mut dyn Write,
     color: bool,
@@ -631,8 +661,8 @@ fn train(
     let data_source = info.data.as_ref().ok_or("the train block has no data")?;
     let data = crate::train::load(data_source, &model, info, &opts)?;
     let init = crate::init::init(&model, opts.seed.unwrap_or(info.seed));
-    let mut exec = crate::exec::Interpreter::new(&model, &cfg, &init)?;
-    let outcome = crate::train::run(&mut exec, &model, info, &data, &opts, out)?;
+    let mut exec = executor(kind, &model, &cfg, &init)?;
+    let outcome = crate::train::run(exec.as_mut(), &model, info, &data, &opts, out)?;
     let _ = writeln!(out, "log: {}", outcome.log.display());
     let _ = writeln!(out, "checkpoint: {}", outcome.last.display());
     if let Some(b) = &outcome.best {
@@ -646,7 +676,8 @@ fn with_weights(
     program: &Program,
     only: Option<&str>,
     weights: &std::path::Path,
-) -> Result<(ModelInfo, modelc_compiler::check::TrainInfo, crate::exec::Interpreter)> {
+    kind: ExecutorKind,
+) -> Result<(ModelInfo, modelc_compiler::check::TrainInfo, Box<dyn crate::exec::Executor>)> {
     let (model, cfg) = select(program, only)?;
     let info = program
         .trains
@@ -659,8 +690,7 @@ fn with_weights(
         model.params.iter().map(|p| (p.name.clone(), p.shape.iter().map(|d| *d as usize).collect())).collect();
     let loaded = crate::checkpoint::load(weights).map_err(|e| e.to_string())?;
     let tensors = crate::checkpoint::validate(weights, loaded, &expected, &[]).map_err(|e| e.to_string())?;
-    let mut exec = crate::exec::Interpreter::new(&model, &cfg, &tensors)?;
-    crate::exec::Executor::set_parameters(&mut exec, &tensors);
+    let exec = executor(kind, &model, &cfg, &tensors)?;
     Ok((model, info, exec))
 }
 
@@ -671,12 +701,13 @@ fn eval(
     weights: &std::path::Path,
     limit: Option<usize>,
     data: Option<PathBuf>,
+    kind: ExecutorKind,
     out: &mut dyn Write,
     err: &mut dyn Write,
     color: bool,
 ) -> Result<i32> {
     let Some((_, program)) = load(path, err, color)? else { return Ok(1) };
-    let (model, info, mut exec) = with_weights(&program, only, weights)?;
+    let (model, info, mut exec) = with_weights(&program, only, weights, kind)?;
     let opts = crate::train::Options { test_limit: limit, data, ..Default::default() };
     let source = info.data.as_ref().ok_or("the train block has no data")?;
     let sets = crate::train::load(source, &model, &info, &opts)?;
@@ -686,7 +717,7 @@ fn eval(
         (None, None) => ("training", &sets.train),
     };
     let batch = info.batch.max(1) as usize;
-    let e = crate::train::evaluate(&mut exec, set, batch)?;
+    let e = crate::train::evaluate(exec.as_mut(), set, batch)?;
     let _ = writeln!(out, "{} on {} {name} samples: loss {:.4}", model.name, set.len, e.loss);
     if let Some(a) = e.accuracy {
         let _ = writeln!(out, "accuracy   {:.2}%", 100.0 * a);
@@ -718,12 +749,13 @@ fn predict(
     weights: &std::path::Path,
     input: &std::path::Path,
     limit: Option<usize>,
+    kind: ExecutorKind,
     out: &mut dyn Write,
     err: &mut dyn Write,
     color: bool,
 ) -> Result<i32> {
     let Some((_, program)) = load(path, err, color)? else { return Ok(1) };
-    let (model, info, mut exec) = with_weights(&program, only, weights)?;
+    let (model, info, mut exec) = with_weights(&program, only, weights, kind)?;
     let is_csv = input.extension().is_some_and(|e| e == "csv");
     let mut set = if is_csv {
         let text = std::fs::read_to_string(input).map_err(|e| format!("cannot read {}: {e}", input.display()))?;
@@ -765,7 +797,7 @@ fn predict(
     for idx in crate::data::batches(&order, batch) {
         set.gather(idx, &mut x, &mut y);
         let s =
-            crate::exec::Executor::evaluate(&mut exec, &crate::exec::Batch { n: idx.len(), features: &x, labels: &y })?;
+            exec.evaluate(&crate::exec::Batch { n: idx.len(), features: &x, labels: &y })?;
         for p in &s.predictions {
             let _ = writeln!(out, "{index}\t{p}");
             index += 1;

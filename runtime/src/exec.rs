@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 
+use modelc_compiler::backend::cpu::Program;
 use modelc_compiler::check::ModelInfo;
 use modelc_compiler::interp::{self, Tensor};
 use modelc_compiler::ir::lower::{self, Mode};
@@ -177,5 +178,145 @@ impl Executor for Interpreter {
         let mut names: Vec<&String> = self.values.keys().collect();
         names.sort();
         names.into_iter().find(|n| self.values[*n].data.iter().any(|v| !v.is_finite())).cloned()
+    }
+}
+
+/// The compiled CPU executor: the training step and the evaluation graph as
+/// native code ([`modelc_compiler::backend::cpu::Program`]), sharing one copy
+/// of the parameters. f32 throughout.
+pub struct Compiled {
+    step: Program,
+    eval: Program,
+    data: String,
+    target: String,
+    /// Parameters and optimizer state. The boxes never move or change size:
+    /// both programs point into them.
+    tensors: HashMap<String, (Vec<usize>, Box<[f32]>)>,
+    params: Vec<String>,
+}
+
+impl Compiled {
+    /// Compiles `model`'s training step and evaluation graph to native code;
+    /// starts from `init` parameters and zero optimizer state.
+    pub fn new(model: &ModelInfo, cfg: &StepConfig, init: &Tensors) -> Result<Compiled, String> {
+        let mut step_graph = training_step(model, cfg).map_err(|e| e.to_string())?;
+        passes::optimize(&mut step_graph);
+        let mut eval_graph = lower::forward(model, Mode::Eval).map_err(|e| e.to_string())?;
+        passes::optimize(&mut eval_graph);
+        let one = |g: &Graph, r: Role| -> Result<String, String> {
+            let v = g.inputs_of(r);
+            match v.as_slice() {
+                [(name, _)] => Ok(name.clone()),
+                _ => Err(format!("the trainer needs exactly one {r:?} input, the model has {}", v.len())),
+            }
+        };
+        let data = one(&eval_graph, Role::Data)?;
+        let target = one(&eval_graph, Role::Target)?;
+        let mut tensors = HashMap::new();
+        for (name, (shape, values)) in init {
+            tensors.insert(name.clone(), (shape.clone(), values.clone().into_boxed_slice()));
+        }
+        for (name, id) in step_graph.inputs_of(Role::State) {
+            let shape = concrete(&step_graph.ty(id).shape.0, 1);
+            let n = shape.iter().product();
+            tensors.insert(name, (shape, vec![0.0; n].into_boxed_slice()));
+        }
+        let mut step = Program::new(step_graph).map_err(|e| format!("compiling the training step: {e}"))?;
+        let mut eval = Program::new(eval_graph).map_err(|e| format!("compiling the evaluation graph: {e}"))?;
+        for program in [&mut step, &mut eval] {
+            for (name, _) in program.input_shapes() {
+                if let Some((_, t)) = tensors.get_mut(&name) {
+                    // SAFETY: the box lives in `tensors` as long as the
+                    // programs (fields of the same struct, never replaced
+                    // or resized) and is touched only between runs.
+                    unsafe { program.bind(&name, t.as_mut_ptr(), t.len())? };
+                } else if ![data.as_str(), target.as_str(), "lr", "step", "seed"].contains(&name.as_str()) {
+                    return Err(format!("the compiled program needs input `{name}`, which the trainer does not have"));
+                }
+            }
+        }
+        let params = model.params.iter().map(|p| p.name.clone()).collect();
+        Ok(Compiled { step, eval, data, target, tensors, params })
+    }
+
+    fn feed(program: &mut Program, name: &str, batch: usize, values: &[f32]) -> Result<(), String> {
+        let buf = program.input_mut(name, batch)?;
+        if buf.len() != values.len() {
+            return Err(format!("input `{name}`: {} values for a batch of {batch} that needs {}", values.len(), buf.len()));
+        }
+        buf.copy_from_slice(values);
+        Ok(())
+    }
+
+    fn stats(program: &Program, batch: usize) -> Stats {
+        let out = |name: &str| program.output(name, batch);
+        let predictions = program
+            .graph()
+            .outputs
+            .iter()
+            .find(|(k, _)| k == "predictions" || k.starts_with("predictions."))
+            .and_then(|(k, _)| out(k))
+            .map(|p| p.to_vec())
+            .unwrap_or_default();
+        Stats {
+            loss: out("loss").map_or(f64::NAN, |t| t[0] as f64),
+            accuracy: out("metric.accuracy").map(|t| t[0] as f64),
+            predictions,
+        }
+    }
+}
+
+impl Executor for Compiled {
+    fn name(&self) -> &'static str {
+        "compiled CPU code (Cranelift + gemm, f32)"
+    }
+
+    fn train_step(&mut self, batch: &Batch, lr: f64, step: u64, seed: u64) -> Result<Stats, String> {
+        let p = &mut self.step;
+        Self::feed(p, &self.data, batch.n, batch.features)?;
+        Self::feed(p, &self.target, batch.n, batch.labels)?;
+        for (name, v) in [("lr", lr), ("step", step as f64), ("seed", seed as f64)] {
+            if let Ok(buf) = p.input_mut(name, batch.n) {
+                buf[0] = v as f32;
+            }
+        }
+        p.run(batch.n)?;
+        Ok(Self::stats(p, batch.n))
+    }
+
+    fn evaluate(&mut self, batch: &Batch) -> Result<Stats, String> {
+        let p = &mut self.eval;
+        Self::feed(p, &self.data, batch.n, batch.features)?;
+        Self::feed(p, &self.target, batch.n, batch.labels)?;
+        p.run(batch.n)?;
+        Ok(Self::stats(p, batch.n))
+    }
+
+    fn parameters(&self) -> Tensors {
+        self.params.iter().map(|p| (p.clone(), (self.tensors[p].0.clone(), self.tensors[p].1.to_vec()))).collect()
+    }
+
+    fn set_parameters(&mut self, t: &Tensors) {
+        for (name, (_, data)) in t {
+            if let Some((_, b)) = self.tensors.get_mut(name) {
+                if b.len() == data.len() {
+                    b.copy_from_slice(data);
+                }
+            }
+        }
+    }
+
+    fn state(&self) -> Tensors {
+        self.tensors
+            .iter()
+            .filter(|(k, _)| !self.params.contains(k))
+            .map(|(k, (s, t))| (k.clone(), (s.clone(), t.to_vec())))
+            .collect()
+    }
+
+    fn first_non_finite(&self) -> Option<String> {
+        let mut names: Vec<&String> = self.tensors.keys().collect();
+        names.sort();
+        names.into_iter().find(|n| self.tensors[*n].1.iter().any(|v| !v.is_finite())).cloned()
     }
 }

@@ -173,6 +173,12 @@ pub fn evaluate(exec: &mut dyn Executor, d: &Dataset, batch: usize) -> Result<Ev
     Ok(Evaluation { loss: loss / n, accuracy: has_acc.then_some(acc / n), confusion })
 }
 
+/// The dropout seed of a step: new masks every step, the same for the same
+/// run seed. 24 bits, so that it is exact in the f32 the compiled code reads.
+pub fn dropout_seed(seed: u64, step: u64) -> u64 {
+    (seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ step.wrapping_mul(0xBF58_476D_1CE4_E5B9)) >> 40
+}
+
 /// Trains with `exec`, writing progress to `out`.
 pub fn run(
     exec: &mut dyn Executor,
@@ -257,7 +263,8 @@ pub fn run(
         for idx in data::batches(&order, batch) {
             lr = lr_at(&info.schedule, optimizer.lr(), Progress { step, steps_per_epoch, total_steps });
             data.train.gather(idx, &mut x, &mut y);
-            let s = exec.train_step(&Batch { n: idx.len(), features: &x, labels: &y }, lr, step + 1, seed)?;
+            let batch = Batch { n: idx.len(), features: &x, labels: &y };
+            let s = exec.train_step(&batch, lr, step + 1, dropout_seed(seed, step + 1))?;
             if !s.loss.is_finite() {
                 let culprit =
                     exec.first_non_finite().map_or("none yet (only the loss)".to_string(), |t| format!("`{t}`"));

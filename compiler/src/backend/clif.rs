@@ -1,9 +1,10 @@
 //! Cranelift lowering of elementwise kernels — the first piece of the CPU
 //! backend.
 //!
-//! A kernel becomes one function `fn(args: *const *mut f32, n: i64)`: `args`
-//! holds the kernel's reads, then its writes; the loop runs over the `n`
-//! elements of the kernel's shape. Operands of that shape are loaded at the
+//! A kernel becomes one function `fn(args: *const *mut f32, n, start, end:
+//! i64)`: `args` holds the kernel's reads, then its writes; the loop runs over
+//! elements `start..end` of the `n` elements of the kernel's shape (so the
+//! executor can split a big loop between threads). Operands of that shape are loaded at the
 //! loop index; scalar operands are loaded once before the loop; other
 //! broadcast operands are read at an offset computed from the loop index.
 //!
@@ -36,7 +37,8 @@ pub fn unsupported(g: &Graph, k: &Kernel) -> Option<String> {
     let shape = loop_shape(g, k)?;
     for id in &k.nodes {
         let ok = match &g.node(*id).op {
-            Op::Unary { op } => matches!(op, U::Neg | U::Sqrt | U::Recip | U::Exp | U::Log | U::Tanh),
+            Op::Unary { .. } | Op::DropoutMask { .. } => true,
+            Op::CausalMask { .. } => k.nodes.len() == 1,
             Op::Binary { .. } | Op::Const { .. } | Op::StopGradient => true,
             // A reduction ends its kernel (fusion guarantees it); its output
             // is accumulated, not computed at the loop index.
@@ -276,6 +278,59 @@ fn tanh(b: &mut FunctionBuilder, x: Value) -> Value {
     b.ins().select(is_nan, x, r)
 }
 
+/// erf x in f32 (the rational approximation of Eigen's and XLA's
+/// `erf` for f32): x clamped to [−4, 4], then x·P(x²)/Q(x²). NaN stays NaN.
+#[allow(clippy::excessive_precision)]
+fn erf(b: &mut FunctionBuilder, x: Value) -> Value {
+    let (lo, hi) = (b.ins().f32const(-4.0), b.ins().f32const(4.0));
+    let c = b.ins().fmax(x, lo);
+    let c = b.ins().fmin(c, hi);
+    let z = b.ins().fmul(c, c);
+    let p = horner(
+        b,
+        z,
+        &[
+            -2.726_142_3e-10,
+            2.770_681_4e-08,
+            -2.101_024_1e-06,
+            -5.692_506_4e-05,
+            -7.349_906_3e-04,
+            -2.954_600_0e-03,
+            -1.609_603_3e-02,
+        ],
+    );
+    let p = b.ins().fmul(p, c);
+    let q = horner(b, z, &[-1.456_607_2e-05, -2.133_740_6e-04, -1.682_827_0e-03, -7.373_329_2e-03, -1.426_474_0e-02]);
+    let r = b.ins().fdiv(p, q);
+    let is_nan = b.ins().fcmp(FloatCC::Unordered, x, x);
+    b.ins().select(is_nan, x, r)
+}
+
+/// The dropout mask at element `i`: the interpreter's splitmix64 hash of
+/// (seed, salt, i), compared in integers: u < rate ⇔ (z >> 11) < ⌈rate·2⁵³⌉.
+fn dropout(b: &mut FunctionBuilder, seed: Value, i: Value, rate: f64, salt: u64) -> Value {
+    use cranelift_codegen::ir::condcodes::IntCC;
+    let s = b.ins().fcvt_to_uint_sat(types::I64, seed);
+    let s = b.ins().imul_imm_s(s, 0x9E37_79B9_7F4A_7C15_u64 as i64);
+    let s = b.ins().bxor_imm_u(s, salt.wrapping_mul(0xBF58_476D_1CE4_E5B9) as i64);
+    let z = b.ins().bxor(s, i);
+    let z = b.ins().iadd_imm_s(z, 0x9E37_79B9_7F4A_7C15_u64 as i64);
+    let t = b.ins().ushr_imm_u(z, 30);
+    let z = b.ins().bxor(z, t);
+    let z = b.ins().imul_imm_s(z, 0xBF58_476D_1CE4_E5B9_u64 as i64);
+    let t = b.ins().ushr_imm_u(z, 27);
+    let z = b.ins().bxor(z, t);
+    let z = b.ins().imul_imm_s(z, 0x94D0_49BB_1331_11EB_u64 as i64);
+    let t = b.ins().ushr_imm_u(z, 31);
+    let z = b.ins().bxor(z, t);
+    let u = b.ins().ushr_imm_u(z, 11);
+    let threshold = (rate * (1u64 << 53) as f64).ceil() as i64;
+    let dropped = b.ins().icmp_imm_u(IntCC::UnsignedLessThan, u, threshold);
+    let keep = b.ins().f32const((1.0 / (1.0 - rate)) as f32);
+    let zero = b.ins().f32const(0.0);
+    b.ins().select(dropped, zero, keep)
+}
+
 /// A JIT holding compiled kernels.
 pub struct Jit {
     module: JITModule,
@@ -284,8 +339,11 @@ pub struct Jit {
     count: usize,
 }
 
-/// A compiled kernel: `f(args, n)`.
-pub type KernelFn = unsafe extern "C" fn(*const *mut f32, i64);
+/// A compiled kernel: `f(args, n, start, end)` computes loop indices
+/// `start..end` of a loop of `n` elements. A kernel ending in a reduction
+/// must be called with the whole range (it first fills its output with the
+/// reduction's identity).
+pub type KernelFn = unsafe extern "C" fn(*const *mut f32, i64, i64, i64);
 
 impl Jit {
     pub fn new() -> Result<Jit, String> {
@@ -306,7 +364,9 @@ impl Jit {
         let ptr = target.pointer_type();
         self.module.clear_context(&mut self.ctx);
         self.ctx.func.signature.params.push(AbiParam::new(ptr));
-        self.ctx.func.signature.params.push(AbiParam::new(types::I64));
+        for _ in 0..3 {
+            self.ctx.func.signature.params.push(AbiParam::new(types::I64));
+        }
         let mut b = FunctionBuilder::new(&mut self.ctx.func, &mut self.fctx);
         let entry = b.create_block();
         let header = b.create_block();
@@ -314,7 +374,8 @@ impl Jit {
         let exit = b.create_block();
         b.append_block_params_for_function_params(entry);
         b.switch_to_block(entry);
-        let (args, n) = (b.block_params(entry)[0], b.block_params(entry)[1]);
+        let p = b.block_params(entry).to_vec();
+        let (args, n, start, end) = (p[0], p[1], p[2], p[3]);
         let shape = loop_shape(g, k).unwrap_or_else(Shape::scalar);
         let flags = MemFlagsData::trusted();
         // Pointers of every operand; scalars loaded once.
@@ -352,7 +413,7 @@ impl Jit {
             b.switch_to_block(init_head);
             let j = b.block_params(init_head)[0];
             let more = b.ins().icmp(cranelift_codegen::ir::condcodes::IntCC::SignedLessThan, j, m);
-            b.ins().brif(more, init_body, &[j.into()], header, &[zero.into()]);
+            b.ins().brif(more, init_body, &[j.into()], header, &[start.into()]);
             b.switch_to_block(init_body);
             let j = b.block_params(init_body)[0];
             let off = b.ins().imul_imm_s(j, 4);
@@ -361,13 +422,13 @@ impl Jit {
             let next = b.ins().iadd_imm_s(j, 1);
             b.ins().jump(init_head, &[next.into()]);
         } else {
-            b.ins().jump(header, &[zero.into()]);
+            b.ins().jump(header, &[start.into()]);
         }
         // header(i): i < n ? body(i) : exit
         b.append_block_param(header, types::I64);
         b.switch_to_block(header);
         let i = b.block_params(header)[0];
-        let more = b.ins().icmp(cranelift_codegen::ir::condcodes::IntCC::SignedLessThan, i, n);
+        let more = b.ins().icmp(cranelift_codegen::ir::condcodes::IntCC::SignedLessThan, i, end);
         b.ins().brif(more, body, &[i.into()], exit, &[]);
         b.append_block_param(body, types::I64);
         b.switch_to_block(body);
@@ -394,6 +455,15 @@ impl Jit {
             let arg = |j: usize| vals[&ins[j]];
             let v = match &g.node(*id).op {
                 Op::Const { value } => b.ins().f32const(*value as f32),
+                Op::CausalMask { t } => {
+                    // Element i of [t, t]: −∞ above the diagonal (column > row).
+                    let row = b.ins().udiv_imm_u(i, *t as i64);
+                    let col = b.ins().urem_imm_u(i, *t as i64);
+                    let above = b.ins().icmp(cranelift_codegen::ir::condcodes::IntCC::UnsignedGreaterThan, col, row);
+                    let (ninf, zero) = (b.ins().f32const(f32::NEG_INFINITY), b.ins().f32const(0.0));
+                    b.ins().select(above, ninf, zero)
+                }
+                Op::DropoutMask { rate, salt } => dropout(&mut b, vals[&ins[1]], i, *rate, *salt),
                 Op::StopGradient | Op::Expand => arg(0),
                 Op::Unary { op } => match op {
                     U::Neg => b.ins().fneg(arg(0)),
@@ -401,6 +471,7 @@ impl Jit {
                     U::Exp => exp(&mut b, arg(0)),
                     U::Log => log(&mut b, arg(0)),
                     U::Tanh => tanh(&mut b, arg(0)),
+                    U::Erf => erf(&mut b, arg(0)),
                     _ => {
                         let one = b.ins().f32const(1.0);
                         b.ins().fdiv(one, arg(0))
@@ -490,7 +561,7 @@ impl Jit {
         self.module.finalize_definitions().map_err(|e| e.to_string())?;
         let code = self.module.get_finalized_function(id);
         // SAFETY: the function was just defined with exactly this signature
-        // (pointer, i64) -> () in the platform's default calling convention.
+        // (pointer, i64, i64, i64) -> () in the platform's default calling convention.
         Ok(unsafe { std::mem::transmute::<*const u8, KernelFn>(code) })
     }
 }

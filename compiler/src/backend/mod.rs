@@ -2,3 +2,4 @@
 //! (the CPU backend, in progress); PTX comes later.
 
 pub mod clif;
+pub mod cpu;

@@ -37,6 +37,10 @@ pub struct Plan {
     pub arena_bytes: u64,
     /// What the values would take without any reuse.
     pub unplanned_bytes: u64,
+    /// The byte offset of every value a kernel writes (values written in
+    /// place share their donor's offset).
+    #[serde(skip)]
+    pub offsets: HashMap<NodeId, u64>,
 }
 
 fn bytes(g: &Graph, id: NodeId, batch: u64) -> u64 {
@@ -120,6 +124,7 @@ pub fn plan(g: &Graph, kernels: &[Kernel], batch: u64) -> Plan {
     values.sort_by_key(|v| (std::cmp::Reverse(bytes(g, *v, batch)), num[v]));
     let mut placed: Vec<(u64, u64, usize, usize)> = Vec::new();
     let mut buffers = Vec::new();
+    let mut own: HashMap<NodeId, u64> = HashMap::new();
     for v in values {
         let size = bytes(g, v, batch).max(4);
         let (start, stop) = (written[&v], last[&v]);
@@ -134,10 +139,12 @@ pub fn plan(g: &Graph, kernels: &[Kernel], batch: u64) -> Plan {
             offset = offset.max(hi);
         }
         placed.push((offset, size, start, stop));
+        own.insert(v, offset);
         buffers.push(Buffer { value: num[&v], offset, bytes: size, live: (start, stop) });
     }
     buffers.sort_by_key(|b| b.value);
     let arena = placed.iter().map(|p| p.0 + p.1).max().unwrap_or(0);
     let unplanned = written.keys().map(|v| bytes(g, *v, batch)).sum();
-    Plan { batch, buffers, arena_bytes: arena, unplanned_bytes: unplanned }
+    let offsets = written.keys().map(|v| (*v, own[&store(&storage, *v)])).collect();
+    Plan { batch, buffers, arena_bytes: arena, unplanned_bytes: unplanned, offsets }
 }

@@ -1,0 +1,683 @@
+//! The compiled CPU program: a graph's kernels as native code, run in order
+//! over one arena.
+//!
+//! [`Program::new`] fuses the graph into kernels and compiles every one:
+//! elementwise chains and reductions to Cranelift functions ([`super::clif`]),
+//! matmuls to calls of the `gemm` crate (transposes as strides, never
+//! copied), data movement (permute, slice, pad, concat, im2col, col2im,
+//! gather, scatter-add, one-hot, argmax) to the monomorphic loops of
+//! [`copy`](self::copy_kernel). A kernel that cannot be compiled is an error
+//! that names it: there is no fallback to the interpreter.
+//!
+//! For each batch size the program meets it makes a [`Layout`] once: the
+//! memory plan's arena offsets resolved to pointers and every call's
+//! arguments and sizes. Running a step then only calls kernels: no
+//! allocation, no lookup. Inputs live outside the arena, in buffers the
+//! program owns or in memory bound by the caller ([`Program::bind`]), which
+//! is how a training step and an evaluation graph share their parameters.
+//!
+//! Feedback: an output `new.X` is the next value of input `X`. When the
+//! kernel that computes it is the last to read `X`, it writes straight into
+//! `X`'s buffer; otherwise the value is copied there after the run.
+
+use std::collections::HashMap;
+
+use gemm::{gemm, Parallelism};
+
+use super::clif::{self, Jit, KernelFn};
+use crate::gradcheck::concrete;
+use crate::ir::{Graph, NodeId, Op, Shape};
+use crate::passes::fusion::{self, Kernel, KernelKind};
+use crate::passes::memory;
+
+/// Loops at least this long are split between the threads.
+const PARALLEL_ELEMENTS: usize = 1 << 15;
+/// Matmuls of at least this many multiply-adds use every thread.
+const PARALLEL_FLOPS: usize = 1 << 18;
+
+/// A raw pointer that may cross threads: every kernel writes disjoint
+/// elements, and the program's memory outlives its calls.
+#[derive(Clone, Copy, Debug)]
+struct P(*mut f32);
+// SAFETY: see the type's comment; the program never hands these out.
+unsafe impl Send for P {}
+unsafe impl Sync for P {}
+
+impl P {
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
+enum Code {
+    Clif { f: KernelFn, reduces: bool },
+    Gemm { ta: bool, tb: bool },
+    Copy,
+}
+
+enum Storage {
+    Owned(Vec<f32>),
+    Bound(P, usize),
+}
+
+struct Input {
+    node: NodeId,
+    shape: Shape,
+    storage: Storage,
+}
+
+/// One kernel call with everything resolved for a batch size.
+enum Call {
+    Clif {
+        f: KernelFn,
+        args: Vec<*mut f32>,
+        n: usize,
+        split: bool,
+    },
+    Gemm {
+        m: usize,
+        n: usize,
+        k: usize,
+        /// (row stride, column stride) of the left and right operands.
+        lhs: (isize, isize),
+        rhs: (isize, isize),
+        /// (lhs, rhs, dst) per matrix of the leading dimensions.
+        each: Vec<(P, P, P)>,
+    },
+    Copy {
+        op: Op,
+        src: Vec<(P, Vec<usize>)>,
+        dst: (P, Vec<usize>),
+    },
+}
+
+/// A program's calls for one batch size.
+pub struct Layout {
+    calls: Vec<Call>,
+    /// Values `size_of` yields at this batch size (pointed to by calls).
+    _sizes: Vec<Box<[f32]>>,
+    /// Named outputs: pointer and element count.
+    outputs: HashMap<String, (P, usize)>,
+    /// Feedback values not written in place: (from, to, elements).
+    copy_back: Vec<(P, P, usize)>,
+    pub arena_bytes: u64,
+}
+
+pub struct Program {
+    g: Graph,
+    kernels: Vec<Kernel>,
+    code: Vec<Code>,
+    _jit: Jit,
+    inputs: HashMap<String, Input>,
+    consts: HashMap<NodeId, Box<[f32]>>,
+    /// (output node, input name) for every `new.X` output.
+    feedback: Vec<(NodeId, String)>,
+    arena: Vec<f32>,
+    layouts: HashMap<usize, Layout>,
+    capacity: usize,
+}
+
+fn elements(shape: &Shape, batch: usize) -> usize {
+    concrete(shape, batch).iter().product()
+}
+
+impl Program {
+    /// Compiles `g` (already optimized). Inputs start as zeros.
+    pub fn new(g: Graph) -> Result<Program, String> {
+        let kernels = fusion::fuse(&g);
+        let mut jit = Jit::new()?;
+        let mut code = Vec::with_capacity(kernels.len());
+        for (i, k) in kernels.iter().enumerate() {
+            code.push(match k.kind {
+                KernelKind::Elementwise => {
+                    let f = jit.compile(&g, k).map_err(|why| {
+                        let ops: Vec<String> = k.nodes.iter().map(|n| g.node(*n).op.name()).collect();
+                        format!("kernel {i} ({}) cannot be compiled: {why}", ops.join(", "))
+                    })?;
+                    let reduces = k.nodes.iter().any(|n| matches!(g.node(*n).op, Op::Reduce { .. }));
+                    Code::Clif { f, reduces }
+                }
+                KernelKind::Gemm => match g.node(k.nodes[0]).op {
+                    Op::MatMul { ta, tb } => Code::Gemm { ta, tb },
+                    _ => return Err(format!("kernel {i}: a gemm kernel without a matmul")),
+                },
+                KernelKind::Copy => Code::Copy,
+            });
+        }
+        let mut inputs = HashMap::new();
+        let mut consts = HashMap::new();
+        for id in g.ids() {
+            match &g.node(id).op {
+                Op::Input { name, .. } => {
+                    let shape = g.ty(id).shape.clone();
+                    let storage = Storage::Owned(vec![0.0; elements(&shape, 1)]);
+                    inputs.insert(name.clone(), Input { node: id, shape, storage });
+                }
+                Op::Const { value } => {
+                    consts.insert(id, vec![*value as f32].into_boxed_slice());
+                }
+                _ => {}
+            }
+        }
+        let feedback = g
+            .outputs
+            .iter()
+            .filter_map(|(name, id)| {
+                let x = name.strip_prefix("new.")?;
+                inputs.contains_key(x).then(|| (*id, x.to_string()))
+            })
+            .collect();
+        Ok(Program {
+            g,
+            kernels,
+            code,
+            _jit: jit,
+            inputs,
+            consts,
+            feedback,
+            arena: Vec::new(),
+            layouts: HashMap::new(),
+            capacity: 1,
+        })
+    }
+
+    pub fn graph(&self) -> &Graph {
+        &self.g
+    }
+
+    pub fn kernels(&self) -> &[Kernel] {
+        &self.kernels
+    }
+
+    /// Input names with their shapes.
+    pub fn input_shapes(&self) -> Vec<(String, Shape)> {
+        let mut v: Vec<(String, Shape)> = self.inputs.iter().map(|(k, i)| (k.clone(), i.shape.clone())).collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    }
+
+    /// Makes input `name` live in `len` floats at `ptr` (owned by the caller).
+    ///
+    /// # Safety
+    /// `ptr` must stay valid for reads and writes of `len` floats, and must
+    /// not be used by anything else while the program runs, for as long as
+    /// the program exists.
+    pub unsafe fn bind(&mut self, name: &str, ptr: *mut f32, len: usize) -> Result<(), String> {
+        let input = self.inputs.get_mut(name).ok_or_else(|| format!("the program has no input `{name}`"))?;
+        if input.shape.has_batch() || elements(&input.shape, 1) != len {
+            return Err(format!("input `{name}` of shape {} cannot live in {len} floats", input.shape));
+        }
+        input.storage = Storage::Bound(P(ptr), len);
+        self.layouts.clear();
+        Ok(())
+    }
+
+    /// The buffer of input `name`, sized for `batch` samples.
+    pub fn input_mut(&mut self, name: &str, batch: usize) -> Result<&mut [f32], String> {
+        self.reserve(batch);
+        let input = self.inputs.get_mut(name).ok_or_else(|| format!("the program has no input `{name}`"))?;
+        let len = elements(&input.shape, batch);
+        Ok(match &mut input.storage {
+            Storage::Owned(v) => &mut v[..len],
+            // SAFETY: `bind`'s contract.
+            Storage::Bound(p, n) => unsafe { std::slice::from_raw_parts_mut(p.0, *n) },
+        })
+    }
+
+    /// Makes input buffers hold at least `batch` samples.
+    fn reserve(&mut self, batch: usize) {
+        if batch <= self.capacity {
+            return;
+        }
+        self.capacity = batch;
+        for input in self.inputs.values_mut() {
+            if let Storage::Owned(v) = &mut input.storage {
+                v.resize(elements(&input.shape, batch), 0.0);
+            }
+        }
+        // Buffers moved: every layout's pointers are stale.
+        self.layouts.clear();
+    }
+
+    fn input_ptr(&mut self, id: NodeId) -> P {
+        let Op::Input { name, .. } = &self.g.node(id).op else { unreachable!("input_ptr of an input") };
+        match &mut self.inputs.get_mut(name).expect("every input has a buffer").storage {
+            Storage::Owned(v) => P(v.as_mut_ptr()),
+            Storage::Bound(p, _) => *p,
+        }
+    }
+
+    /// The layout for `batch`, made on first use.
+    pub fn layout(&mut self, batch: usize) -> &Layout {
+        self.reserve(batch);
+        if !self.layouts.contains_key(&batch) {
+            let plan = memory::plan(&self.g, &self.kernels, batch as u64);
+            let floats = (plan.arena_bytes / 4) as usize;
+            if floats > self.arena.len() {
+                self.arena = vec![0.0; floats];
+                self.layouts.clear();
+            }
+            let layout = self.make_layout(batch, &plan);
+            self.layouts.insert(batch, layout);
+        }
+        &self.layouts[&batch]
+    }
+
+    fn make_layout(&mut self, batch: usize, plan: &memory::Plan) -> Layout {
+        let g = &self.g;
+        // Which kernel writes a value, and the last kernel reading each value
+        // (through views).
+        let mut writer: HashMap<NodeId, usize> = HashMap::new();
+        for (k, kernel) in self.kernels.iter().enumerate() {
+            for w in &kernel.writes {
+                writer.insert(*w, k);
+            }
+        }
+        let root = |mut id: NodeId| {
+            while let Op::Reshape { .. } | Op::StopGradient = g.node(id).op {
+                id = g.inputs(id)[0];
+            }
+            id
+        };
+        let mut last_read: HashMap<NodeId, usize> = HashMap::new();
+        for (k, kernel) in self.kernels.iter().enumerate() {
+            for r in &kernel.reads {
+                last_read.insert(root(*r), k);
+            }
+        }
+        // Feedback written in place: the writer is an elementwise kernel no
+        // earlier than the last reader of the input.
+        let mut redirect: HashMap<NodeId, NodeId> = HashMap::new();
+        let mut copy_back_ids = Vec::new();
+        for (v, x) in &self.feedback {
+            let xin = self.inputs[x].node;
+            let ok = writer.get(v).is_some_and(|k| {
+                self.kernels[*k].kind == KernelKind::Elementwise
+                    && !matches!(g.node(*v).op, Op::Reduce { .. })
+                    && last_read.get(&xin).is_none_or(|r| r <= k)
+                    && g.ty(*v).shape == g.ty(xin).shape
+            }) && !redirect.contains_key(v);
+            if ok {
+                redirect.insert(*v, xin);
+            } else if root(*v) != xin {
+                copy_back_ids.push((*v, xin));
+            }
+        }
+        let arena = P(self.arena.as_mut_ptr());
+        let mut sizes: Vec<Box<[f32]>> = Vec::new();
+        let mut addr: HashMap<NodeId, P> = HashMap::new();
+        let input_ids: Vec<NodeId> = self.inputs.values().map(|i| i.node).collect();
+        let mut input_ptrs: HashMap<NodeId, P> = HashMap::new();
+        for id in input_ids {
+            let p = self.input_ptr(id);
+            input_ptrs.insert(id, p);
+        }
+        let g = &self.g;
+        for id in g.topo_order() {
+            let p = match &g.node(id).op {
+                Op::Input { .. } => input_ptrs[&id],
+                Op::Const { .. } => P(self.consts.get_mut(&id).expect("a constant's buffer").as_mut_ptr()),
+                Op::SizeOf { axis } => {
+                    let x = g.inputs(id)[0];
+                    let mut b = vec![concrete(&g.ty(x).shape, batch)[*axis] as f32].into_boxed_slice();
+                    let p = P(b.as_mut_ptr());
+                    sizes.push(b);
+                    p
+                }
+                Op::Reshape { .. } | Op::StopGradient => addr[&g.inputs(id)[0]],
+                _ => match redirect.get(&id) {
+                    Some(x) => input_ptrs[x],
+                    None => match plan.offsets.get(&id) {
+                        // SAFETY: the plan keeps every buffer inside the arena.
+                        Some(off) => P(unsafe { arena.0.add(*off as usize / 4) }),
+                        // Computed inside a kernel, never stored.
+                        None => P(std::ptr::null_mut()),
+                    },
+                },
+            };
+            addr.insert(id, p);
+        }
+        let mut calls = Vec::with_capacity(self.kernels.len());
+        for (kernel, code) in self.kernels.iter().zip(&self.code) {
+            calls.push(match code {
+                Code::Clif { f, reduces } => {
+                    let shape = clif::loop_shape(g, kernel).unwrap_or_else(Shape::scalar);
+                    let n = elements(&shape, batch);
+                    let args = kernel.reads.iter().chain(&kernel.writes).map(|v| addr[v].0).collect();
+                    Call::Clif { f: *f, args, n, split: !reduces && n >= PARALLEL_ELEMENTS }
+                }
+                Code::Gemm { ta, tb } => {
+                    let id = kernel.nodes[0];
+                    let ins = g.inputs(id);
+                    let (sa, sb) = (concrete(&g.ty(ins[0]).shape, batch), concrete(&g.ty(ins[1]).shape, batch));
+                    let so = concrete(&g.ty(id).shape, batch);
+                    let (ra, rb, ro) = (sa.len(), sb.len(), so.len());
+                    let (m, n) = (so[ro - 2], so[ro - 1]);
+                    let k = if *ta { sa[ra - 2] } else { sa[ra - 1] };
+                    // Stored [m, k] (or [k, m] when transposed): (row, column) strides.
+                    let lhs = if *ta { (1, m as isize) } else { (k as isize, 1) };
+                    let rhs = if *tb { (1, k as isize) } else { (n as isize, 1) };
+                    let lead = &so[..ro - 2];
+                    let count: usize = lead.iter().product();
+                    let (pa, pb, po) = (addr[&ins[0]], addr[&ins[1]], addr[&id]);
+                    let each = (0..count)
+                        .map(|i| {
+                            let oa = lead_offset(i, lead, &sa[..ra - 2]) * m * k;
+                            let ob = lead_offset(i, lead, &sb[..rb - 2]) * k * n;
+                            // SAFETY: offsets of matrices inside their tensors.
+                            unsafe { (P(pa.0.add(oa)), P(pb.0.add(ob)), P(po.0.add(i * m * n))) }
+                        })
+                        .collect();
+                    Call::Gemm { m, n, k, lhs, rhs, each }
+                }
+                Code::Copy => {
+                    let id = kernel.nodes[0];
+                    let src = g.inputs(id).iter().map(|x| (addr[x], concrete(&g.ty(*x).shape, batch))).collect();
+                    Call::Copy { op: g.node(id).op.clone(), src, dst: (addr[&id], concrete(&g.ty(id).shape, batch)) }
+                }
+            });
+        }
+        let outputs =
+            g.outputs.iter().map(|(name, id)| (name.clone(), (addr[id], elements(&g.ty(*id).shape, batch)))).collect();
+        let copy_back =
+            copy_back_ids.iter().map(|(v, x)| (addr[v], input_ptrs[x], elements(&g.ty(*x).shape, batch))).collect();
+        Layout { calls, _sizes: sizes, outputs, copy_back, arena_bytes: plan.arena_bytes }
+    }
+
+    /// Runs the graph on `batch` samples. Inputs must be filled for that
+    /// batch (`input_mut`); outputs are read with `output` until the next run.
+    pub fn run(&mut self, batch: usize) -> Result<(), String> {
+        self.layout(batch);
+        let layout = &self.layouts[&batch];
+        for (i, call) in layout.calls.iter().enumerate() {
+            run_call(call).map_err(|e| format!("kernel {i}: {e}"))?;
+        }
+        for (from, to, n) in &layout.copy_back {
+            // SAFETY: both buffers hold n floats and do not overlap (an
+            // output in the arena, an input outside it).
+            unsafe { std::ptr::copy_nonoverlapping(from.0, to.0, *n) };
+        }
+        Ok(())
+    }
+
+    /// Output `name` of the last run at `batch`.
+    pub fn output(&self, name: &str, batch: usize) -> Option<&[f32]> {
+        let (p, n) = self.layouts.get(&batch)?.outputs.get(name)?;
+        // SAFETY: the pointer was made for this layout, whose memory lives
+        // as long as the program and is not written between runs.
+        Some(unsafe { std::slice::from_raw_parts(p.0, *n) })
+    }
+
+    /// The value of input `name` (parameters and state after feedback).
+    pub fn input(&self, name: &str) -> Option<&[f32]> {
+        let input = self.inputs.get(name)?;
+        Some(match &input.storage {
+            Storage::Owned(v) => &v[..elements(&input.shape, 1).min(v.len())],
+            // SAFETY: `bind`'s contract.
+            Storage::Bound(p, n) => unsafe { std::slice::from_raw_parts(p.0, *n) },
+        })
+    }
+}
+
+/// The element offset of the matrix for leading index `i` (over `lead`) in an
+/// operand with leading dimensions `own` (right-aligned, broadcast).
+fn lead_offset(i: usize, lead: &[usize], own: &[usize]) -> usize {
+    let mut rest = i;
+    let mut off = 0;
+    let mut stride = 1;
+    let shift = lead.len() - own.len();
+    for d in (0..lead.len()).rev() {
+        let idx = rest % lead[d];
+        rest /= lead[d];
+        if d >= shift {
+            let size = own[d - shift];
+            if size != 1 {
+                off += idx * stride;
+            }
+            stride *= size;
+        }
+    }
+    off
+}
+
+fn run_call(call: &Call) -> Result<(), String> {
+    match call {
+        Call::Clif { f, args, n, split } => {
+            let n = *n as i64;
+            if *split {
+                let (a, f) = (P(args.as_ptr() as *mut f32), *f);
+                let half = n / 2;
+                // SAFETY: the kernel writes only elements of its own range.
+                rayon::join(
+                    move || unsafe { f(a.get() as *const *mut f32, n, 0, half) },
+                    move || unsafe { f(a.get() as *const *mut f32, n, half, n) },
+                );
+            } else {
+                // SAFETY: one pointer per read and write, each to a buffer of
+                // its value's size at this batch.
+                unsafe { f(args.as_ptr(), n, 0, n) };
+            }
+        }
+        Call::Gemm { m, n, k, lhs, rhs, each } => {
+            let (m, n, k) = (*m, *n, *k);
+            let one = |a: P, b: P, c: P, par: Parallelism| {
+                // SAFETY: the strides describe matrices inside the operands'
+                // buffers; the destination does not overlap them (a gemm
+                // kernel never writes in place).
+                unsafe {
+                    gemm(m, n, k, c.0, 1, n as isize, false, a.0, lhs.1, lhs.0, b.0, rhs.1, rhs.0, 0.0, 1.0, false, false, false, par)
+                }
+            };
+            let big = m * n * k >= PARALLEL_FLOPS;
+            if each.len() > 1 && m * n * k * each.len() >= PARALLEL_FLOPS {
+                use rayon::prelude::*;
+                each.par_iter().for_each(|(a, b, c)| one(*a, *b, *c, Parallelism::None));
+            } else {
+                let par = if big { Parallelism::Rayon(rayon::current_num_threads()) } else { Parallelism::None };
+                for (a, b, c) in each {
+                    one(*a, *b, *c, par);
+                }
+            }
+        }
+        Call::Copy { op, src, dst } => copy_kernel(op, src, dst)?,
+    }
+    Ok(())
+}
+
+fn strides(shape: &[usize]) -> Vec<usize> {
+    let mut s = vec![1; shape.len()];
+    for i in (0..shape.len().saturating_sub(1)).rev() {
+        s[i] = s[i + 1] * shape[i + 1];
+    }
+    s
+}
+
+/// The data-movement kernels. Sources and destination never overlap.
+fn copy_kernel(op: &Op, src: &[(P, Vec<usize>)], dst: &(P, Vec<usize>)) -> Result<(), String> {
+    let len = |s: &[usize]| s.iter().product::<usize>();
+    // SAFETY: each pointer addresses its value's elements at this batch.
+    let x = |i: usize| unsafe { std::slice::from_raw_parts(src[i].0 .0 as *const f32, len(&src[i].1)) };
+    let out = unsafe { std::slice::from_raw_parts_mut(dst.0 .0, len(&dst.1)) };
+    let (xs, os) = (&src.first().map(|s| s.1.clone()).unwrap_or_default(), &dst.1);
+    match op {
+        Op::Permute { perm } => {
+            let sx = strides(xs);
+            // Stride in the source of each output axis.
+            let st: Vec<usize> = perm.iter().map(|p| sx[*p]).collect();
+            let r = os.len();
+            let (inner, inner_stride) = (os[r - 1], st[r - 1]);
+            let a = x(0);
+            let mut idx = vec![0usize; r];
+            let mut o = 0;
+            while o < out.len() {
+                let base: usize = (0..r - 1).map(|d| idx[d] * st[d]).sum();
+                for j in 0..inner {
+                    out[o + j] = a[base + j * inner_stride];
+                }
+                o += inner;
+                for d in (0..r - 1).rev() {
+                    idx[d] += 1;
+                    if idx[d] < os[d] {
+                        break;
+                    }
+                    idx[d] = 0;
+                }
+            }
+        }
+        Op::Slice { axis, start, .. } => {
+            let (outer, inner): (usize, usize) = (xs[..*axis].iter().product(), xs[axis + 1..].iter().product());
+            let (nin, nout) = (xs[*axis], os[*axis]);
+            let a = x(0);
+            for o in 0..outer {
+                let from = (o * nin + *start as usize) * inner;
+                out[o * nout * inner..(o + 1) * nout * inner].copy_from_slice(&a[from..from + nout * inner]);
+            }
+        }
+        Op::Pad { axis, before, .. } => {
+            let (outer, inner): (usize, usize) = (xs[..*axis].iter().product(), xs[axis + 1..].iter().product());
+            let (nin, nout) = (xs[*axis], os[*axis]);
+            out.fill(0.0);
+            let a = x(0);
+            for o in 0..outer {
+                let to = (o * nout + *before as usize) * inner;
+                out[to..to + nin * inner].copy_from_slice(&a[o * nin * inner..(o + 1) * nin * inner]);
+            }
+        }
+        Op::Concat { axis } => {
+            let (outer, inner): (usize, usize) = (os[..*axis].iter().product(), os[axis + 1..].iter().product());
+            let nout = os[*axis];
+            let mut at = 0;
+            for (i, (_, s)) in src.iter().enumerate() {
+                let a = x(i);
+                let w = s[*axis] * inner;
+                for o in 0..outer {
+                    let to = o * nout * inner + at;
+                    out[to..to + w].copy_from_slice(&a[o * w..(o + 1) * w]);
+                }
+                at += w;
+            }
+        }
+        Op::Im2Col { kernel, stride, padding } => {
+            out.fill(0.0);
+            let a = x(0);
+            windows(xs[0], xs[1], (xs[2], xs[3]), *kernel, *stride, *padding, |image, col, n, step| {
+                if step == 1 {
+                    out[col..col + n].copy_from_slice(&a[image..image + n]);
+                } else {
+                    for j in 0..n {
+                        out[col + j] = a[image + j * step];
+                    }
+                }
+            });
+        }
+        Op::Col2Im { kernel, stride, padding, .. } => {
+            out.fill(0.0);
+            let a = x(0);
+            windows(os[0], os[1], (os[2], os[3]), *kernel, *stride, *padding, |image, col, n, step| {
+                for j in 0..n {
+                    out[image + j * step] += a[col + j];
+                }
+            });
+        }
+        Op::Gather => {
+            let (table, idx) = (x(0), x(1));
+            let (v, d) = (xs[0], xs[1]);
+            for (k, i) in idx.iter().enumerate() {
+                let r = *i as usize;
+                if *i < 0.0 || r >= v || i.fract() != 0.0 {
+                    return Err(format!("gather: index {i} out of range for {v} rows"));
+                }
+                out[k * d..(k + 1) * d].copy_from_slice(&table[r * d..(r + 1) * d]);
+            }
+        }
+        Op::ScatterAdd { rows } => {
+            let (idx, s) = (x(0), x(1));
+            let d = *src[1].1.last().unwrap_or(&1);
+            out.fill(0.0);
+            for (k, i) in idx.iter().enumerate() {
+                let r = *i as usize;
+                if *i < 0.0 || r as u64 >= *rows || i.fract() != 0.0 {
+                    return Err(format!("scatter_add: index {i} out of range for {rows} rows"));
+                }
+                for j in 0..d {
+                    out[r * d + j] += s[k * d + j];
+                }
+            }
+        }
+        Op::OneHot { classes } => {
+            let k = *classes as usize;
+            out.fill(0.0);
+            for (i, c) in x(0).iter().enumerate() {
+                if *c < 0.0 || *c as usize >= k || c.fract() != 0.0 {
+                    return Err(format!("label {c} out of range for {k} classes"));
+                }
+                out[i * k + *c as usize] = 1.0;
+            }
+        }
+        Op::ArgMax { axis } => {
+            let n = xs[*axis];
+            let inner: usize = xs[axis + 1..].iter().product();
+            let outer: usize = xs[..*axis].iter().product();
+            let a = x(0);
+            for o in 0..outer {
+                for i in 0..inner {
+                    let mut best = 0;
+                    for k in 1..n {
+                        if a[(o * n + k) * inner + i] > a[(o * n + best) * inner + i] {
+                            best = k;
+                        }
+                    }
+                    out[o * inner + i] = best as f32;
+                }
+            }
+        }
+        other => return Err(format!("`{}` is not a copy kernel", other.name())),
+    }
+    Ok(())
+}
+
+/// The loop nest of im2col and col2im, in runs: for every (image, channel,
+/// kernel row i, kernel column j, output row y), the output columns x whose
+/// input pixel is inside the image: `f(image, col, len, step)` covers `len`
+/// contiguous columns from `col` and pixels `step` apart from `image`.
+#[allow(clippy::too_many_arguments)]
+fn windows(
+    n: usize,
+    c: usize,
+    (h, w): (usize, usize),
+    kernel: (u64, u64),
+    stride: (u64, u64),
+    pad: (u64, u64),
+    mut f: impl FnMut(usize, usize, usize, usize),
+) {
+    let (kh, kw, sh, sw) = (kernel.0 as usize, kernel.1 as usize, stride.0 as usize, stride.1 as usize);
+    let (ph, pw) = (pad.0 as usize, pad.1 as usize);
+    let oh = (h + 2 * ph - kh) / sh + 1;
+    let ow = (w + 2 * pw - kw) / sw + 1;
+    let rows = c * kh * kw;
+    for b in 0..n {
+        for ch in 0..c {
+            for i in 0..kh {
+                for j in 0..kw {
+                    let row = (ch * kh + i) * kw + j;
+                    // Output columns x with 0 <= x·sw + j − pw < w.
+                    let x0 = pw.saturating_sub(j).div_ceil(sw);
+                    let x1 = if w + pw > j { ((w + pw - j - 1) / sw + 1).min(ow) } else { 0 };
+                    if x0 >= x1 {
+                        continue;
+                    }
+                    for y in 0..oh {
+                        let iy = (y * sh + i) as isize - ph as isize;
+                        if iy < 0 || iy as usize >= h {
+                            continue;
+                        }
+                        let ix = x0 * sw + j - pw;
+                        let image = ((b * c + ch) * h + iy as usize) * w + ix;
+                        let col = (b * rows + row) * oh * ow + y * ow + x0;
+                        f(image, col, x1 - x0, sw);
+                    }
+                }
+            }
+        }
+    }
+}
