@@ -18,15 +18,15 @@
 
 use std::collections::HashMap;
 
-use cranelift_codegen::ir::condcodes::FloatCC;
-use cranelift_codegen::ir::{types, AbiParam, InstBuilder, MemFlagsData, Value};
+use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
+use cranelift_codegen::ir::{types, AbiParam, InstBuilder, MemFlagsData, Type, Value};
 use cranelift_codegen::settings::{self, Configurable};
 use cranelift_codegen::Context;
 use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext};
 use cranelift_jit::{JITBuilder, JITModule};
 use cranelift_module::{default_libcall_names, Linkage, Module};
 
-use crate::ir::{BinaryOp as B, Dim, Graph, NodeId, Op, Shape, UnaryOp as U};
+use crate::ir::{BinaryOp as B, Dim, Graph, NodeId, Op, ReduceOp, Shape, UnaryOp as U};
 use crate::passes::fusion::{Kernel, KernelKind};
 
 /// Why a kernel is not lowered (yet).
@@ -71,37 +71,6 @@ pub fn unsupported(g: &Graph, k: &Kernel) -> Option<String> {
     None
 }
 
-/// For an operand of shape `s` read in a loop over `shape`: per loop axis
-/// (size, elements of the loop inside that axis, the operand's stride); the
-/// batch's size is `None` (known at run time). Broadcast axes have stride 0.
-fn broadcast_plan(s: &Shape, shape: &Shape) -> Vec<(Option<u64>, Option<u64>, u64)> {
-    let r = shape.rank();
-    let off = r - s.rank();
-    let mut plan = Vec::new();
-    let mut stride = 1u64;
-    let mut strides = vec![0u64; r];
-    for d in (0..r).rev() {
-        let own = d.checked_sub(off).map(|j| s.0[j]);
-        strides[d] = match own {
-            Some(Dim::Fixed(1)) | None if shape.0[d] != Dim::Fixed(1) => 0,
-            _ => stride,
-        };
-        if let Some(Dim::Fixed(n)) = own {
-            stride *= n;
-        }
-    }
-    for (d, stride) in strides.iter().enumerate() {
-        let size = match shape.0[d] {
-            Dim::Fixed(n) => Some(n),
-            Dim::Batch => None,
-        };
-        let inner: u64 = shape.0[d + 1..].iter().map(|x| if let Dim::Fixed(n) = x { *n } else { 1 }).product();
-        // The batch is always the leading axis, so `inner` never contains it.
-        plan.push((size, Some(inner), *stride));
-    }
-    plan
-}
-
 fn is_reduce(g: &Graph, id: NodeId) -> bool {
     matches!(g.node(id).op, Op::Reduce { .. })
 }
@@ -115,25 +84,101 @@ pub fn loop_shape(g: &Graph, k: &Kernel) -> Option<Shape> {
     }
 }
 
-/// The element offset of an operand of shape `s` read (or, for a reduction's
-/// output, accumulated) at loop index `i` of a loop over `shape`:
-/// Σ (i / inner_d mod size_d)·stride_d.
-fn operand_offset(b: &mut FunctionBuilder, i: Value, s: &Shape, shape: &Shape) -> Value {
-    let mut elem = b.ins().iconst(types::I64, 0);
-    for (size, inner, stride) in broadcast_plan(s, shape) {
-        if stride == 0 {
-            continue;
-        }
-        let inner = inner.unwrap_or(1) as i64;
-        let q = if inner == 1 { i } else { b.ins().udiv_imm_u(i, inner) };
-        let idx = match size {
-            Some(n) => b.ins().urem_imm_u(q, n as i64),
-            None => q,
+/// The element strides of an operand of shape `s` (right-aligned) over the
+/// axes of a loop over `shape`: 0 where it is broadcast. The batch, if any,
+/// is the leading axis, so every stride is known when compiling.
+fn strides_over(s: &Shape, shape: &Shape) -> Vec<u64> {
+    let r = shape.rank();
+    let off = r - s.rank();
+    let mut strides = vec![0u64; r];
+    let mut stride = 1u64;
+    for d in (0..r).rev() {
+        let own = d.checked_sub(off).map(|j| s.0[j]);
+        strides[d] = match own {
+            Some(Dim::Fixed(1)) | None if shape.0[d] != Dim::Fixed(1) => 0,
+            _ => stride,
         };
-        let t = b.ins().imul_imm_s(idx, stride as i64);
-        elem = b.ins().iadd(elem, t);
+        if let Some(Dim::Fixed(n)) = own {
+            stride *= n;
+        }
     }
-    elem
+    strides
+}
+
+/// How a kernel's loop is laid out: trailing axes along which every operand
+/// is either contiguous or constant are merged into one inner loop; the
+/// other (outer) axes are walked by a row index. When every axis merges the
+/// kernel is flat: one loop over all `n` elements.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LoopNest {
+    /// Elements per row of the inner loop (`None`: flat, all `n`).
+    pub inner: Option<u64>,
+    /// Outer axes: (size or `None` for the batch, the operand strides).
+    outer: Vec<(Option<u64>, Vec<u64>)>,
+    /// Per operand: its stride along the inner loop (0 or 1).
+    inner_stride: Vec<u64>,
+}
+
+fn nest(operands: &[Shape], shape: &Shape) -> LoopNest {
+    let r = shape.rank();
+    let strides: Vec<Vec<u64>> = operands.iter().map(|s| strides_over(s, shape)).collect();
+    let size = |d: usize| match shape.0[d] {
+        Dim::Fixed(n) => Some(n),
+        Dim::Batch => None,
+    };
+    if r == 0 {
+        return LoopNest { inner: None, outer: Vec::new(), inner_stride: vec![0; operands.len()] };
+    }
+    // The inner block: axes d.. merged; per operand its innermost stride and
+    // the stride one past the block (stride · count).
+    let mut d = r - 1;
+    let inner_stride: Vec<u64> = strides.iter().map(|s| s[d].min(1)).collect();
+    // Merging assumes the innermost stride is 0 or 1 (row-major buffers).
+    let mut count = size(d);
+    while d > 0 {
+        let next = d - 1;
+        let ok = size(next) == Some(1)
+            || strides.iter().zip(&inner_stride).all(|(s, i)| match count {
+                Some(c) => s[next] == i * c,
+                None => false,
+            });
+        if !ok {
+            break;
+        }
+        count = match (count, size(next)) {
+            (Some(c), Some(m)) => Some(c * m),
+            _ => None,
+        };
+        d = next;
+    }
+    let flat = d == 0;
+    let outer = (0..if flat { 0 } else { d }).map(|a| (size(a), strides.iter().map(|s| s[a]).collect())).collect();
+    LoopNest { inner: if flat { None } else { count }, outer, inner_stride }
+}
+
+/// The operands whose offsets the loop walks: reads that are not scalars,
+/// the writes, and a reduction's output (strides 0 on its reduced axes).
+fn walked(g: &Graph, k: &Kernel) -> Vec<NodeId> {
+    let mut v: Vec<NodeId> = k.reads.iter().filter(|r| !is_scalar(g, **r)).copied().collect();
+    for w in &k.writes {
+        if !v.contains(w) {
+            v.push(*w);
+        }
+    }
+    v
+}
+
+/// The loop nest of an elementwise kernel.
+pub fn loop_nest(g: &Graph, k: &Kernel) -> Option<LoopNest> {
+    let shape = loop_shape(g, k)?;
+    let shapes: Vec<Shape> = walked(g, k).iter().map(|id| g.ty(*id).shape.clone()).collect();
+    Some(nest(&shapes, &shape))
+}
+
+/// Whether the kernel runs four lanes at a time (every op has a vector
+/// form; dropout and causal masks, which hash the element index, do not).
+fn vectorizable(g: &Graph, k: &Kernel) -> bool {
+    !k.nodes.iter().any(|n| matches!(g.node(*n).op, Op::DropoutMask { .. } | Op::CausalMask { .. }))
 }
 
 fn is_scalar(g: &Graph, id: NodeId) -> bool {
@@ -141,12 +186,59 @@ fn is_scalar(g: &Graph, id: NodeId) -> bool {
     !s.has_batch() && s.sample_elements() == 1
 }
 
+/// A float constant of type `ty` (f32 or f32x4).
+fn fk(b: &mut FunctionBuilder, ty: Type, v: f32) -> Value {
+    let c = b.ins().f32const(v);
+    if ty.is_vector() {
+        b.ins().splat(ty, c)
+    } else {
+        c
+    }
+}
+
+/// An i32 constant of type `ty` (i32 or i32x4).
+fn ik(b: &mut FunctionBuilder, ty: Type, v: i32) -> Value {
+    let c = b.ins().iconst(types::I32, v as i64);
+    if ty.is_vector() {
+        b.ins().splat(ty, c)
+    } else {
+        c
+    }
+}
+
+/// The integer type of the same shape as float type `ty`.
+fn int_of(ty: Type) -> Type {
+    if ty.is_vector() {
+        types::I32X4
+    } else {
+        types::I32
+    }
+}
+
+/// `c ? x : y` for a comparison result `c` (a flag, or a lane mask).
+fn sel(b: &mut FunctionBuilder, c: Value, x: Value, y: Value) -> Value {
+    let ty = b.func.dfg.value_type(x);
+    if ty.is_vector() {
+        let mask = if b.func.dfg.value_type(c) == ty { c } else { b.ins().bitcast(ty, MemFlagsData::new(), c) };
+        b.ins().bitselect(mask, x, y)
+    } else {
+        b.ins().select(c, x, y)
+    }
+}
+
+/// 1.0 where the comparison holds, else 0.0.
+fn flag(b: &mut FunctionBuilder, ty: Type, c: Value) -> Value {
+    let (one, zero) = (fk(b, ty, 1.0), fk(b, ty, 0.0));
+    sel(b, c, one, zero)
+}
+
 /// `p(x)` by Horner's rule, coefficients from the highest power down.
 fn horner(b: &mut FunctionBuilder, x: Value, coefficients: &[f32]) -> Value {
-    let mut acc = b.ins().f32const(coefficients[0]);
+    let ty = b.func.dfg.value_type(x);
+    let mut acc = fk(b, ty, coefficients[0]);
     for c in &coefficients[1..] {
         let m = b.ins().fmul(acc, x);
-        let k = b.ins().f32const(*c);
+        let k = fk(b, ty, *c);
         acc = b.ins().fadd(m, k);
     }
     acc
@@ -156,16 +248,17 @@ fn horner(b: &mut FunctionBuilder, x: Value, coefficients: &[f32]) -> Value {
 /// exactness), eʳ by a degree-6 polynomial (Cephes' expf), 2ⁿ built in the
 /// exponent bits. Inputs are clamped to [−87.3, 88]: below, the result is the
 /// smallest normal (≈1e−38) rather than 0; above, e⁸⁸ rather than ∞. NaN
-/// stays NaN.
+/// stays NaN. Scalar or four lanes.
 #[allow(clippy::excessive_precision)] // Cephes' coefficients as published; f32 rounds them.
 fn exp(b: &mut FunctionBuilder, x: Value) -> Value {
-    let (lo, hi) = (b.ins().f32const(-87.336_54), b.ins().f32const(88.0));
+    let ty = b.func.dfg.value_type(x);
+    let (lo, hi) = (fk(b, ty, -87.336_54), fk(b, ty, 88.0));
     let x = b.ins().fmax(x, lo);
     let x = b.ins().fmin(x, hi);
-    let log2e = b.ins().f32const(std::f32::consts::LOG2_E);
+    let log2e = fk(b, ty, std::f32::consts::LOG2_E);
     let t = b.ins().fmul(x, log2e);
     let n = b.ins().nearest(t);
-    let (c1, c2) = (b.ins().f32const(0.693_359_4), b.ins().f32const(-2.121_944_4e-4));
+    let (c1, c2) = (fk(b, ty, 0.693_359_4), fk(b, ty, -2.121_944_4e-4));
     let a = b.ins().fmul(n, c1);
     let r = b.ins().fsub(x, a);
     let a = b.ins().fmul(n, c2);
@@ -175,12 +268,14 @@ fn exp(b: &mut FunctionBuilder, x: Value) -> Value {
     let rr = b.ins().fmul(r, r);
     let y = b.ins().fmul(p, rr);
     let y = b.ins().fadd(y, r);
-    let one = b.ins().f32const(1.0);
+    let one = fk(b, ty, 1.0);
     let y = b.ins().fadd(y, one);
-    let ni = b.ins().fcvt_to_sint_sat(types::I32, n);
-    let biased = b.ins().iadd_imm_s(ni, 127);
+    let ity = int_of(ty);
+    let ni = b.ins().fcvt_to_sint_sat(ity, n);
+    let bias = ik(b, ity, 127);
+    let biased = b.ins().iadd(ni, bias);
     let bits = b.ins().ishl_imm_u(biased, 23);
-    let scale = b.ins().bitcast(types::F32, MemFlagsData::new(), bits);
+    let scale = b.ins().bitcast(ty, MemFlagsData::new(), bits);
     b.ins().fmul(y, scale)
 }
 
@@ -190,24 +285,31 @@ fn exp(b: &mut FunctionBuilder, x: Value) -> Value {
 /// their normalised neighbours' scale (not exact below 1e−38).
 #[allow(clippy::excessive_precision)] // Cephes' coefficients as published; f32 rounds them.
 fn log(b: &mut FunctionBuilder, x: Value) -> Value {
-    let bits = b.ins().bitcast(types::I32, MemFlagsData::new(), x);
+    let ty = b.func.dfg.value_type(x);
+    let ity = int_of(ty);
+    let bits = b.ins().bitcast(ity, MemFlagsData::new(), x);
     let ebits = b.ins().ushr_imm_u(bits, 23);
-    let ebits = b.ins().band_imm_u(ebits, 0xff);
-    let e = b.ins().iadd_imm_s(ebits, -126);
-    let mbits = b.ins().band_imm_u(bits, 0x807f_ffff_u32 as i64);
-    let mbits = b.ins().bor_imm_u(mbits, 0x3f00_0000);
-    let m = b.ins().bitcast(types::F32, MemFlagsData::new(), mbits);
+    let mask = ik(b, ity, 0xff);
+    let ebits = b.ins().band(ebits, mask);
+    let bias = ik(b, ity, -126);
+    let e = b.ins().iadd(ebits, bias);
+    let mask = ik(b, ity, 0x807f_ffff_u32 as i32);
+    let mbits = b.ins().band(bits, mask);
+    let half = ik(b, ity, 0x3f00_0000);
+    let mbits = b.ins().bor(mbits, half);
+    let m = b.ins().bitcast(ty, MemFlagsData::new(), mbits);
     // m in [0.5, 1): below √½ use 2m − 1 and e − 1, else m − 1.
-    let sqrthf = b.ins().f32const(std::f32::consts::FRAC_1_SQRT_2);
+    let sqrthf = fk(b, ty, std::f32::consts::FRAC_1_SQRT_2);
     let small = b.ins().fcmp(FloatCC::LessThan, m, sqrthf);
-    let one = b.ins().f32const(1.0);
+    let one = fk(b, ty, 1.0);
     let twice = b.ins().fadd(m, m);
     let a = b.ins().fsub(twice, one);
     let c = b.ins().fsub(m, one);
-    let m = b.ins().select(small, a, c);
-    let e1 = b.ins().iadd_imm_s(e, -1);
-    let e = b.ins().select(small, e1, e);
-    let ef = b.ins().fcvt_from_sint(types::F32, e);
+    let m = sel(b, small, a, c);
+    let minus = ik(b, ity, -1);
+    let e1 = b.ins().iadd(e, minus);
+    let e = sel(b, small, e1, e);
+    let ef = b.ins().fcvt_from_sint(ty, e);
     let z = b.ins().fmul(m, m);
     let p = horner(
         b,
@@ -226,27 +328,27 @@ fn log(b: &mut FunctionBuilder, x: Value) -> Value {
     );
     let y = b.ins().fmul(p, m);
     let y = b.ins().fmul(y, z);
-    let q1 = b.ins().f32const(-2.121_944_4e-4);
+    let q1 = fk(b, ty, -2.121_944_4e-4);
     let t = b.ins().fmul(ef, q1);
     let y = b.ins().fadd(y, t);
-    let half = b.ins().f32const(0.5);
+    let half = fk(b, ty, 0.5);
     let hz = b.ins().fmul(z, half);
     let y = b.ins().fsub(y, hz);
     let r = b.ins().fadd(m, y);
-    let q2 = b.ins().f32const(0.693_359_4);
+    let q2 = fk(b, ty, 0.693_359_4);
     let t = b.ins().fmul(ef, q2);
     let r = b.ins().fadd(r, t);
     // Special values.
-    let zero = b.ins().f32const(0.0);
+    let zero = fk(b, ty, 0.0);
     let is_zero = b.ins().fcmp(FloatCC::Equal, x, zero);
-    let ninf = b.ins().f32const(f32::NEG_INFINITY);
-    let r = b.ins().select(is_zero, ninf, r);
-    let inf = b.ins().f32const(f32::INFINITY);
+    let ninf = fk(b, ty, f32::NEG_INFINITY);
+    let r = sel(b, is_zero, ninf, r);
+    let inf = fk(b, ty, f32::INFINITY);
     let is_inf = b.ins().fcmp(FloatCC::Equal, x, inf);
-    let r = b.ins().select(is_inf, inf, r);
+    let r = sel(b, is_inf, inf, r);
     let bad = b.ins().fcmp(FloatCC::UnorderedOrLessThan, x, zero);
-    let nan = b.ins().f32const(f32::NAN);
-    b.ins().select(bad, nan, r)
+    let nan = fk(b, ty, f32::NAN);
+    sel(b, bad, nan, r)
 }
 
 /// tanh x in f32 (Cephes' tanhf): an odd polynomial below |x| = 0.625,
@@ -254,6 +356,7 @@ fn log(b: &mut FunctionBuilder, x: Value) -> Value {
 /// through `exp`'s clamp). NaN stays NaN.
 #[allow(clippy::excessive_precision)] // Cephes' coefficients as published; f32 rounds them.
 fn tanh(b: &mut FunctionBuilder, x: Value) -> Value {
+    let ty = b.func.dfg.value_type(x);
     let ax = b.ins().fabs(x);
     // Small |x|: x + x·z·P(z), z = x².
     let z = b.ins().fmul(x, x);
@@ -262,27 +365,31 @@ fn tanh(b: &mut FunctionBuilder, x: Value) -> Value {
     let pzx = b.ins().fmul(pz, x);
     let small = b.ins().fadd(pzx, x);
     // Large |x|: sign(x)·(1 − 2/(e^{2|x|} + 1)).
-    let two = b.ins().f32const(2.0);
+    let two = fk(b, ty, 2.0);
     let t = b.ins().fmul(ax, two);
     let e = exp(b, t);
-    let one = b.ins().f32const(1.0);
+    let one = fk(b, ty, 1.0);
     let d = b.ins().fadd(e, one);
     let q = b.ins().fdiv(two, d);
     let mag = b.ins().fsub(one, q);
-    let large = b.ins().fcopysign(mag, x);
-    let limit = b.ins().f32const(0.625);
+    // Copy the sign bit of x onto the (non-negative) magnitude.
+    let signbit = fk(b, ty, -0.0);
+    let sign = b.ins().band(x, signbit);
+    let large = b.ins().bor(mag, sign);
+    let limit = fk(b, ty, 0.625);
     let is_small = b.ins().fcmp(FloatCC::LessThan, ax, limit);
-    let r = b.ins().select(is_small, small, large);
+    let r = sel(b, is_small, small, large);
     // NaN: the comparison is false, so `large` was picked; keep the NaN.
     let is_nan = b.ins().fcmp(FloatCC::Unordered, x, x);
-    b.ins().select(is_nan, x, r)
+    sel(b, is_nan, x, r)
 }
 
 /// erf x in f32 (the rational approximation of Eigen's and XLA's
 /// `erf` for f32): x clamped to [−4, 4], then x·P(x²)/Q(x²). NaN stays NaN.
 #[allow(clippy::excessive_precision)]
 fn erf(b: &mut FunctionBuilder, x: Value) -> Value {
-    let (lo, hi) = (b.ins().f32const(-4.0), b.ins().f32const(4.0));
+    let ty = b.func.dfg.value_type(x);
+    let (lo, hi) = (fk(b, ty, -4.0), fk(b, ty, 4.0));
     let c = b.ins().fmax(x, lo);
     let c = b.ins().fmin(c, hi);
     let z = b.ins().fmul(c, c);
@@ -303,7 +410,7 @@ fn erf(b: &mut FunctionBuilder, x: Value) -> Value {
     let q = horner(b, z, &[-1.456_607_2e-05, -2.133_740_6e-04, -1.682_827_0e-03, -7.373_329_2e-03, -1.426_474_0e-02]);
     let r = b.ins().fdiv(p, q);
     let is_nan = b.ins().fcmp(FloatCC::Unordered, x, x);
-    b.ins().select(is_nan, x, r)
+    sel(b, is_nan, x, r)
 }
 
 /// The dropout mask at element `i`: the interpreter's splitmix64 hash of
@@ -339,11 +446,31 @@ pub struct Jit {
     count: usize,
 }
 
-/// A compiled kernel: `f(args, n, start, end)` computes loop indices
-/// `start..end` of a loop of `n` elements. A kernel ending in a reduction
-/// must be called with the whole range (it first fills its output with the
-/// reduction's identity).
+/// A compiled kernel: `f(args, n, start, end)` computes elements
+/// `start..end` of a loop of `n` elements; `start` and `end` must be
+/// multiples of the kernel's row length ([`LoopNest::inner`]). A kernel
+/// ending in a reduction must be called with the whole range (it first fills
+/// its output with the reduction's identity).
 pub type KernelFn = unsafe extern "C" fn(*const *mut f32, i64, i64, i64);
+
+/// Per walked operand: its pointer, its offset at the current row, and its
+/// stride along the inner loop.
+struct Walk {
+    ptr: Value,
+    row: Value,
+    unit: bool,
+}
+
+/// What the loop body needs: pointers and per-row offsets of the walked
+/// operands, scalars loaded once, values constant along a row.
+struct Frame {
+    walk: HashMap<NodeId, Walk>,
+    scalars: HashMap<NodeId, Value>,
+    /// Operands constant along the row (inner stride 0), loaded per row.
+    row_scalars: HashMap<NodeId, Value>,
+}
+
+const VEC: Type = types::F32X4;
 
 impl Jit {
     pub fn new() -> Result<Jit, String> {
@@ -369,14 +496,13 @@ impl Jit {
         }
         let mut b = FunctionBuilder::new(&mut self.ctx.func, &mut self.fctx);
         let entry = b.create_block();
-        let header = b.create_block();
-        let body = b.create_block();
-        let exit = b.create_block();
         b.append_block_params_for_function_params(entry);
         b.switch_to_block(entry);
         let p = b.block_params(entry).to_vec();
         let (args, n, start, end) = (p[0], p[1], p[2], p[3]);
         let shape = loop_shape(g, k).unwrap_or_else(Shape::scalar);
+        let nest = loop_nest(g, k).expect("a lowered kernel has a loop");
+        let walked = walked(g, k);
         let flags = MemFlagsData::trusted();
         // Pointers of every operand; scalars loaded once.
         let slots: Vec<NodeId> = k.reads.iter().chain(&k.writes).copied().collect();
@@ -390,147 +516,79 @@ impl Jit {
                 scalars.insert(*id, v);
             }
         }
+        let reduction = k.nodes.last().copied().filter(|r| is_reduce(g, *r));
+        if let Some(r) = reduction {
+            fill_identity(&mut b, g, r, &shape, n, ptrs[&r]);
+        }
+        let vector = vectorizable(g, k);
         let zero = b.ins().iconst(types::I64, 0);
-        // A reduction's output starts at its identity (0 for sums, −∞ for
-        // maxima): one loop over its m elements first.
-        if let Some(r) = k.nodes.last().filter(|r| is_reduce(g, **r)) {
-            let out_shape = g.ty(*r).shape.clone();
-            let fixed = |s: &Shape| s.0.iter().map(|d| if let Dim::Fixed(n) = d { *n } else { 1 }).product::<u64>();
-            let m = if out_shape.has_batch() {
-                let per = b.ins().udiv_imm_u(n, fixed(&shape) as i64);
-                b.ins().imul_imm_s(per, fixed(&out_shape) as i64)
-            } else {
-                b.ins().iconst(types::I64, fixed(&out_shape) as i64)
-            };
-            let identity = match g.node(*r).op {
-                Op::Reduce { op: crate::ir::ReduceOp::Max, .. } => b.ins().f32const(f32::NEG_INFINITY),
-                _ => b.ins().f32const(0.0),
-            };
-            let (init_head, init_body) = (b.create_block(), b.create_block());
-            b.append_block_param(init_head, types::I64);
-            b.append_block_param(init_body, types::I64);
-            b.ins().jump(init_head, &[zero.into()]);
-            b.switch_to_block(init_head);
-            let j = b.block_params(init_head)[0];
-            let more = b.ins().icmp(cranelift_codegen::ir::condcodes::IntCC::SignedLessThan, j, m);
-            b.ins().brif(more, init_body, &[j.into()], header, &[start.into()]);
-            b.switch_to_block(init_body);
-            let j = b.block_params(init_body)[0];
-            let off = b.ins().imul_imm_s(j, 4);
-            let addr = b.ins().iadd(ptrs[r], off);
-            b.ins().store(flags, identity, addr, 0);
-            let next = b.ins().iadd_imm_s(j, 1);
-            b.ins().jump(init_head, &[next.into()]);
-        } else {
-            b.ins().jump(header, &[start.into()]);
-        }
-        // header(i): i < n ? body(i) : exit
-        b.append_block_param(header, types::I64);
-        b.switch_to_block(header);
-        let i = b.block_params(header)[0];
-        let more = b.ins().icmp(cranelift_codegen::ir::condcodes::IntCC::SignedLessThan, i, end);
-        b.ins().brif(more, body, &[i.into()], exit, &[]);
-        b.append_block_param(body, types::I64);
-        b.switch_to_block(body);
-        let i = b.block_params(body)[0];
-        let offset = b.ins().imul_imm_s(i, 4);
-        let mut vals: HashMap<NodeId, Value> = scalars.clone();
-        for r in &k.reads {
-            if vals.contains_key(r) {
-                continue;
+        match nest.inner {
+            None => {
+                // Flat: offsets are the element index itself.
+                let mut walk = HashMap::new();
+                let mut row_scalars = HashMap::new();
+                for (id, s) in walked.iter().zip(&nest.inner_stride) {
+                    if *s == 0 && k.reads.contains(id) {
+                        // Constant over the whole loop (a shape of ones).
+                        let v = b.ins().load(types::F32, flags, ptrs[id], 0);
+                        row_scalars.insert(*id, v);
+                    }
+                    walk.insert(*id, Walk { ptr: ptrs[id], row: zero, unit: *s == 1 });
+                }
+                let frame = Frame { walk, scalars, row_scalars };
+                inner_loops(&mut b, g, k, &frame, reduction, start, end, zero, vector);
+                b.ins().return_(&[]);
             }
-            let addr = if g.ty(*r).shape == shape {
-                b.ins().iadd(ptrs[r], offset)
-            } else {
-                // A broadcast operand: read at its own offset.
-                let elem = operand_offset(&mut b, i, &g.ty(*r).shape, &shape);
-                let bytes = b.ins().imul_imm_s(elem, 4);
-                b.ins().iadd(ptrs[r], bytes)
-            };
-            let v = b.ins().load(types::F32, flags, addr, 0);
-            vals.insert(*r, v);
-        }
-        for id in &k.nodes {
-            let ins = g.inputs(*id);
-            let arg = |j: usize| vals[&ins[j]];
-            let v = match &g.node(*id).op {
-                Op::Const { value } => b.ins().f32const(*value as f32),
-                Op::CausalMask { t } => {
-                    // Element i of [t, t]: −∞ above the diagonal (column > row).
-                    let row = b.ins().udiv_imm_u(i, *t as i64);
-                    let col = b.ins().urem_imm_u(i, *t as i64);
-                    let above = b.ins().icmp(cranelift_codegen::ir::condcodes::IntCC::UnsignedGreaterThan, col, row);
-                    let (ninf, zero) = (b.ins().f32const(f32::NEG_INFINITY), b.ins().f32const(0.0));
-                    b.ins().select(above, ninf, zero)
-                }
-                Op::DropoutMask { rate, salt } => dropout(&mut b, vals[&ins[1]], i, *rate, *salt),
-                Op::StopGradient | Op::Expand => arg(0),
-                Op::Unary { op } => match op {
-                    U::Neg => b.ins().fneg(arg(0)),
-                    U::Sqrt => b.ins().sqrt(arg(0)),
-                    U::Exp => exp(&mut b, arg(0)),
-                    U::Log => log(&mut b, arg(0)),
-                    U::Tanh => tanh(&mut b, arg(0)),
-                    U::Erf => erf(&mut b, arg(0)),
-                    _ => {
-                        let one = b.ins().f32const(1.0);
-                        b.ins().fdiv(one, arg(0))
-                    }
-                },
-                Op::Binary { op } => {
-                    let (x, y) = (arg(0), arg(1));
-                    match op {
-                        B::Add => b.ins().fadd(x, y),
-                        B::Sub => b.ins().fsub(x, y),
-                        B::Mul => b.ins().fmul(x, y),
-                        B::Div => b.ins().fdiv(x, y),
-                        // Ties (and NaN comparisons) pick the second operand, as the IR says.
-                        B::Max => {
-                            let c = b.ins().fcmp(FloatCC::GreaterThan, x, y);
-                            b.ins().select(c, x, y)
-                        }
-                        B::Min => {
-                            let c = b.ins().fcmp(FloatCC::LessThan, x, y);
-                            b.ins().select(c, x, y)
-                        }
-                        B::Greater | B::Equal => {
-                            let cc = if *op == B::Greater { FloatCC::GreaterThan } else { FloatCC::Equal };
-                            let c = b.ins().fcmp(cc, x, y);
-                            let (one, zero) = (b.ins().f32const(1.0), b.ins().f32const(0.0));
-                            b.ins().select(c, one, zero)
-                        }
-                    }
-                }
-                Op::Reduce { op, .. } => {
-                    // out[o(i)] ← out[o(i)] ⊕ x[i]
-                    let o = operand_offset(&mut b, i, &g.ty(*id).shape, &shape);
-                    let bytes = b.ins().imul_imm_s(o, 4);
-                    let addr = b.ins().iadd(ptrs[id], bytes);
-                    let acc = b.ins().load(types::F32, flags, addr, 0);
-                    let x = arg(0);
-                    let v = match op {
-                        crate::ir::ReduceOp::Sum => b.ins().fadd(acc, x),
-                        // As the interpreter: a larger value or a NaN wins.
-                        crate::ir::ReduceOp::Max => {
-                            let c = b.ins().fcmp(FloatCC::UnorderedOrGreaterThan, x, acc);
-                            b.ins().select(c, x, acc)
-                        }
+            Some(row) => {
+                // Rows start/row .. end/row; per row, each operand's offset
+                // from the outer axes: Σ ((o / below_d) mod size_d)·stride_d.
+                let first = b.ins().udiv_imm_u(start, row as i64);
+                let last = b.ins().udiv_imm_u(end, row as i64);
+                let (head, body, exit) = (b.create_block(), b.create_block(), b.create_block());
+                b.append_block_param(head, types::I64);
+                b.ins().jump(head, &[first.into()]);
+                b.switch_to_block(head);
+                let o = b.block_params(head)[0];
+                let more = b.ins().icmp(IntCC::SignedLessThan, o, last);
+                b.ins().brif(more, body, &[], exit, &[]);
+                b.switch_to_block(body);
+                let mut offsets = vec![zero; walked.len()];
+                let mut below = 1u64;
+                for (size, strides) in nest.outer.iter().rev() {
+                    let q = if below == 1 { o } else { b.ins().udiv_imm_u(o, below as i64) };
+                    let idx = match size {
+                        Some(m) => b.ins().urem_imm_u(q, *m as i64),
+                        None => q,
                     };
-                    b.ins().store(flags, v, addr, 0);
-                    continue;
+                    for (j, st) in strides.iter().enumerate() {
+                        if *st != 0 {
+                            let t = b.ins().imul_imm_s(idx, *st as i64);
+                            offsets[j] = b.ins().iadd(offsets[j], t);
+                        }
+                    }
+                    below *= size.unwrap_or(1);
                 }
-                _ => b.ins().f32const(f32::NAN),
-            };
-            vals.insert(*id, v);
+                let mut walk = HashMap::new();
+                let mut row_scalars = HashMap::new();
+                for ((id, s), off) in walked.iter().zip(&nest.inner_stride).zip(&offsets) {
+                    if *s == 0 && k.reads.contains(id) {
+                        let bytes = b.ins().imul_imm_s(*off, 4);
+                        let addr = b.ins().iadd(ptrs[id], bytes);
+                        let v = b.ins().load(types::F32, flags, addr, 0);
+                        row_scalars.insert(*id, v);
+                    }
+                    walk.insert(*id, Walk { ptr: ptrs[id], row: *off, unit: *s == 1 });
+                }
+                let frame = Frame { walk, scalars, row_scalars };
+                let base = b.ins().imul_imm_s(o, row as i64);
+                let count = b.ins().iconst(types::I64, row as i64);
+                inner_loops(&mut b, g, k, &frame, reduction, zero, count, base, vector);
+                let next = b.ins().iadd_imm_s(o, 1);
+                b.ins().jump(head, &[next.into()]);
+                b.switch_to_block(exit);
+                b.ins().return_(&[]);
+            }
         }
-        for w in k.writes.iter().filter(|w| !is_reduce(g, **w)) {
-            let addr = b.ins().iadd(ptrs[w], offset);
-            b.ins().store(flags, vals[w], addr, 0);
-        }
-        let next = b.ins().iadd_imm_s(i, 1);
-        b.ins().jump(header, &[next.into()]);
-        b.switch_to_block(exit);
-        b.ins().return_(&[]);
         b.seal_all_blocks();
         b.finalize(target);
         self.ctx.func.display().to_string()
@@ -564,4 +622,250 @@ impl Jit {
         // (pointer, i64, i64, i64) -> () in the platform's default calling convention.
         Ok(unsafe { std::mem::transmute::<*const u8, KernelFn>(code) })
     }
+}
+
+/// Fills reduction `r`'s output (`ptr`) with its identity: 0 for sums, −∞
+/// for maxima. Its size follows from `n`, the loop's element count.
+fn fill_identity(b: &mut FunctionBuilder, g: &Graph, r: NodeId, shape: &Shape, n: Value, ptr: Value) {
+    let out_shape = g.ty(r).shape.clone();
+    let fixed = |s: &Shape| s.0.iter().map(|d| if let Dim::Fixed(n) = d { *n } else { 1 }).product::<u64>();
+    let m = if out_shape.has_batch() {
+        let per = b.ins().udiv_imm_u(n, fixed(shape) as i64);
+        b.ins().imul_imm_s(per, fixed(&out_shape) as i64)
+    } else {
+        b.ins().iconst(types::I64, fixed(&out_shape) as i64)
+    };
+    let identity = match g.node(r).op {
+        Op::Reduce { op: ReduceOp::Max, .. } => b.ins().f32const(f32::NEG_INFINITY),
+        _ => b.ins().f32const(0.0),
+    };
+    let (head, body, done) = (b.create_block(), b.create_block(), b.create_block());
+    b.append_block_param(head, types::I64);
+    let zero = b.ins().iconst(types::I64, 0);
+    b.ins().jump(head, &[zero.into()]);
+    b.switch_to_block(head);
+    let j = b.block_params(head)[0];
+    let more = b.ins().icmp(IntCC::SignedLessThan, j, m);
+    b.ins().brif(more, body, &[], done, &[]);
+    b.switch_to_block(body);
+    let off = b.ins().imul_imm_s(j, 4);
+    let addr = b.ins().iadd(ptr, off);
+    b.ins().store(MemFlagsData::trusted(), identity, addr, 0);
+    let next = b.ins().iadd_imm_s(j, 1);
+    b.ins().jump(head, &[next.into()]);
+    b.switch_to_block(done);
+}
+
+/// `acc ⊕ x` for a reduction: a sum, or a maximum where a larger value or a
+/// NaN wins (as the interpreter).
+fn combine(b: &mut FunctionBuilder, op: ReduceOp, acc: Value, x: Value) -> Value {
+    match op {
+        ReduceOp::Sum => b.ins().fadd(acc, x),
+        ReduceOp::Max => {
+            let c = b.ins().fcmp(FloatCC::UnorderedOrGreaterThan, x, acc);
+            sel(b, c, x, acc)
+        }
+    }
+}
+
+/// The loops over elements `lo..hi` of a row: four lanes at a time while
+/// four remain (when `vector`), then one at a time. `base` is the row's
+/// first element index (for ops that hash the index). A reduction whose
+/// output is constant along the row accumulates in registers and adds into
+/// its output once, after both loops.
+#[allow(clippy::too_many_arguments)]
+fn inner_loops(
+    b: &mut FunctionBuilder,
+    g: &Graph,
+    k: &Kernel,
+    frame: &Frame,
+    reduction: Option<NodeId>,
+    lo: Value,
+    hi: Value,
+    base: Value,
+    vector: bool,
+) {
+    let red = reduction.map(|r| {
+        let Op::Reduce { op, .. } = g.node(r).op else { unreachable!("a reduction") };
+        (r, op, frame.walk[&r].unit)
+    });
+    // Accumulating in registers: the output is constant along the row.
+    let acc_op = red.filter(|(_, _, unit)| !unit).map(|(_, op, _)| op);
+    let identity = |b: &mut FunctionBuilder, ty: Type| match acc_op {
+        Some(ReduceOp::Max) => fk(b, ty, f32::NEG_INFINITY),
+        _ => fk(b, ty, 0.0),
+    };
+    let tail_head = b.create_block();
+    b.append_block_param(tail_head, types::I64);
+    b.append_block_param(tail_head, types::F32);
+    if vector {
+        // Splats of scalars, once per row.
+        let mut splats = HashMap::new();
+        for (id, v) in frame.scalars.iter().chain(&frame.row_scalars) {
+            splats.insert(*id, b.ins().splat(VEC, *v));
+        }
+        let (head, body) = (b.create_block(), b.create_block());
+        b.append_block_param(head, types::I64);
+        b.append_block_param(head, VEC);
+        let acc0 = identity(b, VEC);
+        b.ins().jump(head, &[lo.into(), acc0.into()]);
+        b.switch_to_block(head);
+        let (j, acc) = (b.block_params(head)[0], b.block_params(head)[1]);
+        let j4 = b.ins().iadd_imm_s(j, 4);
+        let fits = b.ins().icmp(IntCC::SignedLessThanOrEqual, j4, hi);
+        // Leaving: the lanes of the accumulator folded into one.
+        let exit_v = b.create_block();
+        b.ins().brif(fits, body, &[], exit_v, &[]);
+        b.switch_to_block(exit_v);
+        let mut s = b.ins().extractlane(acc, 0);
+        if let Some(op) = acc_op {
+            for lane in 1..4 {
+                let x = b.ins().extractlane(acc, lane);
+                s = combine(b, op, s, x);
+            }
+        }
+        b.ins().jump(tail_head, &[j.into(), s.into()]);
+        b.switch_to_block(body);
+        let acc = element(b, g, k, frame, &splats, j, base, VEC, acc, red);
+        b.ins().jump(head, &[j4.into(), acc.into()]);
+    } else {
+        let acc0 = identity(b, types::F32);
+        b.ins().jump(tail_head, &[lo.into(), acc0.into()]);
+    }
+    b.switch_to_block(tail_head);
+    let (j, acc) = (b.block_params(tail_head)[0], b.block_params(tail_head)[1]);
+    let (body, done) = (b.create_block(), b.create_block());
+    b.append_block_param(done, types::F32);
+    let more = b.ins().icmp(IntCC::SignedLessThan, j, hi);
+    b.ins().brif(more, body, &[], done, &[acc.into()]);
+    b.switch_to_block(body);
+    let mut scalars = frame.scalars.clone();
+    scalars.extend(frame.row_scalars.iter().map(|(k, v)| (*k, *v)));
+    let acc2 = element(b, g, k, frame, &scalars, j, base, types::F32, acc, red);
+    let j1 = b.ins().iadd_imm_s(j, 1);
+    b.ins().jump(tail_head, &[j1.into(), acc2.into()]);
+    b.switch_to_block(done);
+    let acc = b.block_params(done)[0];
+    if let (Some((r, op, _)), Some(_)) = (red, acc_op) {
+        // out[row] ⊕= acc
+        let w = &frame.walk[&r];
+        let bytes = b.ins().imul_imm_s(w.row, 4);
+        let addr = b.ins().iadd(w.ptr, bytes);
+        let old = b.ins().load(types::F32, MemFlagsData::trusted(), addr, 0);
+        let v = combine(b, op, old, acc);
+        b.ins().store(MemFlagsData::trusted(), v, addr, 0);
+    }
+}
+
+/// The address of element `j` of a walked operand's row.
+fn address(b: &mut FunctionBuilder, w: &Walk, j: Value) -> Value {
+    let e = if w.unit { b.ins().iadd(w.row, j) } else { w.row };
+    let bytes = b.ins().imul_imm_s(e, 4);
+    b.ins().iadd(w.ptr, bytes)
+}
+
+/// One element (or four lanes) of the kernel at row position `j`: loads,
+/// the nodes, stores; returns the register accumulator.
+#[allow(clippy::too_many_arguments)]
+fn element(
+    b: &mut FunctionBuilder,
+    g: &Graph,
+    k: &Kernel,
+    frame: &Frame,
+    constants: &HashMap<NodeId, Value>,
+    j: Value,
+    base: Value,
+    ty: Type,
+    acc: Value,
+    red: Option<(NodeId, ReduceOp, bool)>,
+) -> Value {
+    let mem = if ty.is_vector() { MemFlagsData::new().with_notrap() } else { MemFlagsData::trusted() };
+    let mut vals: HashMap<NodeId, Value> = constants.clone();
+    for r in &k.reads {
+        if vals.contains_key(r) {
+            continue;
+        }
+        let addr = address(b, &frame.walk[r], j);
+        let v = b.ins().load(ty, mem, addr, 0);
+        vals.insert(*r, v);
+    }
+    let mut acc = acc;
+    for id in &k.nodes {
+        let ins = g.inputs(*id);
+        let arg = |j: usize| vals[&ins[j]];
+        let v = match &g.node(*id).op {
+            Op::StopGradient | Op::Expand => arg(0),
+            Op::CausalMask { t } => {
+                // Element i of [t, t]: −∞ above the diagonal (column > row).
+                let i = b.ins().iadd(base, j);
+                let row = b.ins().udiv_imm_u(i, *t as i64);
+                let col = b.ins().urem_imm_u(i, *t as i64);
+                let above = b.ins().icmp(IntCC::UnsignedGreaterThan, col, row);
+                let (ninf, zero) = (b.ins().f32const(f32::NEG_INFINITY), b.ins().f32const(0.0));
+                b.ins().select(above, ninf, zero)
+            }
+            Op::DropoutMask { rate, salt } => {
+                let i = b.ins().iadd(base, j);
+                dropout(b, vals[&ins[1]], i, *rate, *salt)
+            }
+            Op::Unary { op } => match op {
+                U::Neg => b.ins().fneg(arg(0)),
+                U::Sqrt => b.ins().sqrt(arg(0)),
+                U::Exp => exp(b, arg(0)),
+                U::Log => log(b, arg(0)),
+                U::Tanh => tanh(b, arg(0)),
+                U::Erf => erf(b, arg(0)),
+                U::Recip => {
+                    let one = fk(b, ty, 1.0);
+                    b.ins().fdiv(one, arg(0))
+                }
+            },
+            Op::Binary { op } => {
+                let (x, y) = (arg(0), arg(1));
+                match op {
+                    B::Add => b.ins().fadd(x, y),
+                    B::Sub => b.ins().fsub(x, y),
+                    B::Mul => b.ins().fmul(x, y),
+                    B::Div => b.ins().fdiv(x, y),
+                    // Ties (and NaN comparisons) pick the second operand, as the IR says.
+                    B::Max => {
+                        let c = b.ins().fcmp(FloatCC::GreaterThan, x, y);
+                        sel(b, c, x, y)
+                    }
+                    B::Min => {
+                        let c = b.ins().fcmp(FloatCC::LessThan, x, y);
+                        sel(b, c, x, y)
+                    }
+                    B::Greater => {
+                        let c = b.ins().fcmp(FloatCC::GreaterThan, x, y);
+                        flag(b, ty, c)
+                    }
+                    B::Equal => {
+                        let c = b.ins().fcmp(FloatCC::Equal, x, y);
+                        flag(b, ty, c)
+                    }
+                }
+            }
+            Op::Reduce { .. } => {
+                let (r, op, unit) = red.expect("the kernel's reduction");
+                if unit {
+                    // out[row + j] ⊕= x
+                    let addr = address(b, &frame.walk[&r], j);
+                    let old = b.ins().load(ty, mem, addr, 0);
+                    let v = combine(b, op, old, arg(0));
+                    b.ins().store(mem, v, addr, 0);
+                } else {
+                    acc = combine(b, op, acc, arg(0));
+                }
+                continue;
+            }
+            other => unreachable!("`{}` passed `unsupported`", other.name()),
+        };
+        vals.insert(*id, v);
+    }
+    for w in k.writes.iter().filter(|w| !is_reduce(g, **w)) {
+        let addr = address(b, &frame.walk[w], j);
+        b.ins().store(mem, vals[w], addr, 0);
+    }
+    acc
 }

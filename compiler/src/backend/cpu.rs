@@ -50,7 +50,7 @@ impl P {
 }
 
 enum Code {
-    Clif { f: KernelFn, reduces: bool },
+    Clif { f: KernelFn, reduces: bool, row: usize },
     Gemm { ta: bool, tb: bool },
     Copy,
 }
@@ -72,7 +72,8 @@ enum Call {
         f: KernelFn,
         args: Vec<*mut f32>,
         n: usize,
-        split: bool,
+        /// Where to split the loop between two threads (a row boundary).
+        split: Option<usize>,
     },
     Gemm {
         m: usize,
@@ -135,7 +136,8 @@ impl Program {
                         format!("kernel {i} ({}) cannot be compiled: {why}", ops.join(", "))
                     })?;
                     let reduces = k.nodes.iter().any(|n| matches!(g.node(*n).op, Op::Reduce { .. }));
-                    Code::Clif { f, reduces }
+                    let row = clif::loop_nest(&g, k).and_then(|l| l.inner).unwrap_or(1) as usize;
+                    Code::Clif { f, reduces, row }
                 }
                 KernelKind::Gemm => match g.node(k.nodes[0]).op {
                     Op::MatMul { ta, tb } => Code::Gemm { ta, tb },
@@ -340,11 +342,13 @@ impl Program {
         let mut calls = Vec::with_capacity(self.kernels.len());
         for (kernel, code) in self.kernels.iter().zip(&self.code) {
             calls.push(match code {
-                Code::Clif { f, reduces } => {
+                Code::Clif { f, reduces, row } => {
                     let shape = clif::loop_shape(g, kernel).unwrap_or_else(Shape::scalar);
                     let n = elements(&shape, batch);
                     let args = kernel.reads.iter().chain(&kernel.writes).map(|v| addr[v].0).collect();
-                    Call::Clif { f: *f, args, n, split: !reduces && n >= PARALLEL_ELEMENTS }
+                    let half = (n / row).div_ceil(2) * row;
+                    let split = (!reduces && n >= PARALLEL_ELEMENTS && half < n).then_some(half);
+                    Call::Clif { f: *f, args, n, split }
                 }
                 Code::Gemm { ta, tb } => {
                     let id = kernel.nodes[0];
@@ -444,9 +448,8 @@ fn run_call(call: &Call) -> Result<(), String> {
     match call {
         Call::Clif { f, args, n, split } => {
             let n = *n as i64;
-            if *split {
-                let (a, f) = (P(args.as_ptr() as *mut f32), *f);
-                let half = n / 2;
+            if let Some(half) = *split {
+                let (a, f, half) = (P(args.as_ptr() as *mut f32), *f, half as i64);
                 // SAFETY: the kernel writes only elements of its own range.
                 rayon::join(
                     move || unsafe { f(a.get() as *const *mut f32, n, 0, half) },
