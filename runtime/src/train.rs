@@ -50,8 +50,31 @@ pub struct EpochLog {
     pub val_accuracy: Option<f64>,
     pub test_loss: Option<f64>,
     pub test_accuracy: Option<f64>,
+    /// Macro-averaged precision, recall and F1 on the validation and test
+    /// sets (classification targets only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub val_prf: Option<Prf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub test_prf: Option<Prf>,
     pub seconds: f64,
     pub samples_per_second: f64,
+}
+
+/// Macro-averaged precision, recall and F1.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct Prf {
+    pub precision: f64,
+    pub recall: f64,
+    pub f1: f64,
+}
+
+fn prf(e: &Evaluation) -> Option<Prf> {
+    use modelc_compiler::check::layers::Average;
+    e.confusion.as_ref().map(|c| Prf {
+        precision: c.precision(Average::Macro),
+        recall: c.recall(Average::Macro),
+        f1: c.f1(Average::Macro),
+    })
 }
 
 pub struct Outcome {
@@ -298,6 +321,7 @@ pub fn run(
         let seconds = started.elapsed().as_secs_f64();
         let val = data.val.as_ref().map(|d| evaluate(exec, d, batch)).transpose()?;
         let test = data.test.as_ref().map(|d| evaluate(exec, d, batch)).transpose()?;
+        let (val_prf, test_prf) = (val.as_ref().and_then(prf), test.as_ref().and_then(prf));
         let val = val.map(|v| (v.loss, v.accuracy));
         let test = test.map(|t| (t.loss, t.accuracy));
         let entry = EpochLog {
@@ -309,6 +333,8 @@ pub fn run(
             val_accuracy: val.and_then(|v| v.1),
             test_loss: test.map(|t| t.0),
             test_accuracy: test.and_then(|t| t.1),
+            val_prf,
+            test_prf,
             seconds,
             samples_per_second: n as f64 / seconds.max(1e-9),
         };
@@ -371,6 +397,9 @@ fn epoch_line(e: &EpochLog, epochs: u64) -> String {
     }
     if let Some(l) = e.test_loss {
         s.push_str(&format!("  test loss {l:.4}{}", pct(e.test_accuracy)));
+    }
+    if let Some(p) = e.test_prf.or(e.val_prf) {
+        s.push_str(&format!("  F1 {:.2}%", 100.0 * p.f1));
     }
     s.push_str(&format!("  lr {:.3e}  {:.0} samples/s  {:.1} s", e.lr, e.samples_per_second, e.seconds));
     s

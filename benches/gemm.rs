@@ -1,0 +1,46 @@
+//! The `gemm` crate on the matmuls of the 784-1024-1024-10 MLP at batch 256
+//! (every layout the training step uses), GFLOP/s with all threads and one.
+//! Run: `cargo bench --bench gemm`.
+
+use std::time::Instant;
+
+use gemm::{gemm, Parallelism};
+
+/// C[m, n] = op(A)·op(B); A stored [m, k] (or [k, m] when `ta`), B stored
+/// [k, n] (or [n, k] when `tb`).
+fn run(m: usize, n: usize, k: usize, ta: bool, tb: bool, par: Parallelism) -> f64 {
+    let a = vec![0.5f32; m * k];
+    let b = vec![0.25f32; k * n];
+    let mut c = vec![0.0f32; m * n];
+    let lhs = if ta { (1, m as isize) } else { (k as isize, 1) };
+    let rhs = if tb { (1, k as isize) } else { (n as isize, 1) };
+    let mut once = || unsafe {
+        gemm(m, n, k, c.as_mut_ptr(), 1, n as isize, false, a.as_ptr(), lhs.1, lhs.0, b.as_ptr(), rhs.1, rhs.0, 0.0, 1.0, false, false, false, par)
+    };
+    for _ in 0..3 {
+        once();
+    }
+    let reps = (2e9 / (2.0 * (m * n * k) as f64)).ceil() as usize;
+    let t = Instant::now();
+    for _ in 0..reps {
+        once();
+    }
+    2.0 * (m * n * k * reps) as f64 / t.elapsed().as_secs_f64() / 1e9
+}
+
+fn main() {
+    let threads = rayon::current_num_threads();
+    println!("{:<34} {:>10} {:>10}", "C = op(A)·op(B)", format!("{threads} thr"), "1 thr");
+    for (name, m, n, k, ta, tb) in [
+        ("x·W1ᵀ  [256,784]·[1024,784]ᵀ", 256, 1024, 784, false, true),
+        ("h·W2ᵀ  [256,1024]·[1024,1024]ᵀ", 256, 1024, 1024, false, true),
+        ("dy·W2  [256,1024]·[1024,1024]", 256, 1024, 1024, false, false),
+        ("dyᵀ·h  [256,1024]ᵀ·[256,1024]", 1024, 1024, 256, true, false),
+        ("dyᵀ·x  [256,1024]ᵀ·[256,784]", 1024, 784, 256, true, false),
+        ("square 1024, no transposes", 1024, 1024, 1024, false, false),
+    ] {
+        let all = run(m, n, k, ta, tb, Parallelism::Rayon(threads));
+        let one = run(m, n, k, ta, tb, Parallelism::None);
+        println!("{name:<34} {all:>10.1} {one:>10.1}");
+    }
+}
