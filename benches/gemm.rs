@@ -15,7 +15,27 @@ fn run(m: usize, n: usize, k: usize, ta: bool, tb: bool, par: Parallelism) -> f6
     let lhs = if ta { (1, m as isize) } else { (k as isize, 1) };
     let rhs = if tb { (1, k as isize) } else { (n as isize, 1) };
     let mut once = || unsafe {
-        gemm(m, n, k, c.as_mut_ptr(), 1, n as isize, false, a.as_ptr(), lhs.1, lhs.0, b.as_ptr(), rhs.1, rhs.0, 0.0, 1.0, false, false, false, par)
+        gemm(
+            m,
+            n,
+            k,
+            c.as_mut_ptr(),
+            1,
+            n as isize,
+            false,
+            a.as_ptr(),
+            lhs.1,
+            lhs.0,
+            b.as_ptr(),
+            rhs.1,
+            rhs.0,
+            0.0,
+            1.0,
+            false,
+            false,
+            false,
+            par,
+        )
     };
     for _ in 0..3 {
         once();

@@ -5,6 +5,7 @@
 //!     cargo bench --bench train_speed                 # all three, JSON lines
 //!     cargo bench --bench train_speed -- mnist_mlp    # one
 //!     cargo bench --bench train_speed -- --first-step specs/lenet5.model
+//!     MODELC_PROFILE=1 cargo bench --bench train_speed -- lenet5   # + time per kernel
 //!
 //! Protocol (the same in the PyTorch script): one warm-up epoch, then one
 //! timed epoch; the shuffle (a permuted copy of the training set) is outside
@@ -57,20 +58,26 @@ fn throughput(spec: &str) {
     set.gather(&(0..n).collect::<Vec<_>>(), &mut features, &mut labels);
     let lr = info.optimizer.as_ref().expect("optimizer").lr();
     let mut exec = Compiled::new(&model, &cfg, &modelc::init::init(&model, info.seed)).expect("compiles");
-    let mut epoch = |step0: u64| -> (f64, f64) {
+    let epoch = |exec: &mut Compiled, step0: u64| -> (f64, f64) {
         let t = Instant::now();
         let mut loss = 0.0;
         let mut step = step0;
         for start in (0..n).step_by(b) {
             let m = b.min(n - start);
-            let batch = Batch { n: m, features: &features[start * w..(start + m) * w], labels: &labels[start..start + m] };
+            let batch =
+                Batch { n: m, features: &features[start * w..(start + m) * w], labels: &labels[start..start + m] };
             step += 1;
             loss = exec.train_step(&batch, lr, step, 0).expect("step").loss;
         }
         (t.elapsed().as_secs_f64(), loss)
     };
-    let _ = epoch(0);
-    let (secs, loss) = epoch(n.div_ceil(b) as u64);
+    let _ = epoch(&mut exec, 0);
+    let (secs, loss) = epoch(&mut exec, n.div_ceil(b) as u64);
+    if std::env::var_os("MODELC_PROFILE").is_some() {
+        exec.start_profile();
+        let _ = epoch(&mut exec, 0);
+        eprintln!("{spec}: time per kernel over one more epoch\n{}", exec.profile_report());
+    }
     println!(
         "{{\"spec\": \"{spec}\", \"batch\": {b}, \"samples\": {n}, \"seconds\": {secs:.4}, \"samples_per_s\": {:.0}, \"last_loss\": {loss:.4}, \"threads\": {}}}",
         n as f64 / secs,

@@ -3,8 +3,8 @@
 mod backend;
 mod checker;
 mod checkpoint;
-mod compiled;
 mod cli;
+mod compiled;
 mod data;
 mod ir;
 mod passes;

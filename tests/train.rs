@@ -57,7 +57,7 @@ fn the_same_seed_gives_the_same_loss_curve() {
             ..Default::default()
         };
         let data = modelc::train::load(info.data.as_ref().expect("data"), model, info, &opts).expect("data");
-        let mut exec = modelc::exec::Interpreter::new(model, &cfg, &modelc::init::init(model, seed)).expect("compiles");
+        let mut exec = modelc::exec::Compiled::new(model, &cfg, &modelc::init::init(model, seed)).expect("compiles");
         let o = modelc::train::run(&mut exec, model, info, &data, &opts, &mut Vec::new()).expect("trains");
         std::fs::remove_dir_all(&opts.out).ok();
         o.losses

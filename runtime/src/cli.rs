@@ -224,7 +224,20 @@ pub fn run(args: impl IntoIterator<Item = OsString>, out: &mut dyn Write, err: &
         Command::Graph { file, model, stage, format, batch } => {
             graph(&file, model.as_deref(), stage, format, batch, out, err, color)
         }
-        Command::Train { file, model, epochs, batch, seed, limit, test_limit, out: dir, run, set, resume, executor } => {
+        Command::Train {
+            file,
+            model,
+            epochs,
+            batch,
+            seed,
+            limit,
+            test_limit,
+            out: dir,
+            run,
+            set,
+            resume,
+            executor,
+        } => {
             let flags = RunFile { epochs, batch, seed, limit, test_limit, data: None, out: dir };
             train(&file, model.as_deref(), flags, run.as_deref(), &set, resume, executor, out, err, color)
         }
@@ -796,8 +809,7 @@ fn predict(
     let mut index = 0;
     for idx in crate::data::batches(&order, batch) {
         set.gather(idx, &mut x, &mut y);
-        let s =
-            exec.evaluate(&crate::exec::Batch { n: idx.len(), features: &x, labels: &y })?;
+        let s = exec.evaluate(&crate::exec::Batch { n: idx.len(), features: &x, labels: &y })?;
         for p in &s.predictions {
             let _ = writeln!(out, "{index}\t{p}");
             index += 1;

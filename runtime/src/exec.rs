@@ -239,10 +239,31 @@ impl Compiled {
         Ok(Compiled { step, eval, data, target, tensors, params })
     }
 
+    /// Times every kernel of the training step from now on.
+    pub fn start_profile(&mut self) {
+        self.step.start_profile();
+    }
+
+    /// The training step's kernels by time spent, as text.
+    pub fn profile_report(&self) -> String {
+        let rows = self.step.profile();
+        let total: f64 = rows.iter().map(|r| r.2.as_secs_f64()).sum();
+        let mut out = format!("{:>6} {:>9} {:>6}  kernel\n", "share", "µs/call", "index");
+        for (i, what, t, n) in rows.iter().take(25) {
+            let us = t.as_secs_f64() * 1e6 / (*n).max(1) as f64;
+            out.push_str(&format!("{:>5.1}% {us:>9.1} {i:>6}  {what}\n", 100.0 * t.as_secs_f64() / total.max(1e-12)));
+        }
+        out
+    }
+
     fn feed(program: &mut Program, name: &str, batch: usize, values: &[f32]) -> Result<(), String> {
         let buf = program.input_mut(name, batch)?;
         if buf.len() != values.len() {
-            return Err(format!("input `{name}`: {} values for a batch of {batch} that needs {}", values.len(), buf.len()));
+            return Err(format!(
+                "input `{name}`: {} values for a batch of {batch} that needs {}",
+                values.len(),
+                buf.len()
+            ));
         }
         buf.copy_from_slice(values);
         Ok(())

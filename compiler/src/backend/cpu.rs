@@ -38,6 +38,7 @@ const PARALLEL_FLOPS: usize = 1 << 18;
 /// A raw pointer that may cross threads: every kernel writes disjoint
 /// elements, and the program's memory outlives its calls.
 #[derive(Clone, Copy, Debug)]
+#[repr(transparent)]
 struct P(*mut f32);
 // SAFETY: see the type's comment; the program never hands these out.
 unsafe impl Send for P {}
@@ -70,7 +71,8 @@ struct Input {
 enum Call {
     Clif {
         f: KernelFn,
-        args: Vec<*mut f32>,
+        /// One pointer per read and write (`P` is a transparent pointer).
+        args: Vec<P>,
         n: usize,
         /// Where to split the loop between two threads (a row boundary).
         split: Option<usize>,
@@ -116,6 +118,8 @@ pub struct Program {
     arena: Vec<f32>,
     layouts: HashMap<usize, Layout>,
     capacity: usize,
+    /// Per kernel: time spent and calls, when profiling.
+    profile: Option<Vec<(std::time::Duration, u64)>>,
 }
 
 fn elements(shape: &Shape, batch: usize) -> usize {
@@ -180,6 +184,7 @@ impl Program {
             arena: Vec::new(),
             layouts: HashMap::new(),
             capacity: 1,
+            profile: None,
         })
     }
 
@@ -345,7 +350,7 @@ impl Program {
                 Code::Clif { f, reduces, row } => {
                     let shape = clif::loop_shape(g, kernel).unwrap_or_else(Shape::scalar);
                     let n = elements(&shape, batch);
-                    let args = kernel.reads.iter().chain(&kernel.writes).map(|v| addr[v].0).collect();
+                    let args = kernel.reads.iter().chain(&kernel.writes).map(|v| addr[v]).collect();
                     let half = (n / row).div_ceil(2) * row;
                     let split = (!reduces && n >= PARALLEL_ELEMENTS && half < n).then_some(half);
                     Call::Clif { f: *f, args, n, split }
@@ -393,15 +398,56 @@ impl Program {
     pub fn run(&mut self, batch: usize) -> Result<(), String> {
         self.layout(batch);
         let layout = &self.layouts[&batch];
-        for (i, call) in layout.calls.iter().enumerate() {
-            run_call(call).map_err(|e| format!("kernel {i}: {e}"))?;
-        }
+        // The whole step runs on a worker of the pool, so splitting a kernel
+        // between the threads is a cheap local fork, not a wake-up from
+        // outside the pool.
+        pool().install(|| -> Result<(), String> {
+            match &mut self.profile {
+                None => {
+                    for (i, call) in layout.calls.iter().enumerate() {
+                        run_call(call).map_err(|e| format!("kernel {i}: {e}"))?;
+                    }
+                }
+                Some(times) => {
+                    for (i, call) in layout.calls.iter().enumerate() {
+                        let t = std::time::Instant::now();
+                        run_call(call).map_err(|e| format!("kernel {i}: {e}"))?;
+                        times[i].0 += t.elapsed();
+                        times[i].1 += 1;
+                    }
+                }
+            }
+            Ok(())
+        })?;
         for (from, to, n) in &layout.copy_back {
             // SAFETY: both buffers hold n floats and do not overlap (an
             // output in the arena, an input outside it).
             unsafe { std::ptr::copy_nonoverlapping(from.0, to.0, *n) };
         }
         Ok(())
+    }
+
+    /// Starts timing every kernel call (a clock read around each).
+    pub fn start_profile(&mut self) {
+        self.profile = Some(vec![(std::time::Duration::ZERO, 0); self.kernels.len()]);
+    }
+
+    /// Kernels by time spent since `start_profile`, most first: (kernel
+    /// index, kind and ops, total time, calls).
+    pub fn profile(&self) -> Vec<(usize, String, std::time::Duration, u64)> {
+        let Some(times) = &self.profile else { return Vec::new() };
+        let mut rows: Vec<_> = times
+            .iter()
+            .enumerate()
+            .map(|(i, (t, n))| {
+                let k = &self.kernels[i];
+                let ops: Vec<String> = k.nodes.iter().map(|n| self.g.node(*n).op.name()).collect();
+                let what = format!("{} {}", format!("{:?}", k.kind).to_lowercase(), ops.join(","));
+                (i, what, *t, *n)
+            })
+            .collect();
+        rows.sort_by(|a, b| b.2.cmp(&a.2));
+        rows
     }
 
     /// Output `name` of the last run at `batch`.
@@ -421,6 +467,17 @@ impl Program {
             Storage::Bound(p, n) => unsafe { std::slice::from_raw_parts(p.0, *n) },
         })
     }
+}
+
+/// The threads kernels run on: `RAYON_NUM_THREADS`, or every core.
+fn pool() -> &'static rayon::ThreadPool {
+    static POOL: std::sync::OnceLock<rayon::ThreadPool> = std::sync::OnceLock::new();
+    POOL.get_or_init(|| {
+        rayon::ThreadPoolBuilder::new()
+            .thread_name(|i| format!("modelc-{i}"))
+            .build()
+            .unwrap_or_else(|_| rayon::ThreadPoolBuilder::new().num_threads(1).build().expect("a one-thread pool"))
+    })
 }
 
 /// The element offset of the matrix for leading index `i` (over `lead`) in an
@@ -458,7 +515,7 @@ fn run_call(call: &Call) -> Result<(), String> {
             } else {
                 // SAFETY: one pointer per read and write, each to a buffer of
                 // its value's size at this batch.
-                unsafe { f(args.as_ptr(), n, 0, n) };
+                unsafe { f(args.as_ptr() as *const *mut f32, n, 0, n) };
             }
         }
         Call::Gemm { m, n, k, lhs, rhs, each } => {
@@ -468,7 +525,10 @@ fn run_call(call: &Call) -> Result<(), String> {
                 // buffers; the destination does not overlap them (a gemm
                 // kernel never writes in place).
                 unsafe {
-                    gemm(m, n, k, c.0, 1, n as isize, false, a.0, lhs.1, lhs.0, b.0, rhs.1, rhs.0, 0.0, 1.0, false, false, false, par)
+                    gemm(
+                        m, n, k, c.0, 1, n as isize, false, a.0, lhs.1, lhs.0, b.0, rhs.1, rhs.0, 0.0, 1.0, false,
+                        false, false, par,
+                    )
                 }
             };
             let big = m * n * k >= PARALLEL_FLOPS;
@@ -561,24 +621,45 @@ fn copy_kernel(op: &Op, src: &[(P, Vec<usize>)], dst: &(P, Vec<usize>)) -> Resul
             }
         }
         Op::Im2Col { kernel, stride, padding } => {
-            out.fill(0.0);
-            let a = x(0);
-            windows(xs[0], xs[1], (xs[2], xs[3]), *kernel, *stride, *padding, |image, col, n, step| {
-                if step == 1 {
-                    out[col..col + n].copy_from_slice(&a[image..image + n]);
-                } else {
-                    for j in 0..n {
-                        out[col + j] = a[image + j * step];
+            let (n, c, hw) = (xs[0], xs[1], (xs[2], xs[3]));
+            let per = len(os) / n.max(1);
+            let (a, o) = (src[0].0, dst.0);
+            // Without padding every column element is written exactly once.
+            let fill = *padding != (0, 0);
+            by_images(n, per, |b0, b1| {
+                // SAFETY: images b0..b1 read and write only their own rows
+                // of `x` and the columns.
+                unsafe {
+                    if fill {
+                        std::ptr::write_bytes(o.get().add(b0 * per), 0, (b1 - b0) * per);
                     }
+                    windows(b0..b1, c, hw, *kernel, *stride, *padding, |image, col, n, step| {
+                        let (from, to) = (a.get().add(image), o.get().add(col));
+                        if step == 1 {
+                            std::ptr::copy_nonoverlapping(from, to, n);
+                        } else {
+                            for j in 0..n {
+                                *to.add(j) = *from.add(j * step);
+                            }
+                        }
+                    });
                 }
             });
         }
         Op::Col2Im { kernel, stride, padding, .. } => {
-            out.fill(0.0);
-            let a = x(0);
-            windows(os[0], os[1], (os[2], os[3]), *kernel, *stride, *padding, |image, col, n, step| {
-                for j in 0..n {
-                    out[image + j * step] += a[col + j];
+            let (n, c, hw) = (os[0], os[1], (os[2], os[3]));
+            let per = len(os) / n.max(1);
+            let (a, o) = (src[0].0, dst.0);
+            by_images(n, per, |b0, b1| {
+                // SAFETY: as im2col; images b0..b1 add only into their own pixels.
+                unsafe {
+                    std::ptr::write_bytes(o.get().add(b0 * per), 0, (b1 - b0) * per);
+                    windows(b0..b1, c, hw, *kernel, *stride, *padding, |image, col, n, step| {
+                        let (to, from) = (o.get().add(image), a.get().add(col));
+                        for j in 0..n {
+                            *to.add(j * step) += *from.add(j);
+                        }
+                    });
                 }
             });
         }
@@ -639,13 +720,24 @@ fn copy_kernel(op: &Op, src: &[(P, Vec<usize>)], dst: &(P, Vec<usize>)) -> Resul
     Ok(())
 }
 
+/// Runs `f(first, end)` over images `0..n` (`per` elements each), split
+/// between two threads when the work is big enough to pay.
+fn by_images(n: usize, per: usize, f: impl Fn(usize, usize) + Sync) {
+    if n >= 2 && n * per >= PARALLEL_ELEMENTS {
+        let half = n / 2;
+        rayon::join(|| f(0, half), || f(half, n));
+    } else {
+        f(0, n);
+    }
+}
+
 /// The loop nest of im2col and col2im, in runs: for every (image, channel,
 /// kernel row i, kernel column j, output row y), the output columns x whose
 /// input pixel is inside the image: `f(image, col, len, step)` covers `len`
 /// contiguous columns from `col` and pixels `step` apart from `image`.
 #[allow(clippy::too_many_arguments)]
 fn windows(
-    n: usize,
+    images: std::ops::Range<usize>,
     c: usize,
     (h, w): (usize, usize),
     kernel: (u64, u64),
@@ -658,7 +750,7 @@ fn windows(
     let oh = (h + 2 * ph - kh) / sh + 1;
     let ow = (w + 2 * pw - kw) / sw + 1;
     let rows = c * kh * kw;
-    for b in 0..n {
+    for b in images {
         for ch in 0..c {
             for i in 0..kh {
                 for j in 0..kw {

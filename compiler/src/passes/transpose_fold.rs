@@ -16,7 +16,10 @@ fn swaps_last_two(g: &Graph, x: NodeId) -> bool {
     match &g.node(x).op {
         Op::Permute { perm } => {
             let r = perm.len();
-            r >= 2 && perm[..r - 2].iter().enumerate().all(|(i, p)| i == *p) && perm[r - 2] == r - 1 && perm[r - 1] == r - 2
+            r >= 2
+                && perm[..r - 2].iter().enumerate().all(|(i, p)| i == *p)
+                && perm[r - 2] == r - 1
+                && perm[r - 1] == r - 2
         }
         _ => false,
     }
