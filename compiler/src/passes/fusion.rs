@@ -7,7 +7,9 @@
 //!   buffers. A node joins its operand's kernel when it computes values of the
 //!   same shape (a reduction: of its operand's shape), the kernel has not ended
 //!   in a reduction, and its other operands are ready before the kernel runs.
-//!   A fused value that other kernels use is also written out.
+//!   A fused value that other kernels use is also written out. A node with
+//!   no fused operand may also join the latest kernel if it loops over the
+//!   node's shape (horizontal fusion).
 //! - `copy`: data movement (permute, slice, pad, concat, im2col, col2im,
 //!   gather, scatter-add, one-hot, argmax), one op each.
 //! - Views cost nothing and are not kernels: inputs, scalar constants, batch
@@ -101,6 +103,22 @@ pub fn fuse(g: &Graph) -> Vec<Kernel> {
                 })
             })
             .flatten();
+        // Horizontal: a node none of whose operands is fused anywhere may
+        // join the latest kernel when that kernel loops over the node's shape
+        // and the operands are ready (independent chains of one shape, like
+        // an optimizer's `β·m` beside the gradient's chain, share a loop).
+        let join = join.or_else(|| {
+            let k = kernels.len().checked_sub(1)?;
+            let last = &kernels[k];
+            let ok = kind == KernelKind::Elementwise
+                && !matches!(node.op, Op::Reduce { .. } | Op::DropoutMask { .. } | Op::CausalMask { .. })
+                && last.kind == KernelKind::Elementwise
+                && !ended.contains(&k)
+                && !last.nodes.iter().any(|n| matches!(g.node(*n).op, Op::DropoutMask { .. } | Op::CausalMask { .. }))
+                && g.ty(last.nodes[0]).shape == node.ty.shape
+                && g.inputs(id).iter().all(|y| owner.get(y) == Some(&k) || dep.get(y).copied().flatten().is_none_or(|d| d < k));
+            ok.then_some(k)
+        });
         let k = match join {
             Some(k) => k,
             None => {
