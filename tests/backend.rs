@@ -39,6 +39,10 @@ fn lowered_kernels_match_the_interpreter() {
             }
             let shape = modelc_compiler::backend::clif::loop_shape(&g, k).expect("a loop");
             let n = concrete(&shape, 3).iter().product::<usize>() as i64;
+            if let Some((r, v)) = modelc_compiler::backend::clif::reduction_identity(&g, k) {
+                let j = k.reads.len() + k.writes.iter().position(|w| *w == r).expect("the reduction is written");
+                bufs[j].fill(v);
+            }
             let ptrs: Vec<*mut f32> = bufs.iter_mut().map(|b| b.as_mut_ptr()).collect();
             // SAFETY: one pointer per read and write, each to a buffer of the
             // kernel's element count (or one element for scalar reads).

@@ -155,3 +155,10 @@ fn compiled_steps_are_deterministic() {
     };
     assert_eq!(run(), run());
 }
+
+/// At batch 64 the big loops (and reductions that keep the batch) are split
+/// between threads, and im2col/col2im run per image on both.
+#[test]
+fn lenet5_step_matches_at_batch_64_where_kernels_split_between_threads() {
+    compare("specs/lenet5.model", 64, 2);
+}

@@ -449,8 +449,9 @@ pub struct Jit {
 /// A compiled kernel: `f(args, n, start, end)` computes elements
 /// `start..end` of a loop of `n` elements; `start` and `end` must be
 /// multiples of the kernel's row length ([`LoopNest::inner`]). A kernel
-/// ending in a reduction must be called with the whole range (it first fills
-/// its output with the reduction's identity).
+/// ending in a reduction accumulates into its output, which the caller first
+/// fills with the identity ([`reduction_identity`]); ranges of it may run on
+/// different threads only if they write disjoint outputs.
 pub type KernelFn = unsafe extern "C" fn(*const *mut f32, i64, i64, i64);
 
 /// Per walked operand: its pointer, its offset at the current row, and its
@@ -517,9 +518,7 @@ impl Jit {
             }
         }
         let reduction = k.nodes.last().copied().filter(|r| is_reduce(g, *r));
-        if let Some(r) = reduction {
-            fill_identity(&mut b, g, r, &shape, n, ptrs[&r]);
-        }
+        let _ = (n, &shape);
         let vector = vectorizable(g, k);
         let zero = b.ins().iconst(types::I64, 0);
         match nest.inner {
@@ -624,36 +623,15 @@ impl Jit {
     }
 }
 
-/// Fills reduction `r`'s output (`ptr`) with its identity: 0 for sums, −∞
-/// for maxima. Its size follows from `n`, the loop's element count.
-fn fill_identity(b: &mut FunctionBuilder, g: &Graph, r: NodeId, shape: &Shape, n: Value, ptr: Value) {
-    let out_shape = g.ty(r).shape.clone();
-    let fixed = |s: &Shape| s.0.iter().map(|d| if let Dim::Fixed(n) = d { *n } else { 1 }).product::<u64>();
-    let m = if out_shape.has_batch() {
-        let per = b.ins().udiv_imm_u(n, fixed(shape) as i64);
-        b.ins().imul_imm_s(per, fixed(&out_shape) as i64)
-    } else {
-        b.ins().iconst(types::I64, fixed(&out_shape) as i64)
-    };
-    let identity = match g.node(r).op {
-        Op::Reduce { op: ReduceOp::Max, .. } => b.ins().f32const(f32::NEG_INFINITY),
-        _ => b.ins().f32const(0.0),
-    };
-    let (head, body, done) = (b.create_block(), b.create_block(), b.create_block());
-    b.append_block_param(head, types::I64);
-    let zero = b.ins().iconst(types::I64, 0);
-    b.ins().jump(head, &[zero.into()]);
-    b.switch_to_block(head);
-    let j = b.block_params(head)[0];
-    let more = b.ins().icmp(IntCC::SignedLessThan, j, m);
-    b.ins().brif(more, body, &[], done, &[]);
-    b.switch_to_block(body);
-    let off = b.ins().imul_imm_s(j, 4);
-    let addr = b.ins().iadd(ptr, off);
-    b.ins().store(MemFlagsData::trusted(), identity, addr, 0);
-    let next = b.ins().iadd_imm_s(j, 1);
-    b.ins().jump(head, &[next.into()]);
-    b.switch_to_block(done);
+/// A kernel ending in a reduction: the reduction's node and its identity
+/// (0 for sums, −∞ for maxima), which the caller fills its output with
+/// before calling the kernel.
+pub fn reduction_identity(g: &Graph, k: &Kernel) -> Option<(NodeId, f32)> {
+    let r = *k.nodes.last().filter(|r| is_reduce(g, **r))?;
+    Some(match g.node(r).op {
+        Op::Reduce { op: ReduceOp::Max, .. } => (r, f32::NEG_INFINITY),
+        _ => (r, 0.0),
+    })
 }
 
 /// `acc ⊕ x` for a reduction: a sum, or a maximum where a larger value or a

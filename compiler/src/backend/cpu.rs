@@ -51,7 +51,7 @@ impl P {
 }
 
 enum Code {
-    Clif { f: KernelFn, reduces: bool, row: usize },
+    Clif { f: KernelFn, identity: Option<(NodeId, f32)>, row: usize },
     Gemm { ta: bool, tb: bool },
     Copy,
 }
@@ -76,6 +76,8 @@ enum Call {
         n: usize,
         /// Where to split the loop between two threads (a row boundary).
         split: Option<usize>,
+        /// A reduction's output, its element count and identity, filled first.
+        fill: Option<(P, usize, f32)>,
     },
     Gemm {
         m: usize,
@@ -139,9 +141,9 @@ impl Program {
                         let ops: Vec<String> = k.nodes.iter().map(|n| g.node(*n).op.name()).collect();
                         format!("kernel {i} ({}) cannot be compiled: {why}", ops.join(", "))
                     })?;
-                    let reduces = k.nodes.iter().any(|n| matches!(g.node(*n).op, Op::Reduce { .. }));
+                    let identity = clif::reduction_identity(&g, k);
                     let row = clif::loop_nest(&g, k).and_then(|l| l.inner).unwrap_or(1) as usize;
-                    Code::Clif { f, reduces, row }
+                    Code::Clif { f, identity, row }
                 }
                 KernelKind::Gemm => match g.node(k.nodes[0]).op {
                     Op::MatMul { ta, tb } => Code::Gemm { ta, tb },
@@ -347,13 +349,21 @@ impl Program {
         let mut calls = Vec::with_capacity(self.kernels.len());
         for (kernel, code) in self.kernels.iter().zip(&self.code) {
             calls.push(match code {
-                Code::Clif { f, reduces, row } => {
+                Code::Clif { f, identity, row } => {
                     let shape = clif::loop_shape(g, kernel).unwrap_or_else(Shape::scalar);
                     let n = elements(&shape, batch);
                     let args = kernel.reads.iter().chain(&kernel.writes).map(|v| addr[v]).collect();
-                    let half = (n / row).div_ceil(2) * row;
-                    let split = (!reduces && n >= PARALLEL_ELEMENTS && half < n).then_some(half);
-                    Call::Clif { f: *f, args, n, split }
+                    let half = match identity {
+                        // Split between samples when each keeps its own
+                        // outputs (the batch axis is not reduced).
+                        Some((r, _)) => (g.ty(*r).shape.has_batch() && batch >= 2)
+                            .then(|| batch / 2 * (n / batch))
+                            .filter(|h| h % row == 0),
+                        None => Some((n / row).div_ceil(2) * row),
+                    };
+                    let split = half.filter(|h| n >= PARALLEL_ELEMENTS && *h > 0 && *h < n);
+                    let fill = identity.map(|(r, v)| (addr[&r], elements(&g.ty(r).shape, batch), v));
+                    Call::Clif { f: *f, args, n, split, fill }
                 }
                 Code::Gemm { ta, tb } => {
                     let id = kernel.nodes[0];
@@ -503,7 +513,11 @@ fn lead_offset(i: usize, lead: &[usize], own: &[usize]) -> usize {
 
 fn run_call(call: &Call) -> Result<(), String> {
     match call {
-        Call::Clif { f, args, n, split } => {
+        Call::Clif { f, args, n, split, fill } => {
+            if let Some((p, m, v)) = fill {
+                // SAFETY: the reduction's output holds m floats.
+                unsafe { std::slice::from_raw_parts_mut(p.get(), *m) }.fill(*v);
+            }
             let n = *n as i64;
             if let Some(half) = *split {
                 let (a, f, half) = (P(args.as_ptr() as *mut f32), *f, half as i64);
