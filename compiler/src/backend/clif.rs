@@ -804,6 +804,13 @@ fn element(
                     B::Add => b.ins().fadd(x, y),
                     B::Sub => b.ins().fsub(x, y),
                     B::Mul => b.ins().fmul(x, y),
+                    // By a value constant over the loop: a multiplication by
+                    // its reciprocal (computed once: Cranelift hoists it).
+                    B::Div if constants.contains_key(&ins[1]) => {
+                        let one = fk(b, ty, 1.0);
+                        let r = b.ins().fdiv(one, y);
+                        b.ins().fmul(x, r)
+                    }
                     B::Div => b.ins().fdiv(x, y),
                     // Ties (and NaN comparisons) pick the second operand, as the IR says.
                     B::Max => {

@@ -234,12 +234,16 @@ fn layer_op(
             };
             let cols = b.op(Op::Im2Col { kernel: *kernel, stride: *stride, padding: *padding }, &[x])?;
             let w = b.reshape(params[0], shape_of(&[*filters, c * kernel.0 * kernel.1]))?;
-            let mut y = b.matmul(w, cols)?;
+            let y = b.matmul(w, cols)?;
+            // The bias is added in the output's own shape, so that it fuses
+            // with what follows (a relu) into one loop.
+            let y = b.reshape(y, out_shape)?;
             if *bias {
-                let bias = b.reshape(params[1], shape_of(&[*filters, 1]))?;
-                y = b.add(y, bias)?;
+                let bias = b.reshape(params[1], shape_of(&[*filters, 1, 1]))?;
+                b.add(y, bias)?
+            } else {
+                y
             }
-            b.reshape(y, out_shape)?
         }
         Layer::Maxpool { size, stride } | Layer::Avgpool { size, stride } => {
             let x = x0();
