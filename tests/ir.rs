@@ -150,6 +150,11 @@ fn convolution_and_embedding_rules_match_finite_differences() {
         let op = Op::Col2Im { kernel: (3, 2), stride: (2, 1), padding: (1, 0), channels: 2, image: (5, 4) };
         b.op(op, &[x[0]]).expect("typed")
     });
+    // Windows overlap (stride 1 along the width), so the overlap sums are
+    // exercised; ties are pinned in `tie_rules_are_the_documented_ones`.
+    check_rule_on("maxpool", &[Shape::batched(&[2, 5, 4])], false, |b, x| {
+        b.op(Op::MaxPool { size: (2, 2), stride: (2, 1) }, &[x[0]]).expect("typed")
+    });
     check_rule_on("scatter_add", &[Shape::batched(&[3, 4])], false, |b, x| {
         let idx = b.g.input("idx", Role::Scalar, Ty { dtype: DType::I32, shape: Shape::batched(&[3]) });
         b.op(Op::ScatterAdd { rows: 5 }, &[idx, x[0]]).expect("typed")
@@ -180,6 +185,19 @@ fn tie_rules_are_the_documented_ones() {
     let vals = interp::run(&g, &inputs).expect("runs");
     // relu part: 0 at x = 0, 1 where positive; max part: 1/2 to each tied 2.
     assert_eq!(vals[&grads[0]].data, vec![0.0, 1.5, 0.0, 1.5]);
+
+    // Max pooling shares as reduce_max does: a 2×2 window with three tied
+    // maxima gives each a third; overlapping windows (stride 1) add.
+    let mut b = Builder { g: Graph::new() };
+    let x = b.g.input("x", Role::Param, Ty::f32(Shape::batched(&[1, 2, 3])));
+    let y = b.op(Op::MaxPool { size: (2, 2), stride: (1, 1) }, &[x]).expect("typed");
+    let loss = b.sum_all(y).expect("typed");
+    let (g, grads) = autodiff::grad(b.g, loss, &[x]).expect("differentiates");
+    let inputs = HashMap::from([("x".to_string(), Tensor::new(vec![1, 1, 2, 3], vec![5.0, 5.0, 1.0, 5.0, 0.0, 2.0]))]);
+    let vals = interp::run(&g, &inputs).expect("runs");
+    // Window 1 (cols 0–1): three 5s, a third each; window 2 (cols 1–2): one 5.
+    let third = 1.0 / 3.0;
+    assert_eq!(vals[&grads[0]].data, vec![third, third + 1.0, 0.0, third, 0.0, 0.0]);
 }
 
 fn spec_model(path: &str) -> modelc_compiler::check::ModelInfo {

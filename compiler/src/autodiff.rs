@@ -232,6 +232,11 @@ fn rule(b: &mut Builder, op: &Op, y: NodeId, ins: &[NodeId], dy: NodeId) -> R<Ve
                 Op::Col2Im { kernel: *kernel, stride: *stride, padding: *padding, channels: s[0], image: (s[1], s[2]) };
             vec![(0, b.op(col, &[dy])?)]
         }
+        Op::MaxPool { size, stride } => {
+            vec![(0, b.op(Op::MaxPoolGrad { size: *size, stride: *stride }, &[x, y, dy])?)]
+        }
+        // Appears only in gradient graphs, which are not differentiated again.
+        Op::MaxPoolGrad { .. } => vec![],
         Op::Col2Im { kernel, stride, padding, .. } => {
             vec![(0, b.op(Op::Im2Col { kernel: *kernel, stride: *stride, padding: *padding }, &[dy])?)]
         }

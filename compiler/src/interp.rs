@@ -144,6 +144,8 @@ fn eval(op: &Op, a: &[&Tensor], inputs: &HashMap<String, Tensor>) -> Result<Tens
         Op::Col2Im { kernel, stride, padding, channels, image } => {
             col2im(a[0], *kernel, *stride, *padding, *channels, *image)
         }
+        Op::MaxPool { size, stride } => maxpool(a[0], *size, *stride),
+        Op::MaxPoolGrad { size, stride } => maxpool_grad(a[0], a[1], a[2], *size, *stride),
         Op::Gather => {
             let (t, idx) = (a[0], a[1]);
             let (v, d) = (t.shape[0], t.shape[1]);
@@ -483,6 +485,50 @@ fn for_each_window(
             }
         }
     }
+}
+
+/// Calls `f(output index, input indices of its window)` for every window of
+/// a max pooling over `[n, c, h, w]`.
+fn for_each_pool_window(shape: &[usize], size: (u64, u64), stride: (u64, u64), mut f: impl FnMut(usize, &[usize])) {
+    let (n, c, h, w) = (shape[0], shape[1], shape[2], shape[3]);
+    let (kh, kw, sh, sw) = (size.0 as usize, size.1 as usize, stride.0 as usize, stride.1 as usize);
+    let (oh, ow) = ((h - kh) / sh + 1, (w - kw) / sw + 1);
+    let mut window = Vec::with_capacity(kh * kw);
+    for plane in 0..n * c {
+        for y in 0..oh {
+            for x in 0..ow {
+                window.clear();
+                for i in 0..kh {
+                    for j in 0..kw {
+                        window.push((plane * h + y * sh + i) * w + x * sw + j);
+                    }
+                }
+                f((plane * oh + y) * ow + x, &window);
+            }
+        }
+    }
+}
+
+fn maxpool(x: &Tensor, size: (u64, u64), stride: (u64, u64)) -> Tensor {
+    let s = &x.shape;
+    let (oh, ow) = ((s[2] - size.0 as usize) / stride.0 as usize + 1, (s[3] - size.1 as usize) / stride.1 as usize + 1);
+    let mut out = Tensor::zeros(vec![s[0], s[1], oh, ow]);
+    for_each_pool_window(s, size, stride, |o, window| {
+        // As reduce_max: a larger value or a NaN wins.
+        out.data[o] = window.iter().map(|i| x.data[*i]).fold(f64::NEG_INFINITY, |m, v| if v > m || v.is_nan() { v } else { m });
+    });
+    out
+}
+
+fn maxpool_grad(x: &Tensor, y: &Tensor, dy: &Tensor, size: (u64, u64), stride: (u64, u64)) -> Tensor {
+    let mut dx = Tensor::zeros(x.shape.clone());
+    for_each_pool_window(&x.shape, size, stride, |o, window| {
+        let ties = window.iter().filter(|i| x.data[**i] == y.data[o]).count();
+        for i in window.iter().filter(|i| x.data[**i] == y.data[o]) {
+            dx.data[*i] += dy.data[o] / ties as f64;
+        }
+    });
+    dx
 }
 
 fn im2col(x: &Tensor, kernel: (u64, u64), stride: (u64, u64), pad: (u64, u64)) -> Tensor {

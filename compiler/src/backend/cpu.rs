@@ -677,6 +677,84 @@ fn copy_kernel(op: &Op, src: &[(P, Vec<usize>)], dst: &(P, Vec<usize>)) -> Resul
                 }
             });
         }
+        Op::MaxPool { size, stride } => {
+            let (n, c, h, w) = (xs[0], xs[1], xs[2], xs[3]);
+            let (oh, ow) = (os[2], os[3]);
+            let (kh, kw, sh, sw) = (size.0 as usize, size.1 as usize, stride.0 as usize, stride.1 as usize);
+            let (a, o) = (src[0].0, dst.0);
+            by_images(n, c * h * w, |b0, b1| {
+                // SAFETY: every window lies inside its plane (the type
+                // guarantees (oh−1)·sh + kh ≤ h, likewise for w), and images
+                // b0..b1 write only their own outputs.
+                unsafe {
+                    for p in b0 * c..b1 * c {
+                        let (x, y) = (a.get().add(p * h * w), o.get().add(p * oh * ow));
+                        for r in 0..oh {
+                            for q in 0..ow {
+                                let at = x.add(r * sh * w + q * sw);
+                                let mut m = f32::NEG_INFINITY;
+                                for i in 0..kh {
+                                    for j in 0..kw {
+                                        let v = *at.add(i * w + j);
+                                        // As reduce_max: a larger value or a NaN wins.
+                                        if v > m || v.is_nan() {
+                                            m = v;
+                                        }
+                                    }
+                                }
+                                *y.add(r * ow + q) = m;
+                            }
+                        }
+                    }
+                }
+            });
+        }
+        Op::MaxPoolGrad { size, stride } => {
+            let (n, c, h, w) = (xs[0], xs[1], xs[2], xs[3]);
+            let (oh, ow) = (src[1].1[2], src[1].1[3]);
+            let (kh, kw, sh, sw) = (size.0 as usize, size.1 as usize, stride.0 as usize, stride.1 as usize);
+            let (a, m, g, o) = (src[0].0, src[1].0, src[2].0, dst.0);
+            // Windows that tile the image exactly write every pixel once; any
+            // other layout accumulates over a zeroed image.
+            let tiles = (kh, kw) == (sh, sw) && oh * sh == h && ow * sw == w;
+            by_images(n, c * h * w, |b0, b1| {
+                // SAFETY: as the forward pass.
+                unsafe {
+                    for p in b0 * c..b1 * c {
+                        let x = a.get().add(p * h * w);
+                        let dx = o.get().add(p * h * w);
+                        let (y, dy) = (m.get().add(p * oh * ow), g.get().add(p * oh * ow));
+                        if !tiles {
+                            std::ptr::write_bytes(dx, 0, h * w);
+                        }
+                        for r in 0..oh {
+                            for q in 0..ow {
+                                let off = r * sh * w + q * sw;
+                                let top = *y.add(r * ow + q);
+                                let mut ties = 0u32;
+                                for i in 0..kh {
+                                    for j in 0..kw {
+                                        ties += u32::from(*x.add(off + i * w + j) == top);
+                                    }
+                                }
+                                let share = if ties > 0 { *dy.add(r * ow + q) / ties as f32 } else { 0.0 };
+                                for i in 0..kh {
+                                    for j in 0..kw {
+                                        let k = off + i * w + j;
+                                        let v = if *x.add(k) == top { share } else { 0.0 };
+                                        if tiles {
+                                            *dx.add(k) = v;
+                                        } else {
+                                            *dx.add(k) += v;
+                                        }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            });
+        }
         Op::Gather => {
             let (table, idx) = (x(0), x(1));
             let (v, d) = (xs[0], xs[1]);

@@ -245,7 +245,8 @@ fn layer_op(
                 y
             }
         }
-        Layer::Maxpool { size, stride } | Layer::Avgpool { size, stride } => {
+        Layer::Maxpool { size, stride } => b.op(Op::MaxPool { size: *size, stride: *stride }, &[x0()])?,
+        Layer::Avgpool { size, stride } => {
             let x = x0();
             let c = match b.g.ty(x).shape.0.get(1) {
                 Some(Dim::Fixed(c)) => *c,
@@ -255,12 +256,8 @@ fn layer_op(
             let l = b.g.ty(cols).shape.last().unwrap_or(0);
             let window = size.0 * size.1;
             let grouped = b.reshape(cols, Shape::batched(&[c, window, l]))?;
-            let y = if matches!(layer, Layer::Maxpool { .. }) {
-                b.reduce(ReduceOp::Max, grouped, vec![2])?
-            } else {
-                let s = b.reduce(ReduceOp::Sum, grouped, vec![2])?;
-                b.scale(s, 1.0 / window as f64)?
-            };
+            let s = b.reduce(ReduceOp::Sum, grouped, vec![2])?;
+            let y = b.scale(s, 1.0 / window as f64)?;
             b.reshape(y, out_shape)?
         }
         Layer::Flatten => b.reshape(x0(), out_shape)?,

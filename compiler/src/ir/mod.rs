@@ -158,6 +158,16 @@ pub enum Op {
     /// (x `[N, C, H, W]`) → `[N, C·kh·kw, oh·ow]`, rows ordered (c, i, j).
     #[serde(rename = "im2col")]
     Im2Col { kernel: (u64, u64), stride: (u64, u64), padding: (u64, u64) },
+    /// (x `[N, C, H, W]`) → `[N, C, oh, ow]`: the maximum of each window (no
+    /// padding). Its gradient shares `dy` equally among a window's ties, as
+    /// `reduce_max` does.
+    #[serde(rename = "maxpool")]
+    MaxPool { size: (u64, u64), stride: (u64, u64) },
+    /// (x, y = maxpool(x), dy) → dx `[N, C, H, W]`: each window's `dy` shared
+    /// equally by the positions where `x` equals the window's maximum;
+    /// overlapping windows add.
+    #[serde(rename = "maxpool_grad")]
+    MaxPoolGrad { size: (u64, u64), stride: (u64, u64) },
     /// (cols) → `[N, C, H, W]`: the adjoint of Im2Col (overlaps summed).
     #[serde(rename = "col2im")]
     Col2Im { kernel: (u64, u64), stride: (u64, u64), padding: (u64, u64), channels: u64, image: (u64, u64) },
@@ -194,6 +204,8 @@ impl Op {
             Op::MatMul { .. } => "matmul".into(),
             Op::Im2Col { .. } => "im2col".into(),
             Op::Col2Im { .. } => "col2im".into(),
+            Op::MaxPool { .. } => "maxpool".into(),
+            Op::MaxPoolGrad { .. } => "maxpool_grad".into(),
             Op::Gather => "gather".into(),
             Op::ScatterAdd { .. } => "scatter_add".into(),
             Op::OneHot { .. } => "one_hot".into(),
@@ -504,6 +516,23 @@ pub fn infer(op: &Op, inputs: &[&Ty]) -> Result<Ty, String> {
             let oh = (h + 2 * padding.0).checked_sub(kernel.0).ok_or("kernel too large")? / stride.0 + 1;
             let ow = (w + 2 * padding.1).checked_sub(kernel.1).ok_or("kernel too large")? / stride.1 + 1;
             Ok(Ty::f32(Shape::batched(&[c * kernel.0 * kernel.1, oh * ow])))
+        }
+        Op::MaxPool { size, stride } => {
+            arity(1)?;
+            let [Dim::Batch, Dim::Fixed(c), Dim::Fixed(h), Dim::Fixed(w)] = sh(0).0.as_slice() else {
+                return Err("maxpool needs [N, C, H, W]".into());
+            };
+            let oh = h.checked_sub(size.0).ok_or("window too large")? / stride.0 + 1;
+            let ow = w.checked_sub(size.1).ok_or("window too large")? / stride.1 + 1;
+            Ok(Ty::f32(Shape::batched(&[*c, oh, ow])))
+        }
+        Op::MaxPoolGrad { size, stride } => {
+            arity(3)?;
+            let y = infer(&Op::MaxPool { size: *size, stride: *stride }, &[inputs[0]])?;
+            if sh(1) != &y.shape || sh(2) != &y.shape {
+                return Err("maxpool_grad needs (x, maxpool(x), dy)".into());
+            }
+            Ok(inputs[0].clone())
         }
         Op::Col2Im { kernel, stride, padding, channels, image } => {
             arity(1)?;

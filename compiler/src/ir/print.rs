@@ -34,6 +34,9 @@ pub fn op_text(op: &Op) -> String {
                 kernel.0, kernel.1, stride.0, stride.1, padding.0, padding.1
             )
         }
+        Op::MaxPool { size, stride } | Op::MaxPoolGrad { size, stride } => {
+            format!("{}[size={}x{}, stride={}x{}]", op.name(), size.0, size.1, stride.0, stride.1)
+        }
         Op::Col2Im { kernel, stride, padding, channels, image } => format!(
             "col2im[kernel={}x{}, stride={}x{}, padding={}x{}, image={}x{}x{}]",
             kernel.0, kernel.1, stride.0, stride.1, padding.0, padding.1, channels, image.0, image.1

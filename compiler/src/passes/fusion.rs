@@ -11,7 +11,7 @@
 //!   no fused operand may also join the latest kernel if it loops over the
 //!   node's shape (horizontal fusion).
 //! - `copy`: data movement (permute, slice, pad, concat, im2col, col2im,
-//!   gather, scatter-add, one-hot, argmax), one op each.
+//!   gather, scatter-add, one-hot, argmax) and max pooling, one op each.
 //! - Views cost nothing and are not kernels: inputs, scalar constants, batch
 //!   sizes (`size_of`), reshapes and stop-gradients (which alias their
 //!   operand's buffer).
@@ -61,6 +61,8 @@ pub fn class(op: &Op) -> Option<KernelKind> {
         | Op::Concat { .. }
         | Op::Im2Col { .. }
         | Op::Col2Im { .. }
+        | Op::MaxPool { .. }
+        | Op::MaxPoolGrad { .. }
         | Op::Gather
         | Op::ScatterAdd { .. }
         | Op::OneHot { .. }
