@@ -58,6 +58,11 @@ fn main() {
         ("dyᵀ·h  [256,1024]ᵀ·[256,1024]", 1024, 1024, 256, true, false),
         ("dyᵀ·x  [256,1024]ᵀ·[256,784]", 1024, 784, 256, true, false),
         ("square 1024, no transposes", 1024, 1024, 1024, false, false),
+        // Feature-major activations (yᵀ = W·xᵀ): what a layout pass would use.
+        ("W1·xᵀ  [1024,784]·[256,784]ᵀ", 1024, 256, 784, false, true),
+        ("W2·h1ᵀ [1024,1024]·[1024,256]", 1024, 256, 1024, false, false),
+        ("W2ᵀ·dyᵀ [1024,1024]ᵀ·[1024,256]", 1024, 256, 1024, true, false),
+        ("dyᵀ·h1 [1024,256]·[1024,256]ᵀ", 1024, 1024, 256, false, true),
     ] {
         let all = run(m, n, k, ta, tb, Parallelism::Rayon(threads));
         let one = run(m, n, k, ta, tb, Parallelism::None);

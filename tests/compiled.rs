@@ -162,3 +162,25 @@ fn compiled_steps_are_deterministic() {
 fn lenet5_step_matches_at_batch_64_where_kernels_split_between_threads() {
     compare("specs/lenet5.model", 64, 2);
 }
+
+/// The wide MLP: its forward matmuls (`x·Wᵀ` with fewer rows than columns)
+/// are computed transposed and transposed back.
+#[test]
+fn mlp_large_step_matches_the_interpreter() {
+    compare("specs/mlp_large.model", 4, 3);
+}
+
+#[test]
+fn transposes_are_exact_for_every_edge_case() {
+    for (rows, cols) in [(1, 1), (3, 5), (4, 4), (7, 9), (64, 8), (66, 13), (130, 1024)] {
+        let src: Vec<f32> = (0..rows * cols).map(|i| i as f32).collect();
+        let mut dst = vec![f32::NAN; rows * cols];
+        // SAFETY: both hold rows·cols floats.
+        unsafe { modelc_compiler::backend::cpu::transpose(src.as_ptr(), dst.as_mut_ptr(), rows, cols) };
+        for r in 0..rows {
+            for c in 0..cols {
+                assert_eq!(dst[c * rows + r], src[r * cols + c], "{rows}×{cols} at ({r}, {c})");
+            }
+        }
+    }
+}

@@ -30,6 +30,9 @@ use crate::ir::{Graph, NodeId, Op, Shape};
 use crate::passes::fusion::{self, Kernel, KernelKind};
 use crate::passes::memory;
 
+/// Matmuls `A·Bᵀ` of at least this many multiply-adds with fewer rows than
+/// columns are computed transposed (see `Call::Gemm::via`).
+const TRANSPOSED_FLOPS: usize = 1 << 20;
 /// Loops at least this long are split between the threads.
 const PARALLEL_ELEMENTS: usize = 1 << 15;
 /// Matmuls of at least this many multiply-adds use every thread.
@@ -88,6 +91,11 @@ enum Call {
         rhs: (isize, isize),
         /// (lhs, rhs, dst) per matrix of the leading dimensions.
         each: Vec<(P, P, P)>,
+        /// `A·Bᵀ` with fewer rows than columns is slow in the `gemm` crate
+        /// (it packs the wide operand transposed); `B·Aᵀ` is fast. Then the
+        /// product is computed transposed into this scratch and transposed
+        /// back.
+        via: Option<P>,
     },
     Copy {
         op: Op,
@@ -105,6 +113,8 @@ pub struct Layout {
     outputs: HashMap<String, (P, usize)>,
     /// Feedback values not written in place: (from, to, elements).
     copy_back: Vec<(P, P, usize)>,
+    /// Scratch for matmuls computed transposed (see `Call::Gemm::via`).
+    _scratch: Vec<f32>,
     pub arena_bytes: u64,
 }
 
@@ -346,6 +356,23 @@ impl Program {
             };
             addr.insert(id, p);
         }
+        // Scratch for the matmuls computed transposed: the largest of them.
+        let transposed = |id: NodeId| -> Option<usize> {
+            let Op::MatMul { ta: false, tb: true } = g.node(id).op else { return None };
+            let s = concrete(&g.ty(id).shape, batch);
+            let (r, m, n) = (s.len(), s[s.len() - 2], s[s.len() - 1]);
+            let k = *concrete(&g.ty(g.inputs(id)[0]).shape, batch).last()?;
+            (r == 2 && m < n && m * n * k >= TRANSPOSED_FLOPS).then_some(m * n)
+        };
+        let scratch_len = self
+            .kernels
+            .iter()
+            .filter(|k| k.kind == KernelKind::Gemm)
+            .filter_map(|k| transposed(k.nodes[0]))
+            .max()
+            .unwrap_or(0);
+        let mut scratch = vec![0.0f32; scratch_len];
+        let scratch_ptr = P(scratch.as_mut_ptr());
         let mut calls = Vec::with_capacity(self.kernels.len());
         for (kernel, code) in self.kernels.iter().zip(&self.code) {
             calls.push(match code {
@@ -387,7 +414,8 @@ impl Program {
                             unsafe { (P(pa.0.add(oa)), P(pb.0.add(ob)), P(po.0.add(i * m * n))) }
                         })
                         .collect();
-                    Call::Gemm { m, n, k, lhs, rhs, each }
+                    let via = transposed(id).map(|_| scratch_ptr);
+                    Call::Gemm { m, n, k, lhs, rhs, each, via }
                 }
                 Code::Copy => {
                     let id = kernel.nodes[0];
@@ -400,7 +428,7 @@ impl Program {
             g.outputs.iter().map(|(name, id)| (name.clone(), (addr[id], elements(&g.ty(*id).shape, batch)))).collect();
         let copy_back =
             copy_back_ids.iter().map(|(v, x)| (addr[v], input_ptrs[x], elements(&g.ty(*x).shape, batch))).collect();
-        Layout { calls, _sizes: sizes, outputs, copy_back, arena_bytes: plan.arena_bytes }
+        Layout { calls, _sizes: sizes, outputs, copy_back, _scratch: scratch, arena_bytes: plan.arena_bytes }
     }
 
     /// Runs the graph on `batch` samples. Inputs must be filled for that
@@ -532,7 +560,21 @@ fn run_call(call: &Call) -> Result<(), String> {
                 unsafe { f(args.as_ptr() as *const *mut f32, n, 0, n) };
             }
         }
-        Call::Gemm { m, n, k, lhs, rhs, each } => {
+        Call::Gemm { m, n, k, lhs, rhs, each, via: Some(t) } => {
+            // C = A·Bᵀ as Cᵀ = B·Aᵀ into the scratch ([n, m]), then transposed.
+            let (m, n, k) = (*m, *n, *k);
+            let (a, b, c) = each[0];
+            let par = Parallelism::Rayon(rayon::current_num_threads());
+            // SAFETY: B is stored [n, k] (read as lhs with strides (k, 1)), A
+            // [m, k] (read as rhs [k, m] with strides (1, k)); the scratch
+            // holds n·m floats and overlaps neither.
+            unsafe {
+                gemm(n, m, k, t.get(), 1, m as isize, false, b.get(), 1, k as isize, a.get(), k as isize, 1, 0.0, 1.0, false, false, false, par);
+                let _ = (lhs, rhs);
+                transpose(t.get(), c.get(), n, m);
+            }
+        }
+        Call::Gemm { m, n, k, lhs, rhs, each, via: None } => {
             let (m, n, k) = (*m, *n, *k);
             let one = |a: P, b: P, c: P, par: Parallelism| {
                 // SAFETY: the strides describe matrices inside the operands'
@@ -559,6 +601,53 @@ fn run_call(call: &Call) -> Result<(), String> {
         Call::Copy { op, src, dst } => copy_kernel(op, src, dst)?,
     }
     Ok(())
+}
+
+/// `dst[c·rows + r] = src[r·cols + c]`: a `rows × cols` matrix transposed.
+/// Tiles of 64 rows × 8 columns, so that the eight destination rows being
+/// written stay in the L1 cache even when `rows` is a power of two (whose
+/// rows would otherwise all map to the same cache sets), and 4 × 4 blocks
+/// shuffled in SSE registers.
+///
+/// # Safety
+/// `src` and `dst` hold `rows · cols` floats each and do not overlap.
+pub unsafe fn transpose(src: *const f32, dst: *mut f32, rows: usize, cols: usize) {
+    let (r4, c4) = if cfg!(target_arch = "x86_64") { (rows / 4 * 4, cols / 4 * 4) } else { (0, 0) };
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::*;
+        let mut r0 = 0;
+        while r0 < r4 {
+            let r1 = (r0 + 64).min(r4);
+            let mut c0 = 0;
+            while c0 < c4 {
+                let c1 = (c0 + 8).min(c4);
+                for r in (r0..r1).step_by(4) {
+                    for c in (c0..c1).step_by(4) {
+                        // SAFETY: r + 3 < rows and c + 3 < cols; SSE2 is
+                        // part of every x86_64 processor.
+                        let row = |i: usize| _mm_loadu_ps(src.add((r + i) * cols + c));
+                        let (a, b, e, d) = (row(0), row(1), row(2), row(3));
+                        let (t0, t1) = (_mm_unpacklo_ps(a, b), _mm_unpacklo_ps(e, d));
+                        let (t2, t3) = (_mm_unpackhi_ps(a, b), _mm_unpackhi_ps(e, d));
+                        _mm_storeu_ps(dst.add(c * rows + r), _mm_movelh_ps(t0, t1));
+                        _mm_storeu_ps(dst.add((c + 1) * rows + r), _mm_movehl_ps(t1, t0));
+                        _mm_storeu_ps(dst.add((c + 2) * rows + r), _mm_movelh_ps(t2, t3));
+                        _mm_storeu_ps(dst.add((c + 3) * rows + r), _mm_movehl_ps(t3, t2));
+                    }
+                }
+                c0 = c1;
+            }
+            r0 = r1;
+        }
+    }
+    // What the blocks left: columns from c4 in rows below r4, every column
+    // from row r4 on.
+    for r in 0..rows {
+        for c in (if r < r4 { c4 } else { 0 })..cols {
+            *dst.add(c * rows + r) = *src.add(r * cols + c);
+        }
+    }
 }
 
 fn strides(shape: &[usize]) -> Vec<usize> {
