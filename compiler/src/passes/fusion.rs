@@ -154,10 +154,19 @@ pub fn fuse(g: &Graph) -> Vec<Kernel> {
 }
 
 /// An execution order that computes each value as late as possible: a
-/// depth-first post-order from the outputs, operands in order. A value is
+/// depth-first post-order from the outputs: operands that cannot fuse
+/// first, then elementwise ones, deepest first. A value is
 /// then computed just before its first use, so chains that feed one consumer
 /// stay together and can fuse, and buffers live shorter.
 pub fn schedule(g: &Graph) -> Vec<NodeId> {
+    // Height: the longest path from a leaf. Deeper elementwise operands are
+    // computed first, so shallow ones (an optimizer's `β·m`) come right
+    // before their use and fuse with it.
+    let mut height: HashMap<NodeId, usize> = HashMap::new();
+    for id in g.topo_order() {
+        let h = g.inputs(id).iter().map(|x| height[x] + 1).max().unwrap_or(0);
+        height.insert(id, h);
+    }
     let mut order = Vec::with_capacity(g.len());
     let mut done: HashSet<NodeId> = HashSet::new();
     let roots: Vec<NodeId> = g.outputs.iter().map(|(_, id)| *id).chain(g.topo_order()).collect();
@@ -177,7 +186,18 @@ pub fn schedule(g: &Graph) -> Vec<NodeId> {
                 continue;
             }
             stack.push((id, true));
-            for x in g.inputs(id).into_iter().rev() {
+            // Computed first: operands that cannot share the node's loop
+            // (matmuls, copies, views, values of another shape such as an
+            // optimizer's scalars); then elementwise ones, deepest first;
+            // ties in operand order. Pushed in reverse, so popped in order.
+            let reduces = matches!(g.node(id).op, Op::Reduce { .. });
+            let mut ins: Vec<(usize, NodeId)> = g.inputs(id).into_iter().enumerate().collect();
+            ins.sort_by_key(|(i, x)| {
+                let fuses = class(&g.node(*x).op) == Some(KernelKind::Elementwise)
+                    && (reduces || g.ty(*x).shape == g.ty(id).shape);
+                (fuses, std::cmp::Reverse(height[x]), *i)
+            });
+            for (_, x) in ins.into_iter().rev() {
                 if !done.contains(&x) {
                     stack.push((x, false));
                 }
