@@ -103,7 +103,7 @@ fn jit_unary(op: modelc_compiler::ir::UnaryOp, xs: &[f32]) -> Vec<f32> {
 
 /// The inline polynomials' worst error against f64 (the note quotes these).
 #[test]
-fn exp_log_and_tanh_polynomials_are_accurate() {
+fn exp_log_tanh_and_erf_polynomials_are_accurate() {
     use modelc_compiler::ir::UnaryOp;
     let xs: Vec<f32> = (-8000..=8000).map(|i| i as f32 * 0.01).collect();
     let ys = jit_unary(UnaryOp::Exp, &xs);
@@ -142,5 +142,21 @@ fn exp_log_and_tanh_polynomials_are_accurate() {
         .fold(0.0, f64::max);
     assert!(worst_tanh <= 4e-7, "tanh: worst relative error {worst_tanh:e}");
     assert!(jit_unary(UnaryOp::Tanh, &[f32::NAN])[0].is_nan());
-    println!("worst error against f64: exp {worst_exp:.2e} (relative), log {worst_log:.2e}, tanh {worst_tanh:.2e} (relative)");
+    // erf over [−6, 6]: relative error (erf is odd, ~2x/√π near 0).
+    let xs: Vec<f32> = (-6000..=6000).map(|i| i as f32 * 0.001).chain([1e-6, -3e-5, 1e-3]).collect();
+    let ys = jit_unary(UnaryOp::Erf, &xs);
+    let worst_erf = xs
+        .iter()
+        .zip(&ys)
+        .filter(|(x, _)| **x != 0.0)
+        .map(|(x, y)| {
+            let t = modelc_compiler::interp::erf(*x as f64);
+            ((*y as f64) - t).abs() / t.abs()
+        })
+        .fold(0.0, f64::max);
+    assert!(worst_erf <= 4e-7, "erf: worst relative error {worst_erf:e}");
+    assert!(jit_unary(UnaryOp::Erf, &[f32::NAN])[0].is_nan());
+    println!(
+        "worst error against f64: exp {worst_exp:.2e} (relative), log {worst_log:.2e}, tanh {worst_tanh:.2e} (relative), erf {worst_erf:.2e} (relative)"
+    );
 }
