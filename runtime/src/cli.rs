@@ -830,19 +830,30 @@ fn emit(
     let g = build_graph(&model.name, &model, cfg.as_ref(), Stage::Optimized)?;
     let kernels = passes::fusion::fuse(&g);
     let mut jit = modelc_compiler::backend::clif::Jit::new()?;
-    let (mut lowered, mut not) = (0, 0);
+    let (mut lowered, mut gemms, mut copies) = (0, 0, 0);
+    use passes::fusion::KernelKind;
     for (k, kernel) in kernels.iter().enumerate() {
-        match jit.clif(&g, kernel) {
-            Ok(text) => {
+        let ops: Vec<String> = kernel.nodes.iter().map(|n| modelc_compiler::ir::print::op_text(&g.node(*n).op)).collect();
+        match kernel.kind {
+            KernelKind::Elementwise => {
+                let text = jit.clif(&g, kernel).map_err(|why| format!("kernel {k} cannot be lowered: {why}"))?;
                 lowered += 1;
-                let _ = writeln!(out, "; kernel {k}\n{text}");
+                let _ = writeln!(out, "; kernel {k}: {}\n{text}", ops.join(", "));
             }
-            Err(why) => {
-                not += 1;
-                let _ = writeln!(out, "; kernel {k}: not lowered yet: {why}\n");
+            KernelKind::Gemm => {
+                gemms += 1;
+                let _ = writeln!(out, "; kernel {k}: {} — a call of the gemm crate (transposes as strides)\n", ops[0]);
+            }
+            KernelKind::Copy => {
+                copies += 1;
+                let _ = writeln!(out, "; kernel {k}: {} — a copy loop of the executor\n", ops[0]);
             }
         }
     }
-    let _ = writeln!(out, "; {lowered} of {} kernels lowered to Cranelift, {not} not yet", kernels.len());
+    let _ = writeln!(
+        out,
+        "; {} kernels: {lowered} Cranelift functions, {gemms} gemm calls, {copies} copy loops",
+        kernels.len()
+    );
     Ok(0)
 }
