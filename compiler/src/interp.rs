@@ -515,7 +515,8 @@ fn maxpool(x: &Tensor, size: (u64, u64), stride: (u64, u64)) -> Tensor {
     let mut out = Tensor::zeros(vec![s[0], s[1], oh, ow]);
     for_each_pool_window(s, size, stride, |o, window| {
         // As reduce_max: a larger value or a NaN wins.
-        out.data[o] = window.iter().map(|i| x.data[*i]).fold(f64::NEG_INFINITY, |m, v| if v > m || v.is_nan() { v } else { m });
+        out.data[o] =
+            window.iter().map(|i| x.data[*i]).fold(f64::NEG_INFINITY, |m, v| if v > m || v.is_nan() { v } else { m });
     });
     out
 }

@@ -833,7 +833,8 @@ fn emit(
     let (mut lowered, mut gemms, mut copies) = (0, 0, 0);
     use passes::fusion::KernelKind;
     for (k, kernel) in kernels.iter().enumerate() {
-        let ops: Vec<String> = kernel.nodes.iter().map(|n| modelc_compiler::ir::print::op_text(&g.node(*n).op)).collect();
+        let ops: Vec<String> =
+            kernel.nodes.iter().map(|n| modelc_compiler::ir::print::op_text(&g.node(*n).op)).collect();
         match kernel.kind {
             KernelKind::Elementwise => {
                 let text = jit.clif(&g, kernel).map_err(|why| format!("kernel {k} cannot be lowered: {why}"))?;

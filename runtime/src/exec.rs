@@ -239,6 +239,12 @@ impl Compiled {
         Ok(Compiled { step, eval, data, target, tensors, params })
     }
 
+    /// Calls of the `gemm` crate per training step at `batch` (after a step
+    /// at that size).
+    pub fn gemm_calls(&self, batch: usize) -> usize {
+        self.step.gemm_calls(batch)
+    }
+
     /// Times every kernel of the training step from now on.
     pub fn start_profile(&mut self) {
         self.step.start_profile();
@@ -297,8 +303,8 @@ impl Executor for Compiled {
         Self::feed(p, &self.data, batch.n, batch.features)?;
         Self::feed(p, &self.target, batch.n, batch.labels)?;
         for (name, v) in [("lr", lr), ("step", step as f64), ("seed", seed as f64)] {
-            if let Ok(buf) = p.input_mut(name, batch.n) {
-                buf[0] = v as f32;
+            if p.has_input(name) {
+                p.input_mut(name, batch.n)?[0] = v as f32;
             }
         }
         p.run(batch.n)?;

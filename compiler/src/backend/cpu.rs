@@ -231,6 +231,18 @@ impl Program {
         Ok(())
     }
 
+    pub fn has_input(&self, name: &str) -> bool {
+        self.inputs.contains_key(name)
+    }
+
+    /// Gemm kernels per run (each a call of the `gemm` crate, which
+    /// allocates its packing buffers per call).
+    pub fn gemm_calls(&self, batch: usize) -> usize {
+        self.layouts
+            .get(&batch)
+            .map_or(0, |l| l.calls.iter().map(|c| if let Call::Gemm { each, .. } = c { each.len() } else { 0 }).sum())
+    }
+
     /// The buffer of input `name`, sized for `batch` samples.
     pub fn input_mut(&mut self, name: &str, batch: usize) -> Result<&mut [f32], String> {
         self.reserve(batch);
@@ -484,7 +496,7 @@ impl Program {
                 (i, what, *t, *n)
             })
             .collect();
-        rows.sort_by(|a, b| b.2.cmp(&a.2));
+        rows.sort_by_key(|r| std::cmp::Reverse(r.2));
         rows
     }
 
@@ -569,7 +581,27 @@ fn run_call(call: &Call) -> Result<(), String> {
             // [m, k] (read as rhs [k, m] with strides (1, k)); the scratch
             // holds n·m floats and overlaps neither.
             unsafe {
-                gemm(n, m, k, t.get(), 1, m as isize, false, b.get(), 1, k as isize, a.get(), k as isize, 1, 0.0, 1.0, false, false, false, par);
+                gemm(
+                    n,
+                    m,
+                    k,
+                    t.get(),
+                    1,
+                    m as isize,
+                    false,
+                    b.get(),
+                    1,
+                    k as isize,
+                    a.get(),
+                    k as isize,
+                    1,
+                    0.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    par,
+                );
                 let _ = (lhs, rhs);
                 transpose(t.get(), c.get(), n, m);
             }

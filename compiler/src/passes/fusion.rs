@@ -118,7 +118,9 @@ pub fn fuse(g: &Graph) -> Vec<Kernel> {
                 && !ended.contains(&k)
                 && !last.nodes.iter().any(|n| matches!(g.node(*n).op, Op::DropoutMask { .. } | Op::CausalMask { .. }))
                 && g.ty(last.nodes[0]).shape == node.ty.shape
-                && g.inputs(id).iter().all(|y| owner.get(y) == Some(&k) || dep.get(y).copied().flatten().is_none_or(|d| d < k));
+                && g.inputs(id)
+                    .iter()
+                    .all(|y| owner.get(y) == Some(&k) || dep.get(y).copied().flatten().is_none_or(|d| d < k));
             ok.then_some(k)
         });
         let k = match join {
