@@ -62,23 +62,33 @@ fn concrete(dims: &[Dim], n: usize) -> Vec<usize> {
     modelc_compiler::gradcheck::concrete(&modelc_compiler::ir::Shape(dims.to_vec()), n)
 }
 
+/// The optimized training step and evaluation graph of `model`, and the
+/// evaluation graph's one data and one target input (name and shape).
+#[allow(clippy::type_complexity)]
+fn graphs(
+    model: &ModelInfo,
+    cfg: &StepConfig,
+) -> Result<(Graph, Graph, (String, Vec<Dim>), (String, Vec<Dim>)), String> {
+    let mut step = training_step(model, cfg).map_err(|e| e.to_string())?;
+    passes::optimize(&mut step);
+    let mut eval = lower::forward(model, Mode::Eval).map_err(|e| e.to_string())?;
+    passes::optimize(&mut eval);
+    let role = |r: Role| -> Result<(String, Vec<Dim>), String> {
+        let v = eval.inputs_of(r);
+        match v.as_slice() {
+            [(name, id)] => Ok((name.clone(), eval.ty(*id).shape.0.clone())),
+            _ => Err(format!("the trainer needs exactly one {r:?} input, the model has {}", v.len())),
+        }
+    };
+    let (data, target) = (role(Role::Data)?, role(Role::Target)?);
+    Ok((step, eval, data, target))
+}
+
 impl Interpreter {
     /// Compiles `model`'s training step and evaluation graph; starts from
     /// `init` parameters and zero optimizer state.
     pub fn new(model: &ModelInfo, cfg: &StepConfig, init: &Tensors) -> Result<Interpreter, String> {
-        let mut step = training_step(model, cfg).map_err(|e| e.to_string())?;
-        passes::optimize(&mut step);
-        let mut eval = lower::forward(model, Mode::Eval).map_err(|e| e.to_string())?;
-        passes::optimize(&mut eval);
-        let role = |g: &Graph, r: Role| -> Result<(String, Vec<Dim>), String> {
-            let v = g.inputs_of(r);
-            match v.as_slice() {
-                [(name, id)] => Ok((name.clone(), g.ty(*id).shape.0.clone())),
-                _ => Err(format!("the trainer needs exactly one {r:?} input, the model has {}", v.len())),
-            }
-        };
-        let data = role(&eval, Role::Data)?;
-        let target = role(&eval, Role::Target)?;
+        let (step, eval, data, target) = graphs(model, cfg)?;
         let mut values = HashMap::new();
         for (name, (shape, data)) in init {
             values.insert(name.clone(), Tensor::new(shape.clone(), data.iter().map(|v| *v as f64).collect()));
@@ -199,19 +209,7 @@ impl Compiled {
     /// Compiles `model`'s training step and evaluation graph to native code;
     /// starts from `init` parameters and zero optimizer state.
     pub fn new(model: &ModelInfo, cfg: &StepConfig, init: &Tensors) -> Result<Compiled, String> {
-        let mut step_graph = training_step(model, cfg).map_err(|e| e.to_string())?;
-        passes::optimize(&mut step_graph);
-        let mut eval_graph = lower::forward(model, Mode::Eval).map_err(|e| e.to_string())?;
-        passes::optimize(&mut eval_graph);
-        let one = |g: &Graph, r: Role| -> Result<String, String> {
-            let v = g.inputs_of(r);
-            match v.as_slice() {
-                [(name, _)] => Ok(name.clone()),
-                _ => Err(format!("the trainer needs exactly one {r:?} input, the model has {}", v.len())),
-            }
-        };
-        let data = one(&eval_graph, Role::Data)?;
-        let target = one(&eval_graph, Role::Target)?;
+        let (step_graph, eval_graph, (data, _), (target, _)) = graphs(model, cfg)?;
         let mut tensors = HashMap::new();
         for (name, (shape, values)) in init {
             tensors.insert(name.clone(), (shape.clone(), values.clone().into_boxed_slice()));

@@ -500,8 +500,9 @@ impl Jit {
         b.append_block_params_for_function_params(entry);
         b.switch_to_block(entry);
         let p = b.block_params(entry).to_vec();
-        let (args, n, start, end) = (p[0], p[1], p[2], p[3]);
-        let shape = loop_shape(g, k).unwrap_or_else(Shape::scalar);
+        // `n` (the loop's whole length) is not needed inside: the caller
+        // fills reductions' outputs and passes the range.
+        let (args, start, end) = (p[0], p[2], p[3]);
         let nest = loop_nest(g, k).expect("a lowered kernel has a loop");
         let walked = walked(g, k);
         let flags = MemFlagsData::trusted();
@@ -518,7 +519,6 @@ impl Jit {
             }
         }
         let reduction = k.nodes.last().copied().filter(|r| is_reduce(g, *r));
-        let _ = (n, &shape);
         let vector = vectorizable(g, k);
         let zero = b.ins().iconst(types::I64, 0);
         match nest.inner {

@@ -572,7 +572,7 @@ fn run_call(call: &Call) -> Result<(), String> {
                 unsafe { f(args.as_ptr() as *const *mut f32, n, 0, n) };
             }
         }
-        Call::Gemm { m, n, k, lhs, rhs, each, via: Some(t) } => {
+        Call::Gemm { m, n, k, each, via: Some(t), .. } => {
             // C = A·Bᵀ as Cᵀ = B·Aᵀ into the scratch ([n, m]), then transposed.
             let (m, n, k) = (*m, *n, *k);
             let (a, b, c) = each[0];
@@ -602,7 +602,6 @@ fn run_call(call: &Call) -> Result<(), String> {
                     false,
                     par,
                 );
-                let _ = (lhs, rhs);
                 transpose(t.get(), c.get(), n, m);
             }
         }
