@@ -32,7 +32,7 @@ fn setup(spec: &str) -> (modelc_compiler::check::ModelInfo, modelc_compiler::che
 fn first_step(spec: &str) {
     let t0 = Instant::now();
     let (model, info, cfg) = setup(spec);
-    let init = modelc::init::init(&model, info.seed);
+    let init = modelc::init::init(&model, info.seed).expect("init");
     let mut exec = Compiled::new(&model, &cfg, &init).expect("compiles");
     let compiled = t0.elapsed();
     let b = info.batch as usize;
@@ -57,7 +57,8 @@ fn throughput(spec: &str) {
     let (mut features, mut labels) = (Vec::new(), Vec::new());
     set.gather(&(0..n).collect::<Vec<_>>(), &mut features, &mut labels);
     let lr = info.optimizer.as_ref().expect("optimizer").lr();
-    let mut exec = Compiled::new(&model, &cfg, &modelc::init::init(&model, info.seed)).expect("compiles");
+    let mut exec =
+        Compiled::new(&model, &cfg, &modelc::init::init(&model, info.seed).expect("init")).expect("compiles");
     let epoch = |exec: &mut Compiled, step0: u64| -> (f64, f64) {
         let t = Instant::now();
         let mut loss = 0.0;

@@ -56,7 +56,7 @@ fn normwise(a: &[f32], b: &[f32]) -> f64 {
 
 fn compare(spec: &str, n: usize, steps: usize) {
     let (model, cfg, lr) = model_and_config(spec);
-    let init = modelc::init::init(&model, 3);
+    let init = modelc::init::init(&model, 3).expect("init");
     let mut reference = Interpreter::new(&model, &cfg, &init).expect("interpreter");
     let mut compiled = Compiled::new(&model, &cfg, &init).unwrap_or_else(|e| panic!("{spec}: {e}"));
     let mut curve = Vec::new();
@@ -150,7 +150,7 @@ fn char_gpt_step_matches_the_interpreter() {
 #[test]
 fn compiled_steps_are_deterministic() {
     let (model, cfg, lr) = model_and_config("specs/lenet5.model");
-    let init = modelc::init::init(&model, 5);
+    let init = modelc::init::init(&model, 5).expect("init");
     let run = || {
         let mut c = Compiled::new(&model, &cfg, &init).expect("compiles");
         (1..=5u64)

@@ -125,7 +125,7 @@ fn csv_parses_and_scales() {
 #[test]
 fn malformed_csv_says_line_and_column() {
     let cls = Target::Classes(3);
-    assert_eq!(csv_err("a,b,label\n1,2,0\n1,2\n", "label", true, cls), "t.csv:3:1: 2 columns, but the file has 3");
+    assert_eq!(csv_err("a,b,label\n1,2,0\n1,2\n", "label", true, cls), "t.csv:3:1: 2 columns, but the header has 3");
     assert_eq!(csv_err("a,b,label\n1,x2,0\n", "label", true, cls), "t.csv:2:3: `x2` is not a number");
     assert_eq!(csv_err("a,b,label\n1,2,7\n", "label", true, cls), "t.csv:2:5: label `7` is not a class index in 0..3");
     assert_eq!(

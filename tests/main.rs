@@ -7,9 +7,12 @@ mod cli;
 mod compiled;
 mod data;
 mod ir;
+mod metrics;
 mod passes;
 mod props;
+mod runs;
 mod specs;
+mod tabular;
 mod train;
 
 use std::path::Path;

@@ -41,7 +41,7 @@ fn steps_allocate(spec: &str, batch: usize) -> (usize, usize) {
     let info = &program.trains[0];
     let model = program.model(&info.model).expect("model");
     let cfg = StepConfig::from_train(info).expect("optimizer");
-    let mut exec = Compiled::new(model, &cfg, &modelc::init::init(model, 1)).expect("compiles");
+    let mut exec = Compiled::new(model, &cfg, &modelc::init::init(model, 1).expect("init")).expect("compiles");
     let width = model.nodes[model.inputs[0]].ty.shape.sample_elements() as usize;
     let x: Vec<f32> = (0..batch * width).map(|i| (i % 7) as f32 / 7.0).collect();
     let y: Vec<f32> = (0..batch).map(|i| (i % 10) as f32).collect();

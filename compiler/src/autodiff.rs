@@ -235,8 +235,15 @@ fn rule(b: &mut Builder, op: &Op, y: NodeId, ins: &[NodeId], dy: NodeId) -> R<Ve
         Op::MaxPool { size, stride } => {
             vec![(0, b.op(Op::MaxPoolGrad { size: *size, stride: *stride }, &[x, y, dy])?)]
         }
-        // Appears only in gradient graphs, which are not differentiated again.
-        Op::MaxPoolGrad { .. } => vec![],
+        // Appears only in gradient graphs; differentiating one again is not
+        // supported, and says so rather than giving no gradient.
+        Op::MaxPoolGrad { .. } => {
+            return Err(TypeError {
+                op: "max_pool_grad".into(),
+                inputs: String::new(),
+                reason: "it has no derivative rule (gradient graphs are not differentiated a second time)".into(),
+            })
+        }
         Op::Col2Im { kernel, stride, padding, .. } => {
             vec![(0, b.op(Op::Im2Col { kernel: *kernel, stride: *stride, padding: *padding }, &[dy])?)]
         }

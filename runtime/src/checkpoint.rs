@@ -1,10 +1,13 @@
 //! Checkpoints: parameters (and optimizer state) as safetensors, PyTorch's
 //! names and layouts, so `torch.save`-compatible state dicts load both ways.
 //!
-//! Writing is atomic: a temporary file in the same folder, then a rename, so
-//! a crash never leaves a half-written checkpoint in place of a good one.
-//! Loading checks every tensor against what the model expects and says which
-//! tensor is wrong and how.
+//! Writing is atomic and durable: a temporary file in the same folder,
+//! flushed to disk (`fsync`), renamed over the old file, and the folder
+//! flushed, so a crash or a power cut never leaves a half-written checkpoint
+//! in place of a good one; a failed write (a full disk) removes its
+//! temporary file. Loading checks every tensor against what the model
+//! expects, and that every value is finite, and says which tensor is wrong
+//! and how.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -30,6 +33,8 @@ pub enum CheckpointError {
     Missing { path: PathBuf, name: String, shape: Vec<usize>, hint: String },
     #[error("{path}: the checkpoint holds `{name}`, which the model does not have{hint}")]
     Unexpected { path: PathBuf, name: String, hint: String },
+    #[error("{path}: tensor `{name}` holds {count} non-finite values (NaN or infinity) of {total}; the run that wrote it diverged")]
+    NonFinite { path: PathBuf, name: String, count: usize, total: usize },
 }
 
 /// Writes `tensors` to `path` atomically, with `metadata`.
@@ -51,9 +56,40 @@ pub fn save(path: &Path, tensors: &Tensors, metadata: BTreeMap<String, String>) 
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(werr)?;
     }
-    let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
-    std::fs::write(&tmp, &data).map_err(|source| CheckpointError::Write { path: tmp.clone(), source })?;
-    std::fs::rename(&tmp, path).map_err(werr)
+    write_atomic(path, &data).map_err(werr)
+}
+
+/// Writes `data` to `path` through a temporary file beside it: written,
+/// flushed to disk, renamed over `path`, and the folder flushed. On failure
+/// the temporary file is removed and `path` is as it was.
+pub fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let tmp = path.with_file_name(format!(".{name}.tmp.{}", std::process::id()));
+    let written = (|| {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(data)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
+    sync_dir(path);
+    Ok(())
+}
+
+/// Flushes the folder holding `path`, so a rename in it survives a power
+/// cut. Best effort: not every file system can open a folder for it.
+fn sync_dir(path: &Path) {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
 }
 
 /// Reads every tensor of `path` (f32 only).
@@ -85,7 +121,7 @@ pub fn metadata(path: &Path) -> Result<BTreeMap<String, String>, CheckpointError
 }
 
 /// Checks loaded tensors against the parameters a model expects (name →
-/// shape). Names in `fresh` (replaced layers of a finetune) are not loaded:
+/// shape), and that every value is finite. Names in `fresh` (replaced layers of a finetune) are not loaded:
 /// checkpoint tensors for them are skipped whatever their shape. Returns the
 /// tensors to use.
 pub fn validate(
@@ -109,6 +145,15 @@ pub fn validate(
                         name: name.clone(),
                         expected: shape.clone(),
                         found,
+                    });
+                }
+                let count = data.iter().filter(|v| !v.is_finite()).count();
+                if count > 0 {
+                    return Err(CheckpointError::NonFinite {
+                        path: path.to_path_buf(),
+                        name: name.clone(),
+                        count,
+                        total: data.len(),
                     });
                 }
                 out.insert(name.clone(), (found, data));

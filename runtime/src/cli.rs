@@ -1,6 +1,8 @@
-//! The `modelc` command line: `check` and `summary` (more commands come with
-//! the later stages). Every command writes to the given streams and returns
-//! an exit code, so tests run it in-process.
+//! The `modelc` command line: `check`, `summary`, `graph`, `train`, `eval`,
+//! `predict`, `emit` and `gradcheck`. Every command writes to the given
+//! streams and returns an exit code, so tests run it in-process (training's
+//! progress bar, drawn only on a terminal, goes to stderr directly). Every
+//! option has `--help` text (a test holds it).
 
 use std::ffi::OsString;
 use std::io::Write;
@@ -35,6 +37,7 @@ enum Command {
     },
     /// Show each layer's output shape, parameters, FLOPs and activation memory.
     Summary {
+        /// The .model file.
         file: PathBuf,
         /// Only this model or finetune (default: all in the file).
         #[arg(long)]
@@ -42,11 +45,13 @@ enum Command {
         /// For a finetune: the stage whose frozen set is shown (default: the first).
         #[arg(long)]
         stage: Option<String>,
+        /// An aligned table, or JSON for tools.
         #[arg(long, value_enum, default_value_t = Format::Table)]
         format: Format,
     },
     /// Print a model's computation graph.
     Graph {
+        /// The .model file.
         file: PathBuf,
         /// The model or finetune (default: the only one in the file).
         #[arg(long)]
@@ -57,6 +62,7 @@ enum Command {
         /// kernels and memory plan (for --batch).
         #[arg(long, value_enum, default_value_t = Stage::Forward)]
         stage: Stage,
+        /// Text (the canonical form the snapshots use), Graphviz dot, Mermaid, or YAML.
         #[arg(long, value_enum, default_value_t = GraphFormat::Text)]
         format: GraphFormat,
         /// The batch size the memory plan is made for (kernels stage).
@@ -65,49 +71,56 @@ enum Command {
     },
     /// Train a model as its train block says (CPU).
     Train {
+        /// The .model file.
         file: PathBuf,
+        /// The model to train when the file holds several.
         #[arg(long)]
         model: Option<String>,
+        /// Epochs to train (replaces the train block's `epochs`; at least 1).
         #[arg(long)]
         epochs: Option<u64>,
+        /// Samples per step (replaces the train block's `batch`; at least 1).
         #[arg(long)]
         batch: Option<u64>,
+        /// Seed of initialization, shuffling, dropout and the validation split (replaces `seed`).
         #[arg(long)]
         seed: Option<u64>,
-        /// Train on the first N training samples only.
+        /// Train on the first N training samples only (at least 1).
         #[arg(long)]
         limit: Option<usize>,
-        /// Evaluate on the first N test samples only.
+        /// Evaluate on the first N test samples only (at least 1).
         #[arg(long)]
         test_limit: Option<usize>,
-        /// Output folder for the log and checkpoints (default runs/MODEL).
+        /// Output folder for the log and checkpoints (default runs/MODEL); one run at a time holds it.
         #[arg(long)]
         out: Option<PathBuf>,
         /// A YAML run file with any of: epochs, batch, seed, limit, test_limit, data, out.
         #[arg(long)]
         run: Option<PathBuf>,
-        /// Override one setting: --set epochs=1 --set data=/path/to/mnist.
+        /// Override one setting, by the same rules as the run file: --set epochs=1 --set data=/path/to/mnist.
         #[arg(long = "set", value_name = "KEY=VALUE")]
         set: Vec<String>,
-        /// Continue from the last checkpoint and optimizer state in the output folder.
+        /// Continue from the resume point (last.state.safetensors) in the output folder.
         #[arg(long)]
         resume: bool,
         /// Which executor runs the model: compiled native code, or the f64 reference interpreter (slow; for checking).
         #[arg(long, value_enum, default_value_t = ExecutorKind::Cpu)]
         executor: ExecutorKind,
     },
-    /// Evaluate a checkpoint on the test data of the train block.
+    /// Evaluate a checkpoint: on the train block's test data, or on the whole of --data.
     Eval {
+        /// The .model file.
         file: PathBuf,
+        /// The model when the file holds several.
         #[arg(long)]
         model: Option<String>,
         /// The checkpoint (safetensors, PyTorch names and layouts).
         #[arg(long)]
         weights: PathBuf,
-        /// Evaluate on the first N test samples only.
+        /// Evaluate on the first N samples only.
         #[arg(long)]
         limit: Option<usize>,
-        /// Replaces the data path of the spec.
+        /// Test data to evaluate on, all of it: an MNIST folder (its test split) or a labelled CSV file, read with the checkpoint's preprocessing.
         #[arg(long)]
         data: Option<PathBuf>,
         /// Which executor runs the model: compiled native code, or the f64 reference interpreter (slow; for checking).
@@ -116,14 +129,18 @@ enum Command {
     },
     /// Predict the class of every sample of an IDX image file or a CSV file.
     Predict {
+        /// The .model file.
         file: PathBuf,
+        /// The model when the file holds several.
         #[arg(long)]
         model: Option<String>,
+        /// The checkpoint (safetensors, PyTorch names and layouts).
         #[arg(long)]
         weights: PathBuf,
-        /// IDX images (.gz or not), or CSV with a header and feature columns only.
+        /// IDX images (.gz or not), or CSV (.csv, any case): columns by name when it has a header (a label column is ignored), with the checkpoint's scaling.
         #[arg(long)]
         input: PathBuf,
+        /// Predict the first N samples only.
         #[arg(long)]
         limit: Option<usize>,
         /// Which executor runs the model: compiled native code, or the f64 reference interpreter (slow; for checking).
@@ -132,15 +149,20 @@ enum Command {
     },
     /// Print generated code: the CLIF of every kernel the CPU backend lowers.
     Emit {
+        /// The .model file.
         file: PathBuf,
+        /// The model when the file holds several.
         #[arg(long)]
         model: Option<String>,
+        /// What to print: Cranelift IR (the one target today).
         #[arg(long, value_enum, default_value_t = Target::Clif)]
         target: Target,
     },
     /// Check the symbolic gradients against central finite differences (f64).
     Gradcheck {
+        /// The .model file.
         file: PathBuf,
+        /// The model when the file holds several.
         #[arg(long)]
         model: Option<String>,
         /// Samples per batch.
@@ -238,8 +260,18 @@ pub fn run(args: impl IntoIterator<Item = OsString>, out: &mut dyn Write, err: &
             resume,
             executor,
         } => {
-            let flags = RunFile { epochs, batch, seed, limit, test_limit, data: None, out: dir };
-            train(&file, model.as_deref(), flags, run.as_deref(), &set, resume, executor, out, err, color)
+            let text = |v: Option<u64>| v.map(|v| v.to_string());
+            let flags = RunFile::from_flags(&[
+                ("epochs", text(epochs)),
+                ("batch", text(batch)),
+                ("seed", text(seed)),
+                ("limit", limit.map(|v| v.to_string())),
+                ("test_limit", test_limit.map(|v| v.to_string())),
+                ("out", dir.map(|d| d.to_string_lossy().into_owned())),
+            ]);
+            flags.and_then(|flags| {
+                train(&file, model.as_deref(), flags, run.as_deref(), &set, resume, executor, out, err, color)
+            })
         }
         Command::Eval { file, model, weights, limit, data, executor } => {
             eval(&file, model.as_deref(), &weights, limit, data, executor, out, err, color)
@@ -585,9 +617,10 @@ fn gradcheck(
     Ok(i32::from(worst > 1e-6))
 }
 
-/// Settings a run may override, from a run file, `--set` or flags.
-#[derive(Clone, Debug, Default, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
+/// Settings a run may override, from a run file, `--set` or flags. Every
+/// value passes one validator ([`RunFile::set`]) whatever its origin, by the
+/// rule the spec's own setting has (`run_setting`).
+#[derive(Clone, Debug, Default)]
 struct RunFile {
     epochs: Option<u64>,
     batch: Option<u64>,
@@ -611,19 +644,92 @@ impl RunFile {
             out: over.out.or(self.out),
         }
     }
+
+    /// Sets `key` from its text, by the rule of `run_setting`; the error
+    /// says what fits.
+    fn set(&mut self, key: &str, text: &str) -> std::result::Result<(), String> {
+        use modelc_compiler::check::args::Ty;
+        use modelc_compiler::check::train::{run_setting, RUN_SETTINGS};
+        let ty = run_setting(key).ok_or_else(|| {
+            let hint = modelc_compiler::diag::closest(key, RUN_SETTINGS.iter().copied())
+                .map(|c| format!("did you mean `{c}`? "))
+                .unwrap_or_default();
+            format!("unknown setting `{key}` ({hint}the settings are {})", RUN_SETTINGS.join(", "))
+        })?;
+        if matches!(ty, Ty::Str) {
+            if text.is_empty() {
+                return Err(format!("`{key}` takes a path, and the value is empty"));
+            }
+            let p = Some(PathBuf::from(text));
+            match key {
+                "data" => self.data = p,
+                _ => self.out = p,
+            }
+            return Ok(());
+        }
+        let v: i64 = text.parse().map_err(|_| format!("`{key}` takes a whole number, not `{text}`"))?;
+        ty.check_int(v).map_err(|range| format!("`{key}` must be {range}, not {v}"))?;
+        let (u, z) = (Some(v as u64), Some(v as usize));
+        match key {
+            "epochs" => self.epochs = u,
+            "batch" => self.batch = u,
+            "seed" => self.seed = u,
+            "limit" => self.limit = z,
+            _ => self.test_limit = z,
+        }
+        Ok(())
+    }
+
+    /// The command-line flags, through the same validator.
+    fn from_flags(pairs: &[(&str, Option<String>)]) -> Result<RunFile> {
+        let mut r = RunFile::default();
+        for (k, v) in pairs {
+            if let Some(v) = v {
+                r.set(k, v).map_err(|e| format!("--{}: {e}", k.replace('_', "-")))?;
+            }
+        }
+        Ok(r)
+    }
+
+    /// A YAML run file: a mapping of settings.
+    fn read(path: &std::path::Path) -> Result<RunFile> {
+        let text =
+            std::fs::read_to_string(path).map_err(|e| format!("cannot read run file {}: {e}", path.display()))?;
+        let at = |e: String| format!("run file {}: {e}", path.display());
+        let yaml: serde_yaml::Value = serde_yaml::from_str(&text).map_err(|e| at(e.to_string()))?;
+        let mut r = RunFile::default();
+        let map = match yaml {
+            serde_yaml::Value::Mapping(m) => m,
+            serde_yaml::Value::Null => return Ok(r),
+            _ => return Err(at("expected a mapping of settings, such as `epochs: 3`".into())),
+        };
+        for (k, v) in map {
+            let key = k.as_str().ok_or_else(|| at(format!("a setting's name must be text, not {k:?}")))?;
+            let text = match v {
+                serde_yaml::Value::Number(n) => n.to_string(),
+                serde_yaml::Value::String(s) => s,
+                other => return Err(at(format!("`{key}`: expected a number or a path, found {other:?}"))),
+            };
+            r.set(key, &text).map_err(at)?;
+        }
+        Ok(r)
+    }
 }
 
-/// `--set key=value` pairs as a run file (each value read as YAML).
+/// `--set key=value` pairs, each key once.
 fn parse_sets(sets: &[String]) -> Result<RunFile> {
-    let mut yaml = String::new();
+    let mut r = RunFile::default();
+    let mut seen: Vec<(&str, &str)> = Vec::new();
     for s in sets {
         let (k, v) = s.split_once('=').ok_or_else(|| format!("--set {s}: expected KEY=VALUE"))?;
-        yaml.push_str(&format!("{}: {}\n", k.trim(), v.trim()));
+        let (k, v) = (k.trim(), v.trim());
+        if let Some((_, first)) = seen.iter().find(|(key, _)| *key == k) {
+            return Err(format!("--set {k} is given twice ({k}={first} and {k}={v}); give it once"));
+        }
+        seen.push((k, v));
+        r.set(k, v).map_err(|e| format!("--set {s}: {e}"))?;
     }
-    if yaml.is_empty() {
-        return Ok(RunFile::default());
-    }
-    serde_yaml::from_str::<RunFile>(&yaml).map_err(|e| format!("--set: {e}"))
+    Ok(r)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -653,10 +759,7 @@ fn train(
         .ok_or_else(|| format!("`{}` has no train block", model.name))?;
     let cfg = cfg.ok_or("the train block has no optimizer")?;
     let from_file = match run {
-        Some(r) => {
-            let text = std::fs::read_to_string(r).map_err(|e| format!("cannot read run file {}: {e}", r.display()))?;
-            serde_yaml::from_str::<RunFile>(&text).map_err(|e| format!("{}: {e}", r.display()))?
-        }
+        Some(r) => RunFile::read(r)?,
         None => RunFile::default(),
     };
     let settings = from_file.then(parse_sets(sets)?).then(flags);
@@ -670,10 +773,11 @@ fn train(
         out: settings.out.unwrap_or_else(|| crate::train::default_out(&model.name)),
         progress: true,
         resume,
+        preprocess: None,
     };
     let data_source = info.data.as_ref().ok_or("the train block has no data")?;
     let data = crate::train::load(data_source, &model, info, &opts)?;
-    let init = crate::init::init(&model, opts.seed.unwrap_or(info.seed));
+    let init = crate::init::init(&model, opts.seed.unwrap_or(info.seed))?;
     let mut exec = executor(kind, &model, &cfg, &init)?;
     let outcome = crate::train::run(exec.as_mut(), &model, info, &data, &opts, out)?;
     let _ = writeln!(out, "log: {}", outcome.log.display());
@@ -684,13 +788,22 @@ fn train(
     Ok(0)
 }
 
-/// The model, its train block and an executor holding the checkpoint's weights.
+/// What `eval` and `predict` start from: the model, its train block, an
+/// executor holding the checkpoint's weights, and the preprocessing the
+/// checkpoint carries.
+struct Loaded {
+    model: ModelInfo,
+    info: modelc_compiler::check::TrainInfo,
+    exec: Box<dyn crate::exec::Executor>,
+    preprocess: Option<crate::data::csv::Preprocess>,
+}
+
 fn with_weights(
     program: &Program,
     only: Option<&str>,
     weights: &std::path::Path,
     kind: ExecutorKind,
-) -> Result<(ModelInfo, modelc_compiler::check::TrainInfo, Box<dyn crate::exec::Executor>)> {
+) -> Result<Loaded> {
     let (model, cfg) = select(program, only)?;
     let info = program
         .trains
@@ -703,8 +816,9 @@ fn with_weights(
         model.params.iter().map(|p| (p.name.clone(), p.shape.iter().map(|d| *d as usize).collect())).collect();
     let loaded = crate::checkpoint::load(weights).map_err(|e| e.to_string())?;
     let tensors = crate::checkpoint::validate(weights, loaded, &expected, &[]).map_err(|e| e.to_string())?;
+    let preprocess = crate::train::preprocess_of(weights)?;
     let exec = executor(kind, &model, &cfg, &tensors)?;
-    Ok((model, info, exec))
+    Ok(Loaded { model, info, exec, preprocess })
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -720,17 +834,39 @@ fn eval(
     color: bool,
 ) -> Result<i32> {
     let Some((_, program)) = load(path, err, color)? else { return Ok(1) };
-    let (model, info, mut exec) = with_weights(&program, only, weights, kind)?;
-    let opts = crate::train::Options { test_limit: limit, data, ..Default::default() };
+    let Loaded { model, info, mut exec, preprocess } = with_weights(&program, only, weights, kind)?;
     let source = info.data.as_ref().ok_or("the train block has no data")?;
-    let sets = crate::train::load(source, &model, &info, &opts)?;
-    let (name, set) = match (&sets.test, &sets.val) {
-        (Some(t), _) => ("test", t),
-        (None, Some(v)) => ("validation", v),
-        (None, None) => ("training", &sets.train),
+    let is_csv = matches!(source, modelc_compiler::check::train::DataSource::Csv { .. });
+    if is_csv && preprocess.is_none() {
+        return Err(format!(
+            "{} carries no preprocessing record (columns, classes, scaling), which a model trained on CSV data needs; it was written by an older modelc: train again",
+            weights.display()
+        ));
+    }
+    let (name, mut set) = match &data {
+        // A file named on the command line is test data, all of it.
+        Some(file) => ("test", crate::train::load_test_file(source, &model, file, preprocess.as_ref())?),
+        None => {
+            let opts = crate::train::Options { preprocess: preprocess.clone(), ..Default::default() };
+            let sets = crate::train::load(source, &model, &info, &opts)?;
+            match (sets.test, sets.val) {
+                (Some(t), _) => ("test", t),
+                (None, Some(v)) => ("validation", v),
+                (None, None) => ("training", sets.train),
+            }
+        }
     };
+    if let Some(n) = limit.filter(|n| *n < set.len) {
+        set = set.slice(&(0..n).collect::<Vec<_>>());
+    }
     let batch = info.batch.max(1) as usize;
-    let e = crate::train::evaluate(exec.as_mut(), set, batch)?;
+    let e = crate::train::evaluate(exec.as_mut(), &set, batch)?;
+    if !e.loss.is_finite() {
+        return Err(format!(
+            "the loss on the {name} data is {}: the checkpoint's weights give non-finite outputs",
+            e.loss
+        ));
+    }
     let _ = writeln!(out, "{} on {} {name} samples: loss {:.4}", model.name, set.len, e.loss);
     if let Some(a) = e.accuracy {
         let _ = writeln!(out, "accuracy   {:.2}%", 100.0 * a);
@@ -739,16 +875,17 @@ fn eval(
         use modelc_compiler::check::layers::Average;
         let _ = writeln!(
             out,
-            "precision  {:.2}%  recall {:.2}%  f1 {:.2}%  (macro averages)",
+            "precision  {:.2}%  recall {:.2}%  f1 {:.2}%  (macro averages over the classes present)",
             100.0 * c.precision(Average::Macro),
             100.0 * c.recall(Average::Macro),
             100.0 * c.f1(Average::Macro)
         );
         if c.classes <= 20 {
             let _ = writeln!(out, "confusion matrix (rows: labels, columns: predictions)");
+            let class = |k: usize| preprocess.as_ref().map_or(k.to_string(), |p| p.class_name(k));
             for l in 0..c.classes {
                 let row: Vec<String> = (0..c.classes).map(|p| format!("{:>6}", c.counts[l * c.classes + p])).collect();
-                let _ = writeln!(out, "{l:>4} {}", row.join(""));
+                let _ = writeln!(out, "{:>4} {}", class(l), row.join(""));
             }
         }
     }
@@ -768,29 +905,20 @@ fn predict(
     color: bool,
 ) -> Result<i32> {
     let Some((_, program)) = load(path, err, color)? else { return Ok(1) };
-    let (model, info, mut exec) = with_weights(&program, only, weights, kind)?;
-    let is_csv = input.extension().is_some_and(|e| e == "csv");
-    let mut set = if is_csv {
-        let text = std::fs::read_to_string(input).map_err(|e| format!("cannot read {}: {e}", input.display()))?;
-        // Features only: a dummy all-zero label column is appended.
-        let with_label: String = text
-            .lines()
-            .enumerate()
-            .map(|(i, l)| if i == 0 { format!("{l},__label\n") } else { format!("{l},0\n") })
-            .collect();
-        crate::data::csv::parse(
-            input,
-            &with_label,
-            "__label",
-            true,
-            crate::data::csv::Scale::None,
-            crate::data::csv::Target::Value,
-        )
-        .map_err(|e| e.to_string())?
-    } else {
-        crate::data::mnist::read_images(input).map_err(|e| e.to_string())?
-    };
+    let Loaded { model, info, mut exec, preprocess } = with_weights(&program, only, weights, kind)?;
     let want = model.nodes[model.inputs[0]].ty.shape.sample_elements() as usize;
+    let mut set = if crate::data::csv::is_csv(input) {
+        let p = preprocess.as_ref().ok_or_else(|| {
+            format!(
+                "{} carries no preprocessing record (columns, scaling), so it cannot read CSV input: models trained on CSV data carry one; for image models give an IDX file",
+                weights.display()
+            )
+        })?;
+        let text = crate::data::csv::read(input).map_err(|e| e.to_string())?;
+        crate::data::csv::read_features(input, &text, p).map_err(|e| e.to_string())?
+    } else {
+        crate::data::mnist::read_images(input, Some(want)).map_err(|e| e.to_string())?
+    };
     if set.width != want {
         return Err(format!("{}: samples have {} values, the model's input takes {want}", input.display(), set.width));
     }
@@ -811,7 +939,8 @@ fn predict(
         set.gather(idx, &mut x, &mut y);
         let s = exec.evaluate(&crate::exec::Batch { n: idx.len(), features: &x, labels: &y })?;
         for p in &s.predictions {
-            let _ = writeln!(out, "{index}\t{p}");
+            let name = preprocess.as_ref().map_or_else(|| p.to_string(), |pre| pre.class_name(*p as usize));
+            let _ = writeln!(out, "{index}\t{name}");
             index += 1;
         }
     }
@@ -857,4 +986,9 @@ fn emit(
         kernels.len()
     );
     Ok(0)
+}
+
+/// The clap description of the command line (for `--help` checks).
+pub fn command() -> clap::Command {
+    <Cli as clap::CommandFactory>::command()
 }

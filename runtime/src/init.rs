@@ -16,7 +16,9 @@ use modelc_compiler::check::{ModelInfo, Op};
 use crate::checkpoint::Tensors;
 use crate::data::Rng;
 
-pub fn init(model: &ModelInfo, seed: u64) -> Tensors {
+/// Every parameter of `model`, initialized; a parameter of a kind this
+/// module has no rule for is an error that names it (never zeros).
+pub fn init(model: &ModelInfo, seed: u64) -> Result<Tensors, String> {
     let mut rng = Rng::new(seed);
     let mut out = Tensors::new();
     for p in &model.params {
@@ -40,11 +42,18 @@ pub fn init(model: &ModelInfo, seed: u64) -> Tensors {
                 uniform((6.0 / (fan_in + fan_out)).sqrt())
             }
             (Some(Layer::Attention { .. }), "out_proj.weight") => uniform(1.0 / (p.shape[1] as f64).sqrt()),
-            _ => vec![0.0; n],
+            (Some(Layer::Attention { .. }), "in_proj_bias" | "out_proj.bias") => vec![0.0; n],
+            (layer, _) => {
+                let kind = layer.map_or("a non-layer node", |l| l.name());
+                return Err(format!(
+                    "parameter `{}` (of {kind}) has no initialization rule: a compiler bug; please report it",
+                    p.name
+                ));
+            }
         };
         out.insert(p.name.clone(), (shape, data));
     }
-    out
+    Ok(out)
 }
 
 /// The fan-in of a dense or conv layer: its weight's elements per output.

@@ -9,5 +9,6 @@ pub mod exec;
 pub mod init;
 pub mod metrics;
 pub mod render;
+pub mod rundir;
 pub mod schedule;
 pub mod train;

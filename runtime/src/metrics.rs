@@ -1,6 +1,9 @@
 //! Classification metrics from predictions and labels, accumulated over an
 //! epoch: the confusion matrix, accuracy, precision, recall and F1 (macro,
-//! micro or weighted averages, as scikit-learn defines them).
+//! micro or weighted averages, as scikit-learn defines them: averages run
+//! over the classes present in the labels or the predictions, and a ratio
+//! with a zero denominator is 0). `tests/fixtures/metrics_sklearn.json`,
+//! made by `tests/fixtures/gen_metrics.py`, holds scikit-learn's own figures.
 
 use modelc_compiler::check::layers::Average;
 
@@ -68,16 +71,26 @@ impl Confusion {
         })
     }
 
-    /// Macro: the mean over classes; weighted: weighted by support; micro:
-    /// from pooled counts (for single-label data all three micro scores equal
-    /// the accuracy).
+    /// The classes scikit-learn averages over: those that occur among the
+    /// labels or the predictions. A declared class that never occurs on
+    /// either side is left out (it would count as a score of 0).
+    pub fn present(&self) -> impl Iterator<Item = usize> + '_ {
+        (0..self.classes).filter(|&c| self.support(c) > 0 || self.predicted(c) > 0)
+    }
+
+    /// Macro: the mean over present classes; weighted: weighted by support;
+    /// micro: from pooled counts (for single-label data all three micro
+    /// scores equal the accuracy). A ratio with a zero denominator is 0, as
+    /// scikit-learn's `zero_division=0`.
     fn average(&self, avg: Average, per_class: impl Fn(&Self, usize) -> f64) -> f64 {
-        let k = self.classes;
         match avg {
-            Average::Macro => (0..k).map(|c| per_class(self, c)).sum::<f64>() / k.max(1) as f64,
+            Average::Macro => {
+                let (sum, n) = self.present().fold((0.0, 0usize), |(s, n), c| (s + per_class(self, c), n + 1));
+                sum / n.max(1) as f64
+            }
             Average::Weighted => {
                 let total = self.total();
-                (0..k).map(|c| per_class(self, c) * self.support(c) as f64).sum::<f64>() / total.max(1) as f64
+                self.present().map(|c| per_class(self, c) * self.support(c) as f64).sum::<f64>() / total.max(1) as f64
             }
             Average::Micro => self.accuracy(),
         }

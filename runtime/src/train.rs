@@ -18,6 +18,7 @@ use crate::checkpoint;
 use crate::data::{self, csv, mnist, synthetic, Dataset};
 use crate::exec::{Batch, Executor};
 use crate::metrics::Confusion;
+use crate::rundir;
 use crate::schedule::{lr_at, Progress};
 
 /// What a run may override of the train block.
@@ -36,8 +37,11 @@ pub struct Options {
     pub out: PathBuf,
     /// Draw a progress bar (only on a terminal).
     pub progress: bool,
-    /// Continue from `last.safetensors` and `last.state.safetensors` in `out`.
+    /// Continue from the resume point (`last.state.safetensors`) in `out`.
     pub resume: bool,
+    /// Preprocessing to apply instead of fitting it on the training samples
+    /// (`eval` applies the checkpoint's).
+    pub preprocess: Option<csv::Preprocess>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -86,27 +90,67 @@ pub struct Outcome {
     pub log: PathBuf,
 }
 
-/// The datasets of a run: training, validation (held out of training) and test.
+/// The datasets of a run: training, validation (held out of training) and
+/// test, and the preprocessing fitted on the training samples (CSV).
 pub struct Data {
     pub train: Dataset,
     pub val: Option<Dataset>,
     pub test: Option<Dataset>,
+    pub preprocess: Option<csv::Preprocess>,
 }
 
-/// Loads what `source` names, for `model`'s target.
+/// The checkpoint metadata that carries `p`.
+pub fn preprocess_metadata(p: Option<&csv::Preprocess>) -> BTreeMap<String, String> {
+    p.map(|p| BTreeMap::from([(csv::METADATA_KEY.to_string(), p.to_json())])).unwrap_or_default()
+}
+
+/// The preprocessing a checkpoint carries, if any.
+pub fn preprocess_of(weights: &Path) -> Result<Option<csv::Preprocess>, String> {
+    let meta = checkpoint::metadata(weights).map_err(|e| e.to_string())?;
+    meta.get(csv::METADATA_KEY)
+        .map(|t| csv::Preprocess::from_json(t).map_err(|e| format!("{}: {e}", weights.display())))
+        .transpose()
+}
+
+/// The width check every source passes through: the file named, both widths.
+fn fits(path: &Path, d: &Dataset, model: &ModelInfo) -> Result<(), String> {
+    let want = model.nodes[model.inputs[0]].ty.shape.sample_elements() as usize;
+    if d.width != want {
+        return Err(format!(
+            "{}: samples have {} values, but the model's input `{}` takes {want}",
+            path.display(),
+            d.width,
+            model.nodes[model.inputs[0]].path
+        ));
+    }
+    Ok(())
+}
+
+/// What a CSV source's settings say, as the loader takes them.
+fn csv_target(model: &ModelInfo) -> csv::Target {
+    match model.nodes[model.targets[0]].ty.dtype {
+        DType::Class { classes } => csv::Target::Classes(classes as u32),
+        _ => csv::Target::Value,
+    }
+}
+
+/// Loads what `source` names, for `model`'s target. `opts.data` replaces
+/// the training data's path.
 pub fn load(source: &DataSource, model: &ModelInfo, info: &TrainInfo, opts: &Options) -> Result<Data, String> {
     let path_of = |p: &str| opts.data.clone().unwrap_or_else(|| PathBuf::from(p));
     let target = &model.nodes[model.targets[0]].ty;
+    // CSV: (feature columns, class names, scale, label, header, test file).
+    let mut csv_setup = None;
     let (train, test) = match source {
         DataSource::Mnist { path, classes } => {
             let dir = path_of(path);
             let hint = |e: data::DataError| {
                 format!("{e}\n  (the path is relative to the working folder; override it with --set data=PATH)")
             };
-            (
-                mnist::load(&dir, mnist::Split::Train, *classes).map_err(hint)?,
-                Some(mnist::load(&dir, mnist::Split::Test, *classes).map_err(hint)?),
-            )
+            let width = Some(model_width(model));
+            let train = mnist::load_sized(&dir, mnist::Split::Train, *classes, width).map_err(hint)?;
+            let test = mnist::load_sized(&dir, mnist::Split::Test, *classes, width).map_err(hint)?;
+            (train, Some(test))
         }
         DataSource::Xor => {
             let classes = matches!(target.dtype, DType::Class { .. });
@@ -116,22 +160,15 @@ pub fn load(source: &DataSource, model: &ModelInfo, info: &TrainInfo, opts: &Opt
             synthetic::spirals(*samples as usize, *classes as u32, *noise, info.seed),
             Some(synthetic::spirals((*samples as usize / 4).max(1), *classes as u32, *noise, info.seed ^ 1)),
         ),
-        DataSource::Csv { path, label, header, scale } => {
-            let scale = match scale.as_str() {
-                "standard" => csv::Scale::Standard,
-                "minmax" => csv::Scale::MinMax,
-                _ => csv::Scale::None,
-            };
-            let kind = match target.dtype {
-                DType::Class { classes } => csv::Target::Classes(classes as u32),
-                _ => csv::Target::Value,
-            };
-            let d = csv::load(&path_of(path), label, *header, scale, kind).map_err(|e| e.to_string())?;
-            let want = model.nodes[model.inputs[0]].ty.shape.sample_elements() as usize;
-            if d.width != want {
-                return Err(format!("{path}: rows have {} features, the model's input takes {want}", d.width));
-            }
-            (d, None)
+        DataSource::Csv { path, label, header, scale, test } => {
+            let file = path_of(path);
+            let text = csv::read(&file).map_err(|e| e.to_string())?;
+            let l =
+                csv::read_labelled(&file, &text, label, *header, csv_target(model), None).map_err(|e| e.to_string())?;
+            fits(&file, &l.data, model)?;
+            let scale = csv::Scale::from_name(scale);
+            csv_setup = Some((l.columns, l.classes, scale, label.clone(), *header, test.as_ref().map(PathBuf::from)));
+            (l.data, None)
         }
         DataSource::Text { .. } => {
             return Err(format!(
@@ -143,17 +180,85 @@ pub fn load(source: &DataSource, model: &ModelInfo, info: &TrainInfo, opts: &Opt
         Some(n) if n < train.len => train.slice(&(0..n).collect::<Vec<_>>()),
         _ => train,
     };
-    let test = test.map(|t| match opts.test_limit {
-        Some(n) if n < t.len => t.slice(&(0..n).collect::<Vec<_>>()),
-        _ => t,
-    });
-    let (train, val) = if info.validation > 0.0 {
+    let (mut train, mut val) = if info.validation > 0.0 {
+        if train.len < 2 {
+            return Err(format!(
+                "`validation {}` needs at least 2 training samples to hold some out, and there {}",
+                info.validation,
+                if train.len == 1 { "is 1".to_string() } else { format!("are {}", train.len) }
+            ));
+        }
         let (tr, va) = data::validation_split(train.len, info.validation, info.seed);
         (train.slice(&tr), Some(train.slice(&va)))
     } else {
         (train, None)
     };
-    Ok(Data { train, val, test })
+    if train.len == 0 {
+        return Err("there are no training samples".into());
+    }
+    // CSV: statistics from the training samples alone, applied to every set.
+    let mut test = test;
+    let mut preprocess = None;
+    if let Some((columns, classes, scale, label, header, test_file)) = csv_setup {
+        let p = match &opts.preprocess {
+            Some(p) => p.clone(),
+            None => csv::Preprocess::fit(&train, columns, &label, scale, classes),
+        };
+        if let Some(file) = test_file {
+            let text = csv::read(&file).map_err(|e| e.to_string())?;
+            let l = csv::read_labelled(&file, &text, &label, header, csv_target(model), Some(&p))
+                .map_err(|e| e.to_string())?;
+            test = Some(l.data);
+        }
+        for d in std::iter::once(&mut train).chain(val.as_mut()).chain(test.as_mut()) {
+            p.apply(d);
+        }
+        preprocess = Some(p);
+    }
+    finish(Data { train, val, test, preprocess }, opts)
+}
+
+fn model_width(model: &ModelInfo) -> usize {
+    model.nodes[model.inputs[0]].ty.shape.sample_elements() as usize
+}
+
+/// Applies the test limit.
+fn finish(mut d: Data, opts: &Options) -> Result<Data, String> {
+    d.test = d.test.map(|t| match opts.test_limit {
+        Some(n) if n < t.len => t.slice(&(0..n).collect::<Vec<_>>()),
+        _ => t,
+    });
+    Ok(d)
+}
+
+/// Loads a file to evaluate on, whole, as test data: an MNIST folder's test
+/// split, or a labelled CSV file read with the checkpoint's preprocessing
+/// (`p`; without one, the spec's settings and no scaling of its own).
+pub fn load_test_file(
+    source: &DataSource,
+    model: &ModelInfo,
+    file: &Path,
+    p: Option<&csv::Preprocess>,
+) -> Result<Dataset, String> {
+    match source {
+        DataSource::Mnist { classes, .. } => {
+            mnist::load_sized(file, mnist::Split::Test, *classes, Some(model_width(model))).map_err(|e| e.to_string())
+        }
+        DataSource::Csv { label, header, scale, .. } => {
+            let p = p.ok_or_else(|| {
+                format!(
+                    "the checkpoint carries no preprocessing record (the csv source scales `{scale}`): it was written by an older modelc; train again"
+                )
+            })?;
+            let text = csv::read(file).map_err(|e| e.to_string())?;
+            let mut d = csv::read_labelled(file, &text, label, *header, csv_target(model), Some(p))
+                .map_err(|e| e.to_string())?
+                .data;
+            p.apply(&mut d);
+            Ok(d)
+        }
+        other => Err(format!("--data replaces a file or folder; the `{}` source has none", other.name())),
+    }
 }
 
 /// What evaluating a dataset gave.
@@ -202,7 +307,94 @@ pub fn dropout_seed(seed: u64, step: u64) -> u64 {
     (seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ step.wrapping_mul(0xBF58_476D_1CE4_E5B9)) >> 40
 }
 
-/// Trains with `exec`, writing progress to `out`.
+/// A step loss this many times above the run's first step loss (or above 1,
+/// when the first was smaller) is taken as divergence: the run stops before
+/// the loss overflows, with the same message a non-finite loss gets.
+pub const DIVERGENCE_FACTOR: f64 = 1e4;
+
+/// Where a run stands, saved in the resume point's metadata.
+#[derive(Clone, Debug, Default)]
+struct RunState {
+    epoch: u64,
+    step: u64,
+    /// The first step loss of the run: the divergence reference.
+    first_loss: Option<f64>,
+    /// Early stopping: the best score so far and its epoch (0-based).
+    best: Option<(f64, u64)>,
+}
+
+impl RunState {
+    fn metadata(&self, model: &str) -> BTreeMap<String, String> {
+        let mut m = BTreeMap::from([
+            ("format".to_string(), "modelc-resume-1".to_string()),
+            ("model".to_string(), model.to_string()),
+            ("epoch".to_string(), self.epoch.to_string()),
+            ("step".to_string(), self.step.to_string()),
+        ]);
+        if let Some(l) = self.first_loss {
+            m.insert("first_loss".into(), format!("{l:e}"));
+        }
+        if let Some((score, epoch)) = self.best {
+            m.insert("best_score".into(), format!("{score:e}"));
+            m.insert("best_epoch".into(), epoch.to_string());
+        }
+        m
+    }
+
+    fn from_metadata(path: &Path, m: &BTreeMap<String, String>) -> Result<RunState, String> {
+        let num = |k: &str| -> Result<u64, String> {
+            m.get(k)
+                .and_then(|e| e.parse().ok())
+                .ok_or_else(|| format!("cannot resume: {}: no `{k}` in its metadata", path.display()))
+        };
+        let float = |k: &str| m.get(k).and_then(|v| v.parse::<f64>().ok());
+        let best = match (float("best_score"), m.get("best_epoch").and_then(|e| e.parse().ok())) {
+            (Some(s), Some(e)) => Some((s, e)),
+            _ => None,
+        };
+        Ok(RunState { epoch: num("epoch")?, step: num("step")?, first_loss: float("first_loss"), best })
+    }
+}
+
+/// Restores a run from its resume point; returns where it stood.
+fn resume(exec: &mut dyn Executor, model: &ModelInfo, opts: &Options, out: &mut dyn Write) -> Result<RunState, String> {
+    let (last, state_path) = (opts.out.join("last.safetensors"), opts.out.join("last.state.safetensors"));
+    let params: Vec<(String, Vec<usize>)> = exec.parameters().into_iter().map(|(k, (s, _))| (k, s)).collect();
+    let state: Vec<(String, Vec<usize>)> = exec.state().into_iter().map(|(k, (s, _))| (k, s)).collect();
+    let all: Vec<(String, Vec<usize>)> = params.iter().chain(&state).cloned().collect();
+    let loaded = checkpoint::load(&state_path).map_err(|e| format!("cannot resume: {e}"))?;
+    let meta = checkpoint::metadata(&state_path).map_err(|e| format!("cannot resume: {e}"))?;
+    if meta.get("format").map(String::as_str) != Some("modelc-resume-1") {
+        return Err(format!(
+            "cannot resume: {} was written by an older modelc and holds no weights; start the run again",
+            state_path.display()
+        ));
+    }
+    if let Some(m) = meta.get("model").filter(|m| **m != model.name) {
+        return Err(format!("cannot resume: {} belongs to model `{m}`, not `{}`", state_path.display(), model.name));
+    }
+    let tensors = checkpoint::validate(&state_path, loaded, &all, &[]).map_err(|e| format!("cannot resume: {e}"))?;
+    let progress = RunState::from_metadata(&state_path, &meta)?;
+    exec.set_parameters(&tensors);
+    // The weights file lags when a crash came between the two writes.
+    let weights_epoch = checkpoint::metadata(&last).ok().and_then(|m| m.get("epoch").cloned());
+    if weights_epoch.as_deref() != Some(progress.epoch.to_string().as_str()) {
+        checkpoint::save(&last, &exec.parameters(), meta.clone()).map_err(|e| e.to_string())?;
+        let _ = writeln!(out, "note: {} was behind the resume point; rewritten from it", last.display());
+    }
+    let log_path = opts.out.join("log.jsonl");
+    let dropped = rundir::truncate_log(&log_path, progress.epoch)?;
+    if dropped > 0 {
+        let _ =
+            writeln!(out, "note: {dropped} line(s) past epoch {} dropped from {}", progress.epoch, log_path.display());
+    }
+    let _ =
+        writeln!(out, "resuming after epoch {} (step {}) from {}", progress.epoch, progress.step, state_path.display());
+    Ok(progress)
+}
+
+/// Trains with `exec`, writing progress to `out`. The run folder's lock,
+/// files and their guarantees are described in [`crate::rundir`].
 pub fn run(
     exec: &mut dyn Executor,
     model: &ModelInfo,
@@ -212,31 +404,41 @@ pub fn run(
     out: &mut dyn Write,
 ) -> Result<Outcome, String> {
     let epochs = opts.epochs.unwrap_or(info.epochs);
-    let batch = opts.batch.unwrap_or(info.batch).max(1) as usize;
+    let batch = opts.batch.unwrap_or(info.batch) as usize;
     let seed = opts.seed.unwrap_or(info.seed);
+    if batch == 0 || epochs == 0 {
+        return Err(format!("batch and epochs must be at least 1 (batch {batch}, epochs {epochs})"));
+    }
     let optimizer = info.optimizer.as_ref().ok_or("the train block has no optimizer")?;
-    std::fs::create_dir_all(&opts.out).map_err(|e| format!("cannot create {}: {e}", opts.out.display()))?;
+    let n = data.train.len;
+    if n == 0 {
+        return Err("there are no training samples".into());
+    }
+    let watch = info.early_stop.as_ref();
+    if let Some(es) = watch {
+        if !matches!(es.on.as_str(), "loss" | "val_loss" | "accuracy" | "val_accuracy") {
+            return Err(format!("early stopping on `{}` is not supported by the trainer yet (loss, val_loss, accuracy and val_accuracy are)", es.on));
+        }
+    }
+    let (_lock, note) = rundir::RunLock::acquire(&opts.out)?;
+    if let Some(note) = note {
+        let _ = writeln!(out, "{note}");
+    }
     let log_path = opts.out.join("log.jsonl");
     let last = opts.out.join("last.safetensors");
     let best_path = opts.out.join("best.safetensors");
     let state_path = opts.out.join("last.state.safetensors");
-    // Resuming: weights, optimizer state and where training stood.
-    let mut first_epoch = 0;
-    if opts.resume {
-        let expected: Vec<(String, Vec<usize>)> = exec.parameters().into_iter().map(|(k, (s, _))| (k, s)).collect();
-        let weights = checkpoint::load(&last).map_err(|e| format!("cannot resume: {e}"))?;
-        let weights = checkpoint::validate(&last, weights, &expected, &[]).map_err(|e| e.to_string())?;
-        let expected_state: Vec<(String, Vec<usize>)> = exec.state().into_iter().map(|(k, (s, _))| (k, s)).collect();
-        let state = checkpoint::load(&state_path).map_err(|e| format!("cannot resume: {e}"))?;
-        let state = checkpoint::validate(&state_path, state, &expected_state, &[]).map_err(|e| e.to_string())?;
-        let meta = checkpoint::metadata(&state_path).map_err(|e| e.to_string())?;
-        first_epoch = meta
-            .get("epoch")
-            .and_then(|e| e.parse().ok())
-            .ok_or_else(|| format!("{}: no epoch in its metadata", state_path.display()))?;
-        exec.set_parameters(&weights);
-        exec.set_parameters(&state);
-        let _ = writeln!(out, "resuming after epoch {first_epoch} from {}", last.display());
+    let mut progress = if opts.resume { resume(exec, model, opts, out)? } else { RunState::default() };
+    let first_epoch = progress.epoch;
+    if let Some(names) = data.preprocess.as_ref().and_then(|p| p.classes.as_ref()) {
+        let list: Vec<String> = names.iter().enumerate().map(|(i, n)| format!("{i} = {n}")).collect();
+        let _ = writeln!(out, "classes (named in the label column, numbered in sorted order): {}", list.join(", "));
+    }
+    if first_epoch >= epochs {
+        return Err(format!(
+            "the run in {} has already trained {first_epoch} epochs, and this run asks for {epochs}: nothing to resume (raise --epochs to train on)",
+            opts.out.display()
+        ));
     }
     let mut log = std::fs::OpenOptions::new()
         .create(true)
@@ -245,7 +447,6 @@ pub fn run(
         .truncate(!opts.resume)
         .open(&log_path)
         .map_err(|e| format!("cannot write {}: {e}", log_path.display()))?;
-    let n = data.train.len;
     let steps_per_epoch = n.div_ceil(batch) as u64;
     let total_steps = steps_per_epoch * epochs;
     let _ = writeln!(
@@ -259,16 +460,27 @@ pub fn run(
     );
     let mut logs = Vec::new();
     let mut losses = Vec::new();
-    let mut step = first_epoch * n.div_ceil(batch) as u64;
-    let (mut x, mut y) = (Vec::new(), Vec::new());
-    let mut best: Option<(f64, u64)> = None;
-    let mut saved_best = None;
-    let watch = info.early_stop.as_ref();
-    if let Some(es) = watch {
-        if !matches!(es.on.as_str(), "loss" | "val_loss" | "accuracy" | "val_accuracy") {
-            return Err(format!("early stopping on `{}` is not supported by the trainer yet (loss, val_loss, accuracy and val_accuracy are)", es.on));
-        }
+    let mut step = first_epoch * steps_per_epoch;
+    if opts.resume && step != progress.step {
+        return Err(format!(
+            "cannot resume: {} stands at step {} after epoch {first_epoch}, but this run has {steps_per_epoch} steps an epoch (were the batch size or the data changed?)",
+            state_path.display(),
+            progress.step
+        ));
     }
+    let (mut x, mut y) = (Vec::new(), Vec::new());
+    let mut saved_best = None;
+    let diverged = |what: String, step: u64, epoch: u64, exec: &dyn Executor| {
+        let culprit = exec.first_non_finite().map_or("none (only the loss)".to_string(), |t| format!("`{t}`"));
+        let kept = if last.exists() {
+            format!("{} is kept as it was", last.display())
+        } else {
+            "no checkpoint was written".into()
+        };
+        format!(
+            "{what} at step {step} (epoch {epoch}); first non-finite tensor: {culprit}; {kept}. Try a smaller learning rate or `clip_grad_norm`."
+        )
+    };
     for epoch in first_epoch..epochs {
         let started = Instant::now();
         let order = data::epoch_order(n, seed, epoch);
@@ -289,18 +501,19 @@ pub fn run(
             let batch = Batch { n: idx.len(), features: &x, labels: &y };
             let s = exec.train_step(&batch, lr, step + 1, dropout_seed(seed, step + 1))?;
             if !s.loss.is_finite() {
-                let culprit =
-                    exec.first_non_finite().map_or("none yet (only the loss)".to_string(), |t| format!("`{t}`"));
-                let kept = if last.exists() {
-                    format!("{} is kept as it was", last.display())
-                } else {
-                    "no checkpoint was written".into()
-                };
-                return Err(format!(
-                    "the loss became {} at step {} (epoch {}); first non-finite tensor: {culprit}; {kept}. Try a smaller learning rate or `clip_grad_norm`.",
-                    s.loss,
+                return Err(diverged(format!("the loss became {}", s.loss), step + 1, epoch + 1, &*exec));
+            }
+            let first = *progress.first_loss.get_or_insert(s.loss);
+            let limit = DIVERGENCE_FACTOR * first.abs().max(1.0);
+            if s.loss.abs() > limit {
+                return Err(diverged(
+                    format!(
+                        "the loss diverged: {:.4e}, more than {DIVERGENCE_FACTOR:e} times the first step's {first:.4e},",
+                        s.loss
+                    ),
                     step + 1,
-                    epoch + 1
+                    epoch + 1,
+                    &*exec,
                 ));
             }
             losses.push(s.loss);
@@ -321,14 +534,19 @@ pub fn run(
         let seconds = started.elapsed().as_secs_f64();
         let val = data.val.as_ref().map(|d| evaluate(exec, d, batch)).transpose()?;
         let test = data.test.as_ref().map(|d| evaluate(exec, d, batch)).transpose()?;
+        for (name, e) in [("validation", &val), ("test", &test)] {
+            if let Some(e) = e.as_ref().filter(|e| !e.loss.is_finite()) {
+                return Err(diverged(format!("the {name} loss became {}", e.loss), step, epoch + 1, &*exec));
+            }
+        }
         let (val_prf, test_prf) = (val.as_ref().and_then(prf), test.as_ref().and_then(prf));
         let val = val.map(|v| (v.loss, v.accuracy));
         let test = test.map(|t| (t.loss, t.accuracy));
         let entry = EpochLog {
             epoch: epoch + 1,
             lr,
-            train_loss: sum_loss / n.max(1) as f64,
-            train_accuracy: has_acc.then_some(sum_acc / n.max(1) as f64),
+            train_loss: sum_loss / n as f64,
+            train_accuracy: has_acc.then_some(sum_acc / n as f64),
             val_loss: val.map(|v| v.0),
             val_accuracy: val.and_then(|v| v.1),
             test_loss: test.map(|t| t.0),
@@ -343,37 +561,51 @@ pub fn run(
         if (epoch + 1) % every == 0 || epoch == 0 || epoch + 1 == epochs {
             let _ = writeln!(out, "{}", epoch_line(&entry, epochs));
         }
-        let line = serde_json::to_string(&entry).map_err(|e| e.to_string())?;
-        writeln!(log, "{line}").map_err(|e| format!("cannot write {}: {e}", log_path.display()))?;
-        let meta = BTreeMap::from([
-            ("model".to_string(), model.name.clone()),
-            ("epoch".to_string(), (epoch + 1).to_string()),
-            ("step".to_string(), step.to_string()),
-        ]);
-        let params = exec.parameters();
-        checkpoint::save(&last, &params, meta.clone()).map_err(|e| e.to_string())?;
-        checkpoint::save(&state_path, &exec.state(), meta.clone()).map_err(|e| e.to_string())?;
+        // Early stopping's decision, before the checkpoint that records it.
+        let mut improved = false;
+        let mut stop = false;
         if let Some(es) = watch {
             let value = watched(&entry, &es.on);
-            let lower_is_better = es.on.ends_with("loss");
-            let score = if lower_is_better { -value } else { value };
-            match best {
+            let score = if es.on.ends_with("loss") { -value } else { value };
+            match progress.best {
                 Some((b, _)) if score <= b + es.min_delta => {}
                 _ => {
-                    best = Some((score, epoch));
-                    checkpoint::save(&best_path, &params, meta).map_err(|e| e.to_string())?;
-                    saved_best = Some(best_path.clone());
+                    progress.best = Some((score, epoch));
+                    improved = true;
                 }
             }
-            if let Some((_, at)) = best {
-                if epoch - at >= es.patience {
-                    let _ = writeln!(out, "early stop: `{}` has not improved for {} epochs", es.on, es.patience);
-                    logs.push(entry);
-                    break;
-                }
+            if let Some((_, at)) = progress.best {
+                stop = epoch - at >= es.patience;
             }
         }
+        progress.epoch = epoch + 1;
+        progress.step = step;
+        let line = serde_json::to_string(&entry).map_err(|e| e.to_string())?;
+        writeln!(log, "{line}")
+            .and_then(|_| log.sync_data())
+            .map_err(|e| format!("cannot write {}: {e}", log_path.display()))?;
+        rundir::crash_point("after-log", epoch + 1);
+        let mut meta = progress.metadata(&model.name);
+        meta.extend(preprocess_metadata(data.preprocess.as_ref()));
+        let params = exec.parameters();
+        let mut resume_point = params.clone();
+        resume_point.extend(exec.state());
+        checkpoint::save(&state_path, &resume_point, meta.clone()).map_err(|e| e.to_string())?;
+        rundir::crash_point("after-state", epoch + 1);
+        checkpoint::save(&last, &params, meta.clone()).map_err(|e| e.to_string())?;
+        rundir::crash_point("after-weights", epoch + 1);
+        if improved {
+            checkpoint::save(&best_path, &params, meta).map_err(|e| e.to_string())?;
+        }
+        if best_path.exists() && watch.is_some() {
+            saved_best = Some(best_path.clone());
+        }
         logs.push(entry);
+        if stop {
+            let es = watch.map(|e| (e.on.as_str(), e.patience)).unwrap_or_default();
+            let _ = writeln!(out, "early stop: `{}` has not improved for {} epochs", es.0, es.1);
+            break;
+        }
     }
     Ok(Outcome { epochs: logs, losses, last, best: saved_best, log: log_path })
 }

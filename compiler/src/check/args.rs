@@ -130,6 +130,16 @@ impl Ty {
     /// `(0, 1)`: fractions such as a validation split.
     pub const FRACTION: Ty = Ty::Float { min: 0.0, max: 1.0, open_min: true, open_max: true };
 
+    /// Whether a whole number fits this type, for settings given outside a
+    /// spec (a run file, `--set`, command-line flags): `Err` says what fits.
+    pub fn check_int(&self, v: i64) -> Result<(), String> {
+        match *self {
+            Ty::Int { min, max } if v < min || v > max => Err(int_range(min, max)),
+            Ty::Int { .. } => Ok(()),
+            _ => Err(self.expected()),
+        }
+    }
+
     fn expected(&self) -> String {
         match self {
             Ty::Int { .. } => "a whole number".into(),

@@ -34,6 +34,8 @@ pub enum DataSource {
         label: String,
         header: bool,
         scale: String,
+        /// A held-out test file with the same columns.
+        test: Option<String>,
     },
     Xor,
     Spirals {
@@ -230,6 +232,7 @@ const SOURCES: Table = &[
             req("label", Ty::Str),
             opt("header", Ty::Bool, D::Bool(true)),
             opt("scale", Ty::Choice(SCALES), D::Name("none")),
+            opt("test", Ty::Str, D::Absent),
         ],
     ),
     ("xor", &[]),
@@ -281,6 +284,22 @@ const SETTINGS: &[(&str, Option<Param>, &[Block])] = &[
     ("unfreeze", None, &[Block::Stage]),
     ("lr_scale", None, &[Block::Stage]),
 ];
+
+/// The settings a run may override (in a run file, with `--set` or a flag)
+/// and their types: the spec's own rule where the spec has the setting, so
+/// that one rule holds everywhere. `limit` and `test_limit` exist only for
+/// runs; `data` and `out` are paths.
+pub fn run_setting(key: &str) -> Option<Ty> {
+    match key {
+        "limit" | "test_limit" => Some(Ty::POSITIVE_INT),
+        "data" | "out" => Some(Ty::Str),
+        "epochs" | "batch" | "seed" => SETTINGS.iter().find(|s| s.0 == key).and_then(|s| s.1).map(|p| p.ty),
+        _ => None,
+    }
+}
+
+/// The keys [`run_setting`] knows, in the order `--help` lists them.
+pub const RUN_SETTINGS: &[&str] = &["epochs", "batch", "seed", "limit", "test_limit", "data", "out"];
 
 const EARLY_STOP: &[Param] = &[
     req("patience", Ty::POSITIVE_INT),
@@ -526,6 +545,7 @@ impl<'a> SettingsChecker<'a> {
                 label: b.name("label").unwrap_or_default().into(),
                 header: b.bool("header"),
                 scale: b.name("scale").unwrap_or("none").into(),
+                test: b.name("test").map(String::from),
             },
             "xor" => DataSource::Xor,
             "spirals" => {

@@ -18,6 +18,12 @@ const LABELS_MAGIC: u32 = 0x0000_0801;
 /// Loads one split from `dir`, keeping the digits `classes.0..=classes.1`
 /// relabelled from 0 (as `mnist("…", classes: 5..9)` declares).
 pub fn load(dir: &Path, split: Split, classes: (u64, u64)) -> Result<Dataset, DataError> {
+    load_sized(dir, split, classes, None)
+}
+
+/// [`load`], refusing images that are not `width` values each (the model's
+/// input) before anything else is read.
+pub fn load_sized(dir: &Path, split: Split, classes: (u64, u64), width: Option<usize>) -> Result<Dataset, DataError> {
     let stem = match split {
         Split::Train => "train",
         Split::Test => "t10k",
@@ -27,6 +33,7 @@ pub fn load(dir: &Path, split: Split, classes: (u64, u64)) -> Result<Dataset, Da
     let images = read(&images_path)?;
     let labels = read(&labels_path)?;
     let (count, rows, cols, pixels) = parse_images(&images_path, &images)?;
+    sized(&images_path, rows, cols, width)?;
     let label_bytes = parse_labels(&labels_path, &labels)?;
     if label_bytes.len() != count {
         return Err(DataError::CountMismatch {
@@ -55,9 +62,10 @@ pub fn load(dir: &Path, split: Split, classes: (u64, u64)) -> Result<Dataset, Da
 
 /// A standalone IDX image file (gzipped or not), pixels scaled to [0, 1]:
 /// (images, rows·cols values each).
-pub fn read_images(path: &Path) -> Result<Dataset, DataError> {
+pub fn read_images(path: &Path, width: Option<usize>) -> Result<Dataset, DataError> {
     let bytes = read(path)?;
     let (count, rows, cols, pixels) = parse_images(path, &bytes)?;
+    sized(path, rows, cols, width)?;
     let features = pixels.iter().map(|p| *p as f32 / 255.0).collect();
     Ok(Dataset {
         features,
@@ -65,6 +73,15 @@ pub fn read_images(path: &Path) -> Result<Dataset, DataError> {
         labels: Labels::Classes { values: vec![0; count], classes: 10 },
         len: count,
     })
+}
+
+fn sized(path: &Path, rows: u32, cols: u32, width: Option<usize>) -> Result<(), DataError> {
+    match width {
+        Some(expected) if (rows as usize) * (cols as usize) != expected => {
+            Err(DataError::ImageSize { path: path.to_path_buf(), rows, cols, expected })
+        }
+        _ => Ok(()),
+    }
 }
 
 /// `name.gz` or `name`, whichever exists.
