@@ -8,8 +8,8 @@
 //!
 //! Every rule is in [`rule`], one arm per op, with the maths beside it.
 //! Tie rules: `max(a, b)` and `min(a, b)` send the gradient to `a` only where
-//! `a` wins strictly (so relu'(0) = 0, as in PyTorch); a max-reduction (max
-//! pooling) shares it equally among tied maxima.
+//! `a` wins strictly (so relu'(0) = 0, as in PyTorch); a max-reduction and
+//! max pooling share it equally among tied maxima.
 
 use std::collections::{HashMap, HashSet};
 

@@ -1,6 +1,7 @@
 //! modelc's compiler: semantic checking of `.model` programs (names, arguments,
-//! shapes, sections) and model statistics. Later stages (graph IR, autodiff,
-//! passes, backends) will live here too.
+//! shapes, sections), model statistics, the graph IR and lowering, autodiff,
+//! the training step, optimization passes and fusion, the f64 reference
+//! interpreter, gradient checks, and the Cranelift/gemm CPU backend.
 //!
 //! Library code returns diagnostics as values ([`diag::Located`]); only the
 //! binary renders them.

@@ -1,5 +1,7 @@
-//! Checkpoints: parameters (and optimizer state) as safetensors, PyTorch's
-//! names and layouts, so `torch.save`-compatible state dicts load both ways.
+//! Checkpoints: parameters (and, in the run's resume point, optimizer state)
+//! as f32 safetensors with PyTorch's names and layouts, so a PyTorch
+//! `state_dict()` saved with `safetensors.torch.save_file` loads here and
+//! ours load into PyTorch with `load_state_dict`.
 //!
 //! Writing is atomic and durable: a temporary file in the same folder,
 //! flushed to disk (`fsync`), renamed over the old file, and the folder

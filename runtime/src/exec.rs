@@ -1,6 +1,7 @@
-//! Executors run a compiled training step. The trainer talks to them through
-//! [`Executor`]; today the one executor is the reference interpreter (f64,
-//! slow, exact), which the compiled CPU backend will sit beside.
+//! Executors run a model's training step and evaluation graph. The trainer
+//! talks to them through [`Executor`]; there are two: [`Compiled`] (native
+//! code from the CPU backend, f32; the default) and [`Interpreter`] (the
+//! f64 reference interpreter: slow, exact; `--executor interp`).
 
 use std::collections::HashMap;
 
@@ -20,7 +21,9 @@ pub struct Stats {
     pub loss: f64,
     /// The `accuracy` metric over the batch, when the model declares it.
     pub accuracy: Option<f64>,
-    /// Class predictions per sample, for precision, recall and F1.
+    /// Class predictions per sample, for precision, recall and F1
+    /// ([`Executor::evaluate`] only: a training step returns none, so that
+    /// it allocates nothing).
     pub predictions: Vec<f32>,
 }
 
@@ -34,7 +37,8 @@ pub struct Batch<'a> {
 pub trait Executor {
     /// A short name for messages: "reference interpreter (f64)".
     fn name(&self) -> &'static str;
-    /// One training step: updates parameters and optimizer state in place.
+    /// One training step: updates parameters and optimizer state in place;
+    /// returns the loss and the accuracy metric (no predictions).
     fn train_step(&mut self, batch: &Batch, lr: f64, step: u64, seed: u64) -> Result<Stats, String>;
     /// Loss and metrics on a batch, without dropout and without updates.
     fn evaluate(&mut self, batch: &Batch) -> Result<Stats, String>;
@@ -56,6 +60,18 @@ pub struct Interpreter {
     target: (String, Vec<Dim>),
     values: HashMap<String, Tensor>,
     params: Vec<String>,
+    accuracy: Option<String>,
+}
+
+/// The output that holds the model's accuracy metric (`metric.NAME`,
+/// whatever the metric is named), if it declares one.
+fn accuracy_output(model: &ModelInfo) -> Option<String> {
+    use modelc_compiler::check::layers::Metric;
+    use modelc_compiler::check::Op as CheckOp;
+    model.metrics.iter().find_map(|(name, n)| match &model.nodes[*n].op {
+        CheckOp::Metric { metric: Metric::Accuracy } => Some(format!("metric.{name}")),
+        _ => None,
+    })
 }
 
 fn concrete(dims: &[Dim], n: usize) -> Vec<usize> {
@@ -97,7 +113,7 @@ impl Interpreter {
             values.insert(name, Tensor::zeros(concrete(&step.ty(id).shape.0, 1)));
         }
         let params = model.params.iter().map(|p| p.name.clone()).collect();
-        Ok(Interpreter { step, eval, data, target, values, params })
+        Ok(Interpreter { step, eval, data, target, values, params, accuracy: accuracy_output(model) })
     }
 
     fn feed(&self, batch: &Batch) -> HashMap<String, Tensor> {
@@ -109,15 +125,19 @@ impl Interpreter {
         inputs
     }
 
-    fn stats(out: &HashMap<String, Tensor>) -> Stats {
+    fn stats(&self, out: &HashMap<String, Tensor>, predictions: bool) -> Stats {
+        let predictions = predictions
+            .then(|| {
+                out.get("predictions")
+                    .or_else(|| out.iter().find(|(k, _)| k.starts_with("predictions.")).map(|(_, t)| t))
+                    .map(|t| t.data.iter().map(|v| *v as f32).collect())
+            })
+            .flatten()
+            .unwrap_or_default();
         Stats {
             loss: out.get("loss").map(|t| t.data[0]).unwrap_or(f64::NAN),
-            accuracy: out.get("metric.accuracy").map(|t| t.data[0]),
-            predictions: out
-                .get("predictions")
-                .or_else(|| out.iter().find(|(k, _)| k.starts_with("predictions.")).map(|(_, t)| t))
-                .map(|t| t.data.iter().map(|v| *v as f32).collect())
-                .unwrap_or_default(),
+            accuracy: self.accuracy.as_ref().and_then(|a| out.get(a)).map(|t| t.data[0]),
+            predictions,
         }
     }
 }
@@ -147,7 +167,7 @@ impl Executor for Interpreter {
                 self.values.insert(name["new.".len()..].to_string(), t);
             }
         }
-        Ok(Self::stats(&out))
+        Ok(self.stats(&out, false))
     }
 
     fn evaluate(&mut self, batch: &Batch) -> Result<Stats, String> {
@@ -157,7 +177,7 @@ impl Executor for Interpreter {
         inputs.remove(&self.data.0);
         inputs.remove(&self.target.0);
         self.values = inputs;
-        Ok(Self::stats(&out?))
+        Ok(self.stats(&out?, true))
     }
 
     fn parameters(&self) -> Tensors {
@@ -203,6 +223,9 @@ pub struct Compiled {
     /// both programs point into them.
     tensors: HashMap<String, (Vec<usize>, Box<[f32]>)>,
     params: Vec<String>,
+    /// The outputs holding the accuracy metric and the predictions.
+    accuracy: Option<String>,
+    predictions: Option<String>,
 }
 
 impl Compiled {
@@ -234,7 +257,13 @@ impl Compiled {
             }
         }
         let params = model.params.iter().map(|p| p.name.clone()).collect();
-        Ok(Compiled { step, eval, data, target, tensors, params })
+        let predictions = eval
+            .graph()
+            .outputs
+            .iter()
+            .find(|(k, _)| k == "predictions" || k.starts_with("predictions."))
+            .map(|(k, _)| k.clone());
+        Ok(Compiled { step, eval, data, target, tensors, params, accuracy: accuracy_output(model), predictions })
     }
 
     /// Calls of the `gemm` crate per training step at `batch` (after a step
@@ -273,20 +302,14 @@ impl Compiled {
         Ok(())
     }
 
-    fn stats(program: &Program, batch: usize) -> Stats {
+    /// Loss and accuracy of the last run of `program`; the predictions too
+    /// when asked (evaluation), which is the one allocation.
+    fn stats(program: &Program, batch: usize, accuracy: Option<&str>, predictions: Option<&str>) -> Stats {
         let out = |name: &str| program.output(name, batch);
-        let predictions = program
-            .graph()
-            .outputs
-            .iter()
-            .find(|(k, _)| k == "predictions" || k.starts_with("predictions."))
-            .and_then(|(k, _)| out(k))
-            .map(|p| p.to_vec())
-            .unwrap_or_default();
         Stats {
             loss: out("loss").map_or(f64::NAN, |t| t[0] as f64),
-            accuracy: out("metric.accuracy").map(|t| t[0] as f64),
-            predictions,
+            accuracy: accuracy.and_then(out).map(|t| t[0] as f64),
+            predictions: predictions.and_then(out).map(|p| p.to_vec()).unwrap_or_default(),
         }
     }
 }
@@ -306,7 +329,7 @@ impl Executor for Compiled {
             }
         }
         p.run(batch.n)?;
-        Ok(Self::stats(p, batch.n))
+        Ok(Self::stats(p, batch.n, self.accuracy.as_deref(), None))
     }
 
     fn evaluate(&mut self, batch: &Batch) -> Result<Stats, String> {
@@ -314,7 +337,7 @@ impl Executor for Compiled {
         Self::feed(p, &self.data, batch.n, batch.features)?;
         Self::feed(p, &self.target, batch.n, batch.labels)?;
         p.run(batch.n)?;
-        Ok(Self::stats(p, batch.n))
+        Ok(Self::stats(p, batch.n, self.accuracy.as_deref(), self.predictions.as_deref()))
     }
 
     fn parameters(&self) -> Tensors {

@@ -1,6 +1,8 @@
-//! The modelc runtime: the command-line interface and, as the project grows,
-//! tensors, data sources and the trainer. The binary in `main.rs` is a thin
-//! shell around [`cli::run`], so tests drive the CLI in-process.
+//! The modelc runtime: the command-line interface, data sources, executors
+//! (compiled CPU code or the reference interpreter), the trainer and its run
+//! folder, initialization, schedules, metrics and checkpoints. The binary in
+//! `main.rs` is a thin shell around [`cli::run`], so tests drive the CLI
+//! in-process.
 
 pub mod checkpoint;
 pub mod cli;

@@ -9,9 +9,10 @@ use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use modelc_compiler::check::layers::Metric;
 use modelc_compiler::check::train::{DataSource, TrainInfo, TEXT_CLASSES};
 use modelc_compiler::check::types::DType;
-use modelc_compiler::check::ModelInfo;
+use modelc_compiler::check::{ModelInfo, Op as CheckOp};
 use serde::Serialize;
 
 use crate::checkpoint;
@@ -60,6 +61,10 @@ pub struct EpochLog {
     pub val_prf: Option<Prf>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub test_prf: Option<Prf>,
+    /// Every declared precision, recall or F1 metric on the validation and
+    /// test sets: `val_NAME`, `test_NAME`.
+    #[serde(flatten)]
+    pub metrics: BTreeMap<String, f64>,
     pub seconds: f64,
     pub samples_per_second: f64,
 }
@@ -415,9 +420,15 @@ pub fn run(
         return Err("there are no training samples".into());
     }
     let watch = info.early_stop.as_ref();
+    let metrics = MetricNames::of(model);
     if let Some(es) = watch {
-        if !matches!(es.on.as_str(), "loss" | "val_loss" | "accuracy" | "val_accuracy") {
-            return Err(format!("early stopping on `{}` is not supported by the trainer yet (loss, val_loss, accuracy and val_accuracy are)", es.on));
+        let can = metrics.watchable(data.val.is_some(), data.test.is_some());
+        if !can.contains(&es.on) {
+            return Err(format!(
+                "early stopping watches `{}`, which this run does not compute (it computes: {})",
+                es.on,
+                can.join(", ")
+            ));
         }
     }
     let (_lock, note) = rundir::RunLock::acquire(&opts.out)?;
@@ -540,6 +551,14 @@ pub fn run(
             }
         }
         let (val_prf, test_prf) = (val.as_ref().and_then(prf), test.as_ref().and_then(prf));
+        let mut declared = BTreeMap::new();
+        for (split, e) in [("val", &val), ("test", &test)] {
+            if let Some(c) = e.as_ref().and_then(|e| e.confusion.as_ref()) {
+                for (name, m) in &metrics.declared {
+                    declared.insert(format!("{split}_{name}"), metric_value(c, m));
+                }
+            }
+        }
         let val = val.map(|v| (v.loss, v.accuracy));
         let test = test.map(|t| (t.loss, t.accuracy));
         let entry = EpochLog {
@@ -553,6 +572,7 @@ pub fn run(
             test_accuracy: test.and_then(|t| t.1),
             val_prf,
             test_prf,
+            metrics: declared,
             seconds,
             samples_per_second: n as f64 / seconds.max(1e-9),
         };
@@ -565,7 +585,7 @@ pub fn run(
         let mut improved = false;
         let mut stop = false;
         if let Some(es) = watch {
-            let value = watched(&entry, &es.on);
+            let value = metrics.watched(&entry, &es.on);
             let score = if es.on.ends_with("loss") { -value } else { value };
             match progress.best {
                 Some((b, _)) if score <= b + es.min_delta => {}
@@ -610,15 +630,74 @@ pub fn run(
     Ok(Outcome { epochs: logs, losses, last, best: saved_best, log: log_path })
 }
 
-fn watched(e: &EpochLog, on: &str) -> f64 {
-    let v = match on {
-        "loss" => Some(e.train_loss),
-        "val_loss" => e.val_loss,
-        "accuracy" => e.train_accuracy,
-        "val_accuracy" => e.val_accuracy,
-        _ => None,
-    };
-    v.unwrap_or(f64::NAN)
+/// The metrics a model declares, as the trainer reports them: the accuracy
+/// (whatever its name) in `*_accuracy`, every other declared metric
+/// (precision, recall, F1 with their averages) under `val_NAME` and
+/// `test_NAME`, computed from the split's confusion matrix.
+struct MetricNames {
+    /// The accuracy metric's declared name.
+    accuracy: Option<String>,
+    declared: Vec<(String, Metric)>,
+}
+
+impl MetricNames {
+    fn of(model: &ModelInfo) -> MetricNames {
+        let mut accuracy = None;
+        let mut declared = Vec::new();
+        for (name, n) in &model.metrics {
+            if let CheckOp::Metric { metric } = &model.nodes[*n].op {
+                match metric {
+                    Metric::Accuracy => accuracy = accuracy.or(Some(name.clone())),
+                    m => declared.push((name.clone(), m.clone())),
+                }
+            }
+        }
+        MetricNames { accuracy, declared }
+    }
+
+    /// What early stopping may watch in a run with these splits.
+    fn watchable(&self, val: bool, test: bool) -> Vec<String> {
+        let mut can = vec!["loss".to_string()];
+        if let Some(a) = &self.accuracy {
+            can.extend(["accuracy".to_string(), a.clone()]);
+        }
+        for (split, on) in [("val", val), ("test", test)] {
+            if !on {
+                continue;
+            }
+            can.push(format!("{split}_loss"));
+            if let Some(a) = &self.accuracy {
+                can.extend([format!("{split}_accuracy"), format!("{split}_{a}")]);
+            }
+            can.extend(self.declared.iter().map(|(n, _)| format!("{split}_{n}")));
+        }
+        can.dedup();
+        can
+    }
+
+    fn watched(&self, e: &EpochLog, on: &str) -> f64 {
+        let acc = self.accuracy.as_deref();
+        let is_acc = |name: &str| name == "accuracy" || Some(name) == acc;
+        let v = match on.split_once('_') {
+            _ if on == "loss" => Some(e.train_loss),
+            _ if is_acc(on) => e.train_accuracy,
+            Some(("val", "loss")) => e.val_loss,
+            Some(("test", "loss")) => e.test_loss,
+            Some(("val", m)) if is_acc(m) => e.val_accuracy,
+            Some(("test", m)) if is_acc(m) => e.test_accuracy,
+            _ => e.metrics.get(on).copied(),
+        };
+        v.unwrap_or(f64::NAN)
+    }
+}
+
+fn metric_value(c: &Confusion, m: &Metric) -> f64 {
+    match m {
+        Metric::Accuracy => c.accuracy(),
+        Metric::Precision { average } => c.precision(*average),
+        Metric::Recall { average } => c.recall(*average),
+        Metric::F1 { average } => c.f1(*average),
+    }
 }
 
 fn epoch_line(e: &EpochLog, epochs: u64) -> String {

@@ -1,20 +1,25 @@
-//! Cranelift lowering of elementwise kernels — the first piece of the CPU
-//! backend.
+//! Cranelift lowering and JIT of elementwise kernels (optionally ending in
+//! one sum or max reduction) for the CPU program ([`super::cpu`]).
 //!
 //! A kernel becomes one function `fn(args: *const *mut f32, n, start, end:
-//! i64)`: `args` holds the kernel's reads, then its writes; the loop runs over
-//! elements `start..end` of the `n` elements of the kernel's shape (so the
-//! executor can split a big loop between threads). Operands of that shape are loaded at the
-//! loop index; scalar operands are loaded once before the loop; other
-//! broadcast operands are read at an offset computed from the loop index.
+//! i64)`: `args` holds the kernel's reads, then its writes; it computes
+//! elements `start..end` of its loop's `n` (multiples of the row length, so
+//! the executor can split a big loop between threads). The loop is a nest
+//! ([`LoopNest`]): trailing axes along which every operand is contiguous or
+//! constant merge into one inner loop over a row; outer axes are walked by a
+//! row index. Scalar operands are loaded once, operands constant along a row
+//! once per row.
 //!
-//! Lowered today: neg, sqrt, 1/x, exp, ln and tanh (inline polynomials), add, sub,
-//! mul, div, max, min, greater, equal, constants, stop-gradient, and expand
-//! of operands read from other kernels — scalar code, one element per iteration. Not yet (the kernel
-//! is reported as not lowered, never silently skipped): erf, dropout
-//! masks, f32x4. A kernel ending in a sum or max reduction first fills the
-//! output with the identity, then accumulates into it at the offset of each
-//! loop index (any reduced axes).
+//! Lowered: neg, sqrt, 1/x, exp, ln, tanh and erf (the last four as inline
+//! polynomials), add, sub, mul, div, max, min, greater, equal, constants,
+//! stop-gradient, expand of operands read from other kernels, dropout masks,
+//! and causal masks (alone in their kernel). Rows run four lanes at a time
+//! (f32x4) with a scalar tail; kernels with dropout or causal masks run
+//! scalar only. A kernel that cannot be lowered is reported with the reason
+//! ([`unsupported`]), never silently skipped. A kernel ending in a reduction
+//! accumulates into its output, which the caller first fills with the
+//! identity ([`reduction_identity`]): in registers, added once per row, when
+//! the output is constant along the row; element by element otherwise.
 
 use std::collections::HashMap;
 

@@ -5,14 +5,16 @@
 //! elementwise chains and reductions to Cranelift functions ([`super::clif`]),
 //! matmuls to calls of the `gemm` crate (transposes as strides, never
 //! copied), data movement (permute, slice, pad, concat, im2col, col2im,
-//! gather, scatter-add, one-hot, argmax) to the monomorphic loops of
+//! gather, scatter-add, one-hot, argmax) and max pooling with its gradient
+//! to the monomorphic loops of
 //! [`copy`](self::copy_kernel). A kernel that cannot be compiled is an error
 //! that names it: there is no fallback to the interpreter.
 //!
 //! For each batch size the program meets it makes a [`Layout`] once: the
 //! memory plan's arena offsets resolved to pointers and every call's
-//! arguments and sizes. Running a step then only calls kernels: no
-//! allocation, no lookup. Inputs live outside the arena, in buffers the
+//! arguments and sizes. Running a step then only calls kernels: no lookup,
+//! and no allocation but the `gemm` crate's packing buffers (per call;
+//! [`GEMMS_IN_FLIGHT`] marks them). Inputs live outside the arena, in buffers the
 //! program owns or in memory bound by the caller ([`Program::bind`]), which
 //! is how a training step and an evaluation graph share their parameters.
 //!
@@ -26,7 +28,7 @@ use gemm::{gemm, Parallelism};
 
 use super::clif::{self, Jit, KernelFn};
 use crate::gradcheck::concrete;
-use crate::ir::{Graph, NodeId, Op, Shape};
+use crate::ir::{Dim, Graph, NodeId, Op, Shape};
 use crate::passes::fusion::{self, Kernel, KernelKind};
 use crate::passes::memory;
 
@@ -134,8 +136,9 @@ pub struct Program {
     profile: Option<Vec<(std::time::Duration, u64)>>,
 }
 
+/// Elements of `shape` at `batch` (no allocation: called every step).
 fn elements(shape: &Shape, batch: usize) -> usize {
-    concrete(shape, batch).iter().product()
+    shape.0.iter().map(|d| if let Dim::Fixed(n) = d { *n as usize } else { batch }).product()
 }
 
 impl Program {
@@ -573,6 +576,7 @@ fn run_call(call: &Call) -> Result<(), String> {
             }
         }
         Call::Gemm { m, n, k, each, via: Some(t), .. } => {
+            let _window = InGemm::enter();
             // C = A·Bᵀ as Cᵀ = B·Aᵀ into the scratch ([n, m]), then transposed.
             let (m, n, k) = (*m, *n, *k);
             let (a, b, c) = each[0];
@@ -606,6 +610,7 @@ fn run_call(call: &Call) -> Result<(), String> {
             }
         }
         Call::Gemm { m, n, k, lhs, rhs, each, via: None } => {
+            let _window = InGemm::enter();
             let (m, n, k) = (*m, *n, *k);
             let one = |a: P, b: P, c: P, par: Parallelism| {
                 // SAFETY: the strides describe matrices inside the operands'
@@ -632,6 +637,28 @@ fn run_call(call: &Call) -> Result<(), String> {
         Call::Copy { op, src, dst } => copy_kernel(op, src, dst)?,
     }
     Ok(())
+}
+
+/// Gemm kernels in flight. The `gemm` crate allocates its packing buffers in
+/// every call and cannot be given them; `tests/no_alloc.rs` reads this to
+/// tell those allocations from any of the executor's own (kernels run one at
+/// a time, so nothing else of a step runs while it is above zero).
+pub static GEMMS_IN_FLIGHT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Marks a gemm kernel's run in [`GEMMS_IN_FLIGHT`].
+struct InGemm;
+
+impl InGemm {
+    fn enter() -> InGemm {
+        GEMMS_IN_FLIGHT.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        InGemm
+    }
+}
+
+impl Drop for InGemm {
+    fn drop(&mut self) {
+        GEMMS_IN_FLIGHT.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 /// `dst[c·rows + r] = src[r·cols + c]`: a `rows × cols` matrix transposed.
@@ -681,30 +708,33 @@ pub unsafe fn transpose(src: *const f32, dst: *mut f32, rows: usize, cols: usize
     }
 }
 
-fn strides(shape: &[usize]) -> Vec<usize> {
-    let mut s = vec![1; shape.len()];
-    for i in (0..shape.len().saturating_sub(1)).rev() {
-        s[i] = s[i + 1] * shape[i + 1];
-    }
-    s
-}
-
 /// The data-movement kernels. Sources and destination never overlap.
 fn copy_kernel(op: &Op, src: &[(P, Vec<usize>)], dst: &(P, Vec<usize>)) -> Result<(), String> {
     let len = |s: &[usize]| s.iter().product::<usize>();
     // SAFETY: each pointer addresses its value's elements at this batch.
     let x = |i: usize| unsafe { std::slice::from_raw_parts(src[i].0 .0 as *const f32, len(&src[i].1)) };
     let out = unsafe { std::slice::from_raw_parts_mut(dst.0 .0, len(&dst.1)) };
-    let (xs, os) = (&src.first().map(|s| s.1.clone()).unwrap_or_default(), &dst.1);
+    let (xs, os): (&[usize], &[usize]) = (src.first().map_or(&[], |s| &s.1[..]), &dst.1);
     match op {
         Op::Permute { perm } => {
-            let sx = strides(xs);
-            // Stride in the source of each output axis.
-            let st: Vec<usize> = perm.iter().map(|p| sx[*p]).collect();
+            // Fixed-size index arrays: a step allocates nothing.
+            const MAX_RANK: usize = 8;
             let r = os.len();
+            if r > MAX_RANK || xs.len() != r {
+                return Err(format!("permute of rank {r}: the executor handles ranks up to {MAX_RANK}"));
+            }
+            let mut sx = [1usize; MAX_RANK];
+            for i in (0..r.saturating_sub(1)).rev() {
+                sx[i] = sx[i + 1] * xs[i + 1];
+            }
+            // Stride in the source of each output axis.
+            let mut st = [0usize; MAX_RANK];
+            for (d, p) in perm.iter().enumerate() {
+                st[d] = sx[*p];
+            }
             let (inner, inner_stride) = (os[r - 1], st[r - 1]);
             let a = x(0);
-            let mut idx = vec![0usize; r];
+            let mut idx = [0usize; MAX_RANK];
             let mut o = 0;
             while o < out.len() {
                 let base: usize = (0..r - 1).map(|d| idx[d] * st[d]).sum();

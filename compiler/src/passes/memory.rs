@@ -7,8 +7,9 @@
 //! Greedy first-fit, largest buffers first (the heuristic of TFLite's and
 //! XLA's planners). An elementwise kernel may write in place over an operand
 //! of the same size that dies in that kernel (every element is read before it
-//! is written at the same index). Inputs (parameters, batch, state) live in
-//! the caller's memory and are not planned.
+//! is written at the same index). Inputs (parameters, batch, state) live
+//! outside the arena (owned by the program or bound by the caller) and are
+//! not planned.
 //!
 //! Sizes depend on the batch: the plan is made for one batch size.
 

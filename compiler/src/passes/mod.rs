@@ -36,7 +36,7 @@ pub fn optimize(g: &mut Graph) {
 /// A pass: rewrites the graph, says whether it changed anything.
 pub type Pass = fn(&mut Graph) -> bool;
 
-/// Each pass by name, for tests and `--emit` of intermediate stages.
+/// Each pass by name, for the tests.
 pub const PASSES: &[(&str, Pass)] = &[
     ("constant_fold", constant_fold::run),
     ("simplify", simplify::run),

@@ -388,16 +388,18 @@ pub fn read_features(path: &Path, text: &str, p: &Preprocess) -> Result<Dataset,
             let label_col = p.label.parse::<usize>().ok().filter(|_| width == p.columns.len() + 1);
             match label_col {
                 Some(l) => (0..width).filter(|k| *k != l).collect(),
-                None => return Err(error(
-                    path,
-                    t.rows[0].0,
-                    1,
-                    format!(
+                None => {
+                    return Err(error(
+                        path,
+                        t.rows[0].0,
+                        1,
+                        format!(
                         "{width} columns without a header, but the model reads {} features ({}); add the header line",
                         p.columns.len(),
                         p.columns.join(", ")
                     ),
-                )),
+                    ))
+                }
             }
         }
     };
