@@ -7,6 +7,7 @@ mod cli;
 mod compiled;
 mod data;
 mod ir;
+mod limits;
 mod metrics;
 mod passes;
 mod props;

@@ -304,6 +304,17 @@ pub enum CheckError {
         span: SourceSpan,
     },
 
+    #[error("`{name}` would hold {elements} elements ({bytes}): more than any machine's memory")]
+    #[diagnostic(code(E0405), help("tensors are limited to 2^40 elements (4 TiB of f32); use smaller layers"))]
+    TooLarge {
+        /// The parameter or the layer's output, by name.
+        name: String,
+        elements: String,
+        bytes: String,
+        #[label("{name}")]
+        span: SourceSpan,
+    },
+
     // ------------------------------------------------------------ sections
     #[error("model `{model}` has no {what}")]
     #[diagnostic(code(E0500))]

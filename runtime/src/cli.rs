@@ -312,9 +312,15 @@ fn check(files: &[PathBuf], out: &mut dyn Write, err: &mut dyn Write, color: boo
     let mut failed = 0;
     for path in files {
         match load(path, err, color) {
-            Ok(Some((_, program))) => {
-                let _ = writeln!(out, "ok    {}: {}", path.display(), one_line(&program));
-            }
+            Ok(Some((_, program))) => match fits(&program) {
+                Ok(()) => {
+                    let _ = writeln!(out, "ok    {}: {}", path.display(), one_line(&program));
+                }
+                Err(e) => {
+                    let _ = writeln!(err, "error: {}: {e}", path.display());
+                    failed += 1;
+                }
+            },
             Ok(None) => failed += 1,
             Err(e) => {
                 let _ = writeln!(err, "error: {e}");
@@ -326,6 +332,19 @@ fn check(files: &[PathBuf], out: &mut dyn Write, err: &mut dyn Write, color: boo
         let _ = writeln!(out, "{} file(s) checked, {} failed", files.len(), failed);
     }
     Ok(i32::from(failed > 0))
+}
+
+/// Whether every train block of the root file fits this machine's memory
+/// at its batch size.
+fn fits(p: &Program) -> Result<()> {
+    let root = modelc_compiler::FileId(0);
+    let limit = crate::resources::available();
+    for t in p.trains.iter().filter(|t| t.file == root) {
+        if let (Some(m), Some(cfg)) = (p.model(&t.model), StepConfig::from_train(t)) {
+            crate::resources::check_fits(m, &cfg, t.batch, limit)?;
+        }
+    }
+    Ok(())
 }
 
 /// What a valid file holds, in one line.
@@ -775,6 +794,8 @@ fn train(
         resume,
         preprocess: None,
     };
+    // Memory first: nothing is allocated for a run that cannot fit.
+    crate::resources::check_fits(&model, &cfg, opts.batch.unwrap_or(info.batch), crate::resources::available())?;
     let data_source = info.data.as_ref().ok_or("the train block has no data")?;
     let data = crate::train::load(data_source, &model, info, &opts)?;
     let init = crate::init::init(&model, opts.seed.unwrap_or(info.seed))?;
@@ -812,6 +833,7 @@ fn with_weights(
         .ok_or_else(|| format!("`{}` has no train block to take the data from", model.name))?
         .clone();
     let cfg = cfg.ok_or("the train block has no optimizer")?;
+    crate::resources::check_fits(&model, &cfg, info.batch, crate::resources::available())?;
     let expected: Vec<(String, Vec<usize>)> =
         model.params.iter().map(|p| (p.name.clone(), p.shape.iter().map(|d| *d as usize).collect())).collect();
     let loaded = crate::checkpoint::load(weights).map_err(|e| e.to_string())?;

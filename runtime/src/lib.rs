@@ -11,6 +11,7 @@ pub mod exec;
 pub mod init;
 pub mod metrics;
 pub mod render;
+pub mod resources;
 pub mod rundir;
 pub mod schedule;
 pub mod train;

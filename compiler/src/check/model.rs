@@ -1000,6 +1000,18 @@ impl<'a> ModelChecker<'a> {
                 };
                 let params = layers::params(&layer, &input_types);
                 let path = self.layer_path(index.unwrap_or(0), !params.is_empty());
+                let too_large = std::iter::once((path.clone(), out.shape.sample_dims()))
+                    .chain(params.iter().map(|(suffix, shape)| (format!("{path}.{suffix}"), shape.clone())))
+                    .find(|(_, dims)| super::types::bounded_product(dims).is_none());
+                if let Some((name, dims)) = too_large {
+                    let elements = dims.iter().map(u64::to_string).collect::<Vec<_>>().join(" × ");
+                    let bytes = dims.iter().try_fold(4u128, |a, d| a.checked_mul(*d as u128));
+                    let bytes = bytes.map_or("more than 2^128 bytes".to_string(), |b| {
+                        format!("{:.1} TiB", b as f64 / 1099511627776.0)
+                    });
+                    self.err(CheckError::TooLarge { name, elements, bytes, span: call.span.into() });
+                    return None;
+                }
                 let node = self.push(Op::Layer { layer }, input_nodes, out, call.span, &path);
                 for (suffix, shape) in params {
                     self.params.push(ParamInfo { name: format!("{path}.{suffix}"), shape, layer: path.clone(), node });

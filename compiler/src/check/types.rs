@@ -11,6 +11,16 @@ pub fn product(dims: &[u64]) -> u64 {
     dims.iter().fold(1u64, |a, d| a.saturating_mul(*d))
 }
 
+/// The most elements one tensor may hold (per sample, for activations):
+/// 2^40, 4 TiB of f32. Larger sizes are refused when a model is checked, so
+/// that no later stage computes a size that overflows.
+pub const MAX_ELEMENTS: u64 = 1 << 40;
+
+/// The product of `dims` when it is at most [`MAX_ELEMENTS`].
+pub fn bounded_product(dims: &[u64]) -> Option<u64> {
+    dims.iter().try_fold(1u64, |a, d| a.checked_mul(*d)).filter(|n| *n <= MAX_ELEMENTS)
+}
+
 /// One dimension: the symbolic batch size or a fixed size.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
 pub enum Dim {
