@@ -84,6 +84,73 @@ fn a_crash_at_any_write_resumes_to_the_uninterrupted_run() {
     std::fs::remove_dir_all(&whole).ok();
 }
 
+/// `kill -9` at random moments of a run: every checkpoint on disk loads
+/// (whole, never torn), and `--resume` either continues to the weights of
+/// the uninterrupted run, bit for bit, or (killed before the first epoch
+/// ended) refuses clearly.
+#[test]
+fn kill_9_at_random_moments_leaves_a_run_that_resumes_exactly() {
+    let args = ["train", "specs/mnist_mlp.model", "--limit", "2000", "--test-limit", "200", "--epochs", "4"];
+    let whole = out_dir("kill-whole");
+    let started = std::time::Instant::now();
+    let st = binary().args(args).arg("--out").arg(&whole).output().expect("runs");
+    assert!(st.status.success(), "{}", String::from_utf8_lossy(&st.stderr));
+    let span = started.elapsed().as_millis() as u64;
+    // The mean epoch's time, from the log.
+    let text = std::fs::read_to_string(whole.join("log.jsonl")).expect("log");
+    let secs: Vec<f64> =
+        text.lines().filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()?["seconds"].as_f64()).collect();
+    let epoch_ms = 1000.0 * secs.iter().sum::<f64>() / secs.len() as f64;
+    let want = modelc::checkpoint::load(&whole.join("last.safetensors")).expect("weights");
+    let mut rng = modelc_compiler::rng::Rng::new(7);
+    let (mut resumed, mut refused) = (0, 0);
+    for round in 0..5 {
+        let dir = out_dir(&format!("kill-{round}"));
+        let mut child = binary()
+            .args(args)
+            .arg("--out")
+            .arg(&dir)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("starts");
+        // Round 0 dies while loading or in the first epoch; the others once
+        // the first resume point exists, anywhere in the next epochs (an
+        // epoch's writes included).
+        let at = if round == 0 {
+            (span as f64 * rng.uniform(0.0, 0.3)) as u64
+        } else {
+            let waited = std::time::Instant::now();
+            while !dir.join("last.state.safetensors").exists() && waited.elapsed().as_secs() < 60 {
+                std::thread::sleep(std::time::Duration::from_micros(200));
+            }
+            (epoch_ms * rng.uniform(0.0, 2.5)) as u64
+        };
+        std::thread::sleep(std::time::Duration::from_millis(at));
+        child.kill().expect("SIGKILL");
+        child.wait().expect("reaped");
+        for f in ["last.safetensors", "last.state.safetensors"] {
+            if dir.join(f).exists() {
+                modelc::checkpoint::load(&dir.join(f)).unwrap_or_else(|e| panic!("round {round}: {f} is torn: {e}"));
+            }
+        }
+        let st = binary().args(args).arg("--out").arg(&dir).arg("--resume").output().expect("resumes");
+        if st.status.success() {
+            let got = modelc::checkpoint::load(&dir.join("last.safetensors")).expect("weights");
+            assert_eq!(got, want, "round {round} (killed at {at} ms): resumed weights differ");
+            resumed += 1;
+        } else {
+            let err = String::from_utf8_lossy(&st.stderr);
+            assert!(err.contains("cannot resume: cannot read checkpoint"), "round {round}: {err}");
+            refused += 1;
+        }
+        std::fs::remove_dir_all(&dir).ok();
+    }
+    println!("kill -9: {resumed} runs resumed to the uninterrupted weights, {refused} killed before a checkpoint");
+    assert!(resumed >= 4, "the rounds killed after the first checkpoint resume");
+    std::fs::remove_dir_all(&whole).ok();
+}
+
 /// A resume point of another kind, or none, is refused with a clear error
 /// rather than half-used.
 #[test]
