@@ -76,3 +76,23 @@ fn foreign_files_are_clear_errors() {
     let e = checkpoint::load(Path::new("runs/none.safetensors")).expect_err("missing");
     assert!(e.to_string().starts_with("cannot read checkpoint runs/none.safetensors"), "{e}");
 }
+
+/// A write that fails (here the rename: the destination is a folder; a full
+/// disk fails the same way, earlier) leaves no temporary file behind and
+/// the destination as it was.
+#[test]
+fn a_failed_write_leaves_no_temporary_file() {
+    let dir = std::env::temp_dir().join(format!("modelc-ckpt-fail-{}", std::process::id()));
+    let path = dir.join("last.safetensors");
+    std::fs::create_dir_all(path.join("occupied")).expect("a folder where the file goes");
+    let e = checkpoint::save(&path, &tensors(), BTreeMap::new()).expect_err("cannot replace a folder");
+    assert!(e.to_string().contains("cannot write checkpoint"), "{e}");
+    let names: Vec<String> = std::fs::read_dir(&dir)
+        .expect("dir")
+        .filter_map(Result::ok)
+        .map(|e| e.file_name().to_string_lossy().into())
+        .collect();
+    assert_eq!(names, ["last.safetensors"], "only the folder that was there");
+    assert!(path.join("occupied").is_dir());
+    std::fs::remove_dir_all(&dir).ok();
+}

@@ -344,3 +344,34 @@ fn every_option_has_help_text() {
     }
     assert!(blank.is_empty(), "without help text: {blank:?}");
 }
+
+/// An IDX file of 14×14 images failed mid-run with an internal message;
+/// now it is refused at load, naming the file and both sizes.
+#[test]
+fn images_of_the_wrong_size_are_refused_at_load() {
+    let dir = out_dir("idx14");
+    std::fs::create_dir_all(&dir).expect("dir");
+    let idx = |magic: u32, dims: &[u32], body: Vec<u8>| {
+        let mut b = magic.to_be_bytes().to_vec();
+        for d in dims {
+            b.extend(d.to_be_bytes());
+        }
+        b.extend(body);
+        b
+    };
+    for split in ["train", "t10k"] {
+        std::fs::write(dir.join(format!("{split}-images-idx3-ubyte")), idx(0x803, &[3, 14, 14], vec![7; 3 * 196]))
+            .expect("images");
+        std::fs::write(dir.join(format!("{split}-labels-idx1-ubyte")), idx(0x801, &[3], vec![1, 2, 3]))
+            .expect("labels");
+    }
+    let out = dir.join("run").to_string_lossy().into_owned();
+    let data = format!("data={}", dir.display());
+    let (code, _, err) = modelc(&["train", "specs/mnist_mlp.model", "--out", &out, "--set", &data]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("train-images-idx3-ubyte: images are 14×14, the model expects 784 values per sample"),
+        "{err}"
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}
