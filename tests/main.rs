@@ -6,6 +6,7 @@ mod checkpoint;
 mod cli;
 mod compiled;
 mod data;
+mod finetune;
 mod ir;
 mod limits;
 mod metrics;

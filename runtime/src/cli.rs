@@ -765,48 +765,207 @@ fn train(
     color: bool,
 ) -> Result<i32> {
     let Some((_, program)) = load(path, err, color)? else { return Ok(1) };
-    let (model, cfg) = select(&program, only)?;
-    if program.finetunes.iter().any(|f| f.name == model.name || Some(f.name.as_str()) == only) {
-        return Err(
-            "training a finetune is not implemented yet (its stages are checked; the trainer runs train blocks)".into(),
-        );
-    }
-    let info = program
-        .trains
-        .iter()
-        .find(|t| t.model == model.name)
-        .ok_or_else(|| format!("`{}` has no train block", model.name))?;
-    let cfg = cfg.ok_or("the train block has no optimizer")?;
+    let (job, why) = pick_job(&program, only, path)?;
     let from_file = match run {
         Some(r) => RunFile::read(r)?,
         None => RunFile::default(),
     };
     let settings = from_file.then(parse_sets(sets)?).then(flags);
-    let opts = crate::train::Options {
+    let name = match job {
+        Job::Train(t) => t.model.clone(),
+        Job::Finetune(f) => f.name.clone(),
+    };
+    let _ = writeln!(out, "training `{name}` ({why})");
+    let mut opts = crate::train::Options {
         epochs: settings.epochs,
         batch: settings.batch,
         seed: settings.seed,
         limit: settings.limit,
         test_limit: settings.test_limit,
         data: settings.data,
-        out: settings.out.unwrap_or_else(|| crate::train::default_out(&model.name)),
+        out: settings.out.unwrap_or_else(|| crate::train::default_out(&name)),
         progress: true,
         resume,
         preprocess: None,
+        stage: None,
     };
-    // Memory first: nothing is allocated for a run that cannot fit.
-    crate::resources::check_fits(&model, &cfg, opts.batch.unwrap_or(info.batch), crate::resources::available())?;
-    let data_source = info.data.as_ref().ok_or("the train block has no data")?;
-    let data = crate::train::load(data_source, &model, info, &opts)?;
-    let init = crate::init::init(&model, opts.seed.unwrap_or(info.seed))?;
-    let mut exec = executor(kind, &model, &cfg, &init)?;
-    let outcome = crate::train::run(exec.as_mut(), &model, info, &data, &opts, out)?;
+    match job {
+        Job::Train(info) => {
+            let model = program.model(&info.model).ok_or("the train block's model is missing")?;
+            let cfg = StepConfig::from_train(info).ok_or("the train block has no optimizer")?;
+            // Memory first: nothing is allocated for a run that cannot fit.
+            let limit = crate::resources::available();
+            crate::resources::check_fits(model, &cfg, opts.batch.unwrap_or(info.batch), limit)?;
+            let data_source = info.data.as_ref().ok_or("the train block has no data")?;
+            let data = crate::train::load(data_source, model, info, &opts)?;
+            let init = crate::init::init(model, opts.seed.unwrap_or(info.seed))?;
+            let mut exec = executor(kind, model, &cfg, &init)?;
+            let outcome = crate::train::run(exec.as_mut(), model, info, &data, &opts, out)?;
+            report(out, &outcome);
+        }
+        Job::Finetune(f) => {
+            if opts.epochs.is_some() {
+                return Err(format!(
+                    "finetune `{}` gives epochs per stage; change them in the spec, not with --epochs",
+                    f.name
+                ));
+            }
+            let model = &f.model;
+            let stages: Vec<(TrainInfo, StepConfig)> = f
+                .stages
+                .iter()
+                .map(|st| {
+                    let cfg = StepConfig::from_stage(st).ok_or(format!("stage `{}` has no optimizer", st.name))?;
+                    Ok((stage_info(f, st), cfg))
+                })
+                .collect::<Result<_>>()?;
+            let limit = crate::resources::available();
+            for (info, cfg) in &stages {
+                crate::resources::check_fits(model, cfg, opts.batch.unwrap_or(info.batch), limit)?;
+            }
+            let data_source = f.settings.data.as_ref().ok_or("the finetune has no data")?;
+            let data = crate::train::load(data_source, model, &f.settings, &opts)?;
+            let mut params = finetune_weights(f, opts.seed.unwrap_or(f.settings.seed), out)?;
+            let mut state = crate::checkpoint::Tensors::new();
+            let (mut epoch, mut step) = (0, 0);
+            let mut last = None;
+            for ((info, cfg), st) in stages.iter().zip(&f.stages) {
+                let trainable: Vec<&str> = st.trainable.iter().map(String::as_str).collect();
+                let _ = writeln!(
+                    out,
+                    "stage `{}`: {} epochs, training {} of {} parameter tensors",
+                    st.name,
+                    st.epochs,
+                    trainable.len(),
+                    model.params.len()
+                );
+                let mut exec = executor(kind, model, cfg, &params)?;
+                // Optimizer state goes on for what goes on training with the
+                // same optimizer (same names and shapes); the rest starts at 0.
+                let fresh = exec.state();
+                let carried: crate::checkpoint::Tensors =
+                    state.into_iter().filter(|(n, (s, _))| fresh.get(n).is_some_and(|(fs, _)| fs == s)).collect();
+                exec.set_parameters(&carried);
+                opts.stage =
+                    Some(crate::train::StageRun { name: st.name.clone(), first_epoch: epoch, first_step: step });
+                let outcome = crate::train::run(exec.as_mut(), model, info, &data, &opts, out)?;
+                params = exec.parameters();
+                state = exec.state();
+                step = outcome.step;
+                epoch += st.epochs;
+                last = Some(outcome);
+            }
+            if let Some(outcome) = last {
+                report(out, &outcome);
+            }
+        }
+    }
+    Ok(0)
+}
+
+fn report(out: &mut dyn Write, outcome: &crate::train::Outcome) {
     let _ = writeln!(out, "log: {}", outcome.log.display());
     let _ = writeln!(out, "checkpoint: {}", outcome.last.display());
     if let Some(b) = &outcome.best {
         let _ = writeln!(out, "best checkpoint: {}", b.display());
     }
-    Ok(0)
+}
+
+/// What `modelc train` runs: a train block, or a finetune's stages.
+enum Job<'p> {
+    Train(&'p TrainInfo),
+    Finetune(&'p FinetuneInfo),
+}
+
+/// The block `train` runs: the one `--model` names (a train block's model
+/// or a finetune), else the last declared in the file itself (imports do
+/// not count). Returns it and why it was chosen, for the first line.
+fn pick_job<'p>(program: &'p Program, only: Option<&str>, path: &std::path::Path) -> Result<(Job<'p>, String)> {
+    let root = modelc_compiler::FileId(0);
+    let mut jobs: Vec<(usize, String, Job<'p>)> = Vec::new();
+    for t in program.trains.iter().filter(|t| t.file == root) {
+        jobs.push((t.span.start, t.model.clone(), Job::Train(t)));
+    }
+    for f in program.finetunes.iter().filter(|f| f.file == root) {
+        jobs.push((f.span.start, f.name.clone(), Job::Finetune(f)));
+    }
+    jobs.sort_by_key(|j| j.0);
+    let names: Vec<String> = jobs.iter().map(|j| j.1.clone()).collect();
+    match only {
+        Some(o) => {
+            let i = jobs.iter().position(|j| j.1 == o).ok_or_else(|| {
+                let has = if names.is_empty() { "none".to_string() } else { names.join(", ") };
+                format!("{} has no train block or finetune named `{o}` (it has: {has})", path.display())
+            })?;
+            Ok((jobs.swap_remove(i).2, "chosen with --model".into()))
+        }
+        None => {
+            let n = jobs.len();
+            let job = jobs.pop().ok_or_else(|| {
+                format!("{} has no train block or finetune of its own (imported ones are not run)", path.display())
+            })?;
+            let why = if n == 1 {
+                format!("the one block in {}", path.display())
+            } else {
+                format!(
+                    "the last of {n} blocks in {}; choose another with --model: {}",
+                    path.display(),
+                    names.join(", ")
+                )
+            };
+            Ok((job.2, why))
+        }
+    }
+}
+
+/// A finetune stage's settings as a train block's: the stage's own, and the
+/// finetune's for data, seed, validation and early stopping.
+fn stage_info(f: &FinetuneInfo, st: &modelc_compiler::check::train::StageInfo) -> TrainInfo {
+    TrainInfo {
+        epochs: st.epochs,
+        batch: st.batch,
+        optimizer: st.optimizer.clone(),
+        schedule: st.schedule.clone(),
+        weight_decay: st.weight_decay,
+        clip_grad_norm: st.clip_grad_norm,
+        ..f.settings.clone()
+    }
+}
+
+/// The finetune's starting parameters: its `weights` file by name, the
+/// replaced layers freshly initialized; reports what came from where.
+fn finetune_weights(f: &FinetuneInfo, seed: u64, out: &mut dyn Write) -> Result<crate::checkpoint::Tensors> {
+    let path = std::path::Path::new(&f.weights);
+    let loaded = crate::checkpoint::load(path).map_err(|e| {
+        format!(
+            "{e}\n  (finetune `{}` starts from these weights: train `{}` first, or change `weights`)",
+            f.name, f.base
+        )
+    })?;
+    let in_file: Vec<String> = loaded.keys().cloned().collect();
+    let expected: Vec<(String, Vec<usize>)> =
+        f.model.params.iter().map(|p| (p.name.clone(), p.shape.iter().map(|d| *d as usize).collect())).collect();
+    let kept = crate::checkpoint::validate(path, loaded, &expected, &f.replaced).map_err(|e| e.to_string())?;
+    if kept.is_empty() {
+        return Err(format!("{}: no parameter of `{}` was loaded from it", path.display(), f.name));
+    }
+    let mut params = crate::init::init(&f.model, seed)?;
+    let fresh: Vec<String> = params.keys().filter(|k| !kept.contains_key(*k)).cloned().collect();
+    let unused: Vec<&String> = in_file.iter().filter(|k| !kept.contains_key(*k)).collect();
+    params.extend(kept.clone());
+    let _ = writeln!(
+        out,
+        "weights from {}: {} tensors loaded; newly initialized (replaced): {}; in the file but not used: {}",
+        path.display(),
+        kept.len(),
+        if fresh.is_empty() { "none".to_string() } else { fresh.join(", ") },
+        if unused.is_empty() {
+            "none".to_string()
+        } else {
+            unused.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+        }
+    );
+    Ok(params)
 }
 
 /// What `eval` and `predict` start from: the model, its train block, an

@@ -43,11 +43,26 @@ pub struct Options {
     /// Preprocessing to apply instead of fitting it on the training samples
     /// (`eval` applies the checkpoint's).
     pub preprocess: Option<csv::Preprocess>,
+    /// For one stage of a finetune: where it starts in the whole run.
+    pub stage: Option<StageRun>,
+}
+
+/// Where a stage starts in a run of several: its name, the run's epoch
+/// (global, 0-based) and step before it. Epochs and steps count on across
+/// stages; the schedule counts from the stage's start.
+#[derive(Clone, Debug, Default)]
+pub struct StageRun {
+    pub name: String,
+    pub first_epoch: u64,
+    pub first_step: u64,
 }
 
 #[derive(Clone, Debug, Serialize)]
 pub struct EpochLog {
     pub epoch: u64,
+    /// The finetune stage the epoch belongs to.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stage: Option<String>,
     pub lr: f64,
     pub train_loss: f64,
     pub train_accuracy: Option<f64>,
@@ -87,6 +102,8 @@ fn prf(e: &Evaluation) -> Option<Prf> {
 }
 
 pub struct Outcome {
+    /// The run's step count at the end.
+    pub step: u64,
     pub epochs: Vec<EpochLog>,
     /// The loss of every step, in order.
     pub losses: Vec<f64>,
@@ -326,6 +343,8 @@ struct RunState {
     first_loss: Option<f64>,
     /// Early stopping: the best score so far and its epoch (0-based).
     best: Option<(f64, u64)>,
+    /// The finetune stage that wrote it.
+    stage: Option<String>,
 }
 
 impl RunState {
@@ -343,6 +362,9 @@ impl RunState {
             m.insert("best_score".into(), format!("{score:e}"));
             m.insert("best_epoch".into(), epoch.to_string());
         }
+        if let Some(s) = &self.stage {
+            m.insert("stage".into(), s.clone());
+        }
         m
     }
 
@@ -357,7 +379,8 @@ impl RunState {
             (Some(s), Some(e)) => Some((s, e)),
             _ => None,
         };
-        Ok(RunState { epoch: num("epoch")?, step: num("step")?, first_loss: float("first_loss"), best })
+        let stage = m.get("stage").cloned();
+        Ok(RunState { epoch: num("epoch")?, step: num("step")?, first_loss: float("first_loss"), best, stage })
     }
 }
 
@@ -378,8 +401,31 @@ fn resume(exec: &mut dyn Executor, model: &ModelInfo, opts: &Options, out: &mut 
     if let Some(m) = meta.get("model").filter(|m| **m != model.name) {
         return Err(format!("cannot resume: {} belongs to model `{m}`, not `{}`", state_path.display(), model.name));
     }
-    let tensors = checkpoint::validate(&state_path, loaded, &all, &[]).map_err(|e| format!("cannot resume: {e}"))?;
-    let progress = RunState::from_metadata(&state_path, &meta)?;
+    let mut progress = RunState::from_metadata(&state_path, &meta)?;
+    let this_stage = opts.stage.as_ref().map(|s| s.name.clone());
+    let tensors = if progress.stage == this_stage {
+        checkpoint::validate(&state_path, loaded, &all, &[]).map_err(|e| format!("cannot resume: {e}"))?
+    } else {
+        // Written at the end of the previous stage: its parameters, and the
+        // optimizer state of whatever goes on training with the same
+        // optimizer; early stopping and the divergence reference start anew.
+        let keep: Vec<String> = state.iter().map(|(n, _)| n.clone()).collect();
+        let carried: checkpoint::Tensors = loaded
+            .into_iter()
+            .filter(|(n, (s, _))| {
+                params.iter().any(|(p, _)| p == n)
+                    || (keep.contains(n) && state.iter().any(|(k, ks)| k == n && ks == s))
+            })
+            .collect();
+        let present: Vec<(String, Vec<usize>)> = all
+            .iter()
+            .filter(|(n, _)| carried.contains_key(n) || params.iter().any(|(p, _)| p == n))
+            .cloned()
+            .collect();
+        progress.best = None;
+        progress.first_loss = None;
+        checkpoint::validate(&state_path, carried, &present, &[]).map_err(|e| format!("cannot resume: {e}"))?
+    };
     exec.set_parameters(&tensors);
     // The weights file lags when a crash came between the two writes.
     let weights_epoch = checkpoint::metadata(&last).ok().and_then(|m| m.get("epoch").cloned());
@@ -408,7 +454,10 @@ pub fn run(
     opts: &Options,
     out: &mut dyn Write,
 ) -> Result<Outcome, String> {
+    let stage = opts.stage.clone().unwrap_or_default();
+    // Epochs of this run (or stage); they end at global epoch `end`.
     let epochs = opts.epochs.unwrap_or(info.epochs);
+    let end = stage.first_epoch + epochs;
     let batch = opts.batch.unwrap_or(info.batch) as usize;
     let seed = opts.seed.unwrap_or(info.seed);
     if batch == 0 || epochs == 0 {
@@ -439,13 +488,22 @@ pub fn run(
     let last = opts.out.join("last.safetensors");
     let best_path = opts.out.join("best.safetensors");
     let state_path = opts.out.join("last.state.safetensors");
-    let mut progress = if opts.resume { resume(exec, model, opts, out)? } else { RunState::default() };
-    let first_epoch = progress.epoch;
+    let mut progress = if opts.resume {
+        resume(exec, model, opts, out)?
+    } else {
+        RunState { epoch: stage.first_epoch, step: stage.first_step, ..Default::default() }
+    };
+    progress.stage = opts.stage.as_ref().map(|s| s.name.clone());
+    let first_epoch = progress.epoch.max(stage.first_epoch);
     if let Some(names) = data.preprocess.as_ref().and_then(|p| p.classes.as_ref()) {
         let list: Vec<String> = names.iter().enumerate().map(|(i, n)| format!("{i} = {n}")).collect();
         let _ = writeln!(out, "classes (named in the label column, numbered in sorted order): {}", list.join(", "));
     }
-    if first_epoch >= epochs {
+    if first_epoch >= end && opts.stage.is_some() {
+        let _ = writeln!(out, "stage `{}` was finished before; going on", stage.name);
+        return Ok(Outcome { step: progress.step, epochs: vec![], losses: vec![], last, best: None, log: log_path });
+    }
+    if first_epoch >= end {
         return Err(format!(
             "the run in {} has already trained {first_epoch} epochs, and this run asks for {epochs}: nothing to resume (raise --epochs to train on)",
             opts.out.display()
@@ -453,13 +511,24 @@ pub fn run(
     }
     let mut log = std::fs::OpenOptions::new()
         .create(true)
-        .append(opts.resume)
+        .append(opts.resume || stage.first_epoch > 0)
         .write(true)
-        .truncate(!opts.resume)
+        .truncate(!opts.resume && stage.first_epoch == 0)
         .open(&log_path)
         .map_err(|e| format!("cannot write {}: {e}", log_path.display()))?;
     let steps_per_epoch = n.div_ceil(batch) as u64;
     let total_steps = steps_per_epoch * epochs;
+    // The step count where this stage began: the schedule counts from it.
+    let done_in_stage = first_epoch - stage.first_epoch;
+    let stage_start_step =
+        progress.step.checked_sub(done_in_stage * steps_per_epoch).filter(|s| opts.stage.is_some() || *s == 0);
+    let Some(stage_start_step) = stage_start_step else {
+        return Err(format!(
+            "cannot resume: {} stands at step {} after epoch {first_epoch}, but this run has {steps_per_epoch} steps an epoch (were the batch size or the data changed?)",
+            state_path.display(),
+            progress.step
+        ));
+    };
     let _ = writeln!(
         out,
         "training {} on {n} samples ({} validation, {} test), batch {batch}, {epochs} epochs, {} — {}",
@@ -471,14 +540,7 @@ pub fn run(
     );
     let mut logs = Vec::new();
     let mut losses = Vec::new();
-    let mut step = first_epoch * steps_per_epoch;
-    if opts.resume && step != progress.step {
-        return Err(format!(
-            "cannot resume: {} stands at step {} after epoch {first_epoch}, but this run has {steps_per_epoch} steps an epoch (were the batch size or the data changed?)",
-            state_path.display(),
-            progress.step
-        ));
-    }
+    let mut step = progress.step;
     let (mut x, mut y) = (Vec::new(), Vec::new());
     let mut saved_best = None;
     let diverged = |what: String, step: u64, epoch: u64, exec: &dyn Executor| {
@@ -492,7 +554,7 @@ pub fn run(
             "{what} at step {step} (epoch {epoch}); first non-finite tensor: {culprit}; {kept}. Try a smaller learning rate or `clip_grad_norm`."
         )
     };
-    for epoch in first_epoch..epochs {
+    for epoch in first_epoch..end {
         let started = Instant::now();
         let order = data::epoch_order(n, seed, epoch);
         let bar = (opts.progress && std::io::stderr().is_terminal()).then(|| {
@@ -501,13 +563,14 @@ pub fn run(
                 indicatif::ProgressStyle::with_template("epoch {prefix} [{bar:30}] {pos}/{len} {msg} ETA {eta}")
                     .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
             );
-            b.set_prefix(format!("{}/{epochs}", epoch + 1));
+            b.set_prefix(format!("{}/{end}", epoch + 1));
             b
         });
         let (mut sum_loss, mut sum_acc, mut has_acc) = (0.0, 0.0, false);
         let mut lr = 0.0;
         for idx in data::batches(&order, batch) {
-            lr = lr_at(&info.schedule, optimizer.lr(), Progress { step, steps_per_epoch, total_steps });
+            let at = step - stage_start_step;
+            lr = lr_at(&info.schedule, optimizer.lr(), Progress { step: at, steps_per_epoch, total_steps });
             data.train.gather(idx, &mut x, &mut y);
             let batch = Batch { n: idx.len(), features: &x, labels: &y };
             let s = exec.train_step(&batch, lr, step + 1, dropout_seed(seed, step + 1))?;
@@ -563,6 +626,7 @@ pub fn run(
         let test = test.map(|t| (t.loss, t.accuracy));
         let entry = EpochLog {
             epoch: epoch + 1,
+            stage: opts.stage.as_ref().map(|s| s.name.clone()),
             lr,
             train_loss: sum_loss / n as f64,
             train_accuracy: has_acc.then_some(sum_acc / n as f64),
@@ -578,8 +642,8 @@ pub fn run(
         };
         // Long runs of tiny epochs (xor) print about twenty lines.
         let every = (epochs / 20).max(1);
-        if (epoch + 1) % every == 0 || epoch == 0 || epoch + 1 == epochs {
-            let _ = writeln!(out, "{}", epoch_line(&entry, epochs));
+        if (epoch + 1) % every == 0 || epoch == stage.first_epoch || epoch + 1 == end {
+            let _ = writeln!(out, "{}", epoch_line(&entry, end));
         }
         // Early stopping's decision, before the checkpoint that records it.
         let mut improved = false;
@@ -627,7 +691,7 @@ pub fn run(
             break;
         }
     }
-    Ok(Outcome { epochs: logs, losses, last, best: saved_best, log: log_path })
+    Ok(Outcome { step, epochs: logs, losses, last, best: saved_best, log: log_path })
 }
 
 /// The metrics a model declares, as the trainer reports them: the accuracy

@@ -1,0 +1,144 @@
+//! Fine-tuning runs: a finetune block's stages train one after another from
+//! its `weights` (replaced layers fresh), frozen parameters stay as loaded,
+//! optimizer state and the run folder's guarantees carry across stages.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::modelc;
+
+fn dir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("modelc-ft-{}-{name}", std::process::id()));
+    std::fs::remove_dir_all(&d).ok();
+    std::fs::create_dir_all(&d).expect("dir");
+    d
+}
+
+const SMALL: &[&str] = &["--limit", "300", "--test-limit", "100"];
+
+/// A base LeNet-5 trained briefly, and the example finetune pointed at it.
+fn setup(d: &Path) -> PathBuf {
+    let base = d.join("base").to_string_lossy().into_owned();
+    let args = [&["train", "specs/lenet5.model", "--epochs", "1", "--out", &base][..], SMALL].concat();
+    let (code, _, err) = modelc(&args);
+    assert_eq!(code, 0, "{err}");
+    std::fs::copy("specs/lenet5.model", d.join("lenet5.model")).expect("base spec");
+    let weights = d.join("base/last.safetensors");
+    let text = std::fs::read_to_string("specs/lenet5_finetune.model")
+        .expect("spec")
+        .replace("runs/lenet5/best.safetensors", &weights.to_string_lossy());
+    let spec = d.join("ft.model");
+    std::fs::write(&spec, text).expect("spec");
+    spec
+}
+
+#[test]
+fn a_finetune_trains_its_stages_from_its_weights() {
+    let d = dir("stages");
+    let spec = setup(&d);
+    let out = d.join("run");
+    let (spec_s, out_s) = (spec.to_string_lossy().into_owned(), out.to_string_lossy().into_owned());
+    let args = [&["train", &spec_s, "--out", &out_s][..], SMALL].concat();
+    let (code, text, err) = modelc(&args);
+    assert_eq!(code, 0, "{err}");
+    let first = text.lines().next().expect("a first line");
+    assert!(first.starts_with("training `lenet5_upper` (the one block in"), "{first}");
+    assert!(
+        text.contains("8 tensors loaded; newly initialized (replaced): logits.bias, logits.weight; in the file but not used: logits.bias, logits.weight"),
+        "{text}"
+    );
+    assert!(
+        text.contains("stage `head`: 2 epochs, training 2 of 10")
+            && text.contains("stage `all`: 3 epochs, training 8 of 10"),
+        "{text}"
+    );
+    let log = std::fs::read_to_string(out.join("log.jsonl")).expect("log");
+    let stages: Vec<(u64, String)> = log
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).expect("json");
+            (v["epoch"].as_u64().expect("epoch"), v["stage"].as_str().expect("stage").to_string())
+        })
+        .collect();
+    let want: Vec<(u64, String)> = [(1, "head"), (2, "head"), (3, "all"), (4, "all"), (5, "all")]
+        .iter()
+        .map(|(e, s)| (*e, s.to_string()))
+        .collect();
+    assert_eq!(stages, want);
+    let base = modelc::checkpoint::load(&d.join("base/last.safetensors")).expect("base");
+    let tuned = modelc::checkpoint::load(&out.join("last.safetensors")).expect("tuned");
+    assert_eq!(tuned["conv1.weight"], base["conv1.weight"], "conv1 is frozen in every stage");
+    assert_ne!(tuned["conv2.weight"], base["conv2.weight"], "conv2 trains in stage `all`");
+    assert_eq!(tuned["logits.weight"].0, [5, 84], "the replaced 5-way head");
+    std::fs::remove_dir_all(&d).ok();
+}
+
+/// A crash at the end of the first stage or inside the second, then
+/// `--resume`: the same weights as the uninterrupted run, bit for bit.
+#[test]
+fn a_finetune_resumes_across_its_stages_exactly() {
+    let d = dir("resume");
+    let spec = setup(&d);
+    let run = |out: &Path, crash: Option<&str>, resume: bool| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_modelc"));
+        c.args(["train", &spec.to_string_lossy(), "--out", &out.to_string_lossy()]).args(SMALL);
+        if resume {
+            c.arg("--resume");
+        }
+        if let Some(at) = crash {
+            c.env("MODELC_CRASH_AT", at);
+        }
+        c.output().expect("runs")
+    };
+    let whole = d.join("whole");
+    assert!(run(&whole, None, false).status.success());
+    let want = modelc::checkpoint::load(&whole.join("last.safetensors")).expect("weights");
+    for at in ["after-state:2", "after-log:3", "after-state:4"] {
+        let out = d.join(at.replace(':', "-"));
+        assert!(!run(&out, Some(at), false).status.success(), "{at}: crashed");
+        let st = run(&out, None, true);
+        assert!(st.status.success(), "{at}: {}", String::from_utf8_lossy(&st.stderr));
+        let got = modelc::checkpoint::load(&out.join("last.safetensors")).expect("weights");
+        assert_eq!(got, want, "{at}: resumed weights differ from the uninterrupted run");
+        let log = std::fs::read_to_string(out.join("log.jsonl")).expect("log");
+        assert_eq!(log.lines().count(), 5, "{at}: each epoch once");
+    }
+    std::fs::remove_dir_all(&d).ok();
+}
+
+/// Which block `modelc train FILE` runs: the last declared in the file, or
+/// `--model`; the first line says which.
+#[test]
+fn train_runs_the_last_block_or_the_one_named() {
+    let d = dir("pick");
+    let spec = setup(&d);
+    let mut text = std::fs::read_to_string(&spec).expect("spec");
+    text = text.replace("import \"lenet5.model\"", "import \"lenet5.model\"\n\ntrain lenet5 {\n  data mnist(\"data/mnist\")\n  batch 64\n  epochs 1\n  optimizer sgd(lr: 0.01)\n}\n");
+    let two = d.join("two.model");
+    std::fs::write(&two, text).expect("spec");
+    let out = d.join("run").to_string_lossy().into_owned();
+    let two_s = two.to_string_lossy().into_owned();
+    let args = [&["train", &two_s, "--out", &out, "--model", "lenet5"][..], SMALL].concat();
+    let (code, stdout, err) = modelc(&args);
+    assert_eq!(code, 0, "{err}");
+    assert!(stdout.starts_with("training `lenet5` (chosen with --model)"), "{stdout}");
+    let (code, stdout, err) = modelc(&["train", &two_s, "--out", &out, "--limit", "300", "--test-limit", "100"]);
+    assert_eq!(code, 0, "{err}");
+    let first = stdout.lines().next().expect("a line");
+    assert!(
+        first.contains("training `lenet5_upper` (the last of 2 blocks in")
+            && first.ends_with("choose another with --model: lenet5, lenet5_upper)"),
+        "{first}"
+    );
+    let (code, _, err) = modelc(&["train", &spec.to_string_lossy(), "--model", "nope"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("has no train block or finetune named `nope` (it has: lenet5_upper)"), "{err}");
+    // A finetune whose weights do not exist says what to do.
+    let missing = std::fs::read_to_string(&spec).expect("spec").replace("base/last.safetensors", "nowhere.safetensors");
+    let m = d.join("missing.model");
+    std::fs::write(&m, missing).expect("spec");
+    let (code, _, err) = modelc(&["train", &m.to_string_lossy(), "--out", &out]);
+    assert_eq!(code, 1);
+    assert!(err.contains("train `lenet5` first, or change `weights`"), "{err}");
+    std::fs::remove_dir_all(&d).ok();
+}
