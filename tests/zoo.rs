@@ -102,6 +102,11 @@ const ZOO: &[Entry] = &[
         batch: 6,
     },
     Entry {
+        spec: "schedules",
+        covers: "multistep(at: epochs and steps, gamma), linear(warmup, end), onecycle(pct, div, final_div), plateau(on, factor, patience, min_delta, min_lr); a stage each; trained through the CLI",
+        batch: 4,
+    },
+    Entry {
         spec: "finetune",
         covers: "import, finetune: weights, target, replace, stages with train/unfreeze/freeze/lr_scale, stage optimizer/schedule/weight_decay/batch, clip, early_stop(val_accuracy); every stage checked",
         batch: 5,
@@ -539,6 +544,73 @@ fn csv_classes() {
 }
 
 /// Every entry has a test above and a file, every file an entry.
+#[test]
+fn schedules() {
+    zoo("schedules");
+}
+
+/// The schedules spec trained for real (after its base): each stage's rate
+/// follows its schedule counted from the stage's own first step, and the
+/// plateau schedule halves the rate when the validation loss stalls.
+#[test]
+fn schedules_follow_their_stages() {
+    use modelc::schedule::{lr_at, Progress};
+    let dir = out_dir("schedules");
+    std::fs::create_dir_all(&dir).expect("dir");
+    let base = dir.join("base");
+    let (code, _, err) = modelc(&["train", &spec_path("metrics"), "--out", &base.to_string_lossy()]);
+    assert_eq!(code, 0, "{err}");
+    let text = std::fs::read_to_string(spec_path("schedules")).expect("spec");
+    let text = text.replace("runs/metrics/last.safetensors", &base.join("last.safetensors").to_string_lossy()).replace(
+        "import \"metrics.model\"",
+        &format!("import \"{}\"", std::fs::canonicalize(spec_path("metrics")).expect("path").display()),
+    );
+    let spec = dir.join("schedules.model");
+    std::fs::write(&spec, text).expect("spec");
+    let out = dir.join("run");
+    let (code, stdout, err) = modelc(&["train", &spec.to_string_lossy(), "--out", &out.to_string_lossy()]);
+    assert_eq!(code, 0, "{err}");
+    let log: Vec<Value> = std::fs::read_to_string(out.join("log.jsonl"))
+        .expect("log")
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json"))
+        .collect();
+    let (_, program, errors) = modelc_compiler::check_text(&spec.to_string_lossy(), text_of(&spec), &FsLoader);
+    assert!(errors.is_empty(), "{errors:?}");
+    let f = &program.finetunes[0];
+    // 120 samples, a quarter held out: 90 train, batch 10 → 9 steps an epoch.
+    let per = 9u64;
+    let mut epoch = 0usize;
+    for st in &f.stages {
+        let total = per * st.epochs;
+        let base_lr = st.optimizer.as_ref().expect("optimizer").lr();
+        for e in 0..st.epochs {
+            let line = &log[epoch];
+            assert_eq!(line["stage"].as_str(), Some(st.name.as_str()));
+            // The logged rate is the epoch's last step's.
+            let local = (e + 1) * per - 1;
+            let want = lr_at(&st.schedule, base_lr, Progress { step: local, steps_per_epoch: per, total_steps: total });
+            let got = num(line, "lr").expect("lr");
+            if st.name != "calm" {
+                assert!((got - want).abs() <= 1e-12 * want.abs().max(1.0), "{} epoch {e}: lr {got} vs {want}", st.name);
+            } else {
+                // Plateau: the base rate times 1, ½, ¼ … never below min_lr.
+                let k = (base_lr / got).log2();
+                assert!((k - k.round()).abs() < 1e-9 && got >= 1e-3 - 1e-15, "calm epoch {e}: lr {got}");
+            }
+            epoch += 1;
+        }
+    }
+    assert_eq!(epoch, log.len());
+    let calm: Vec<f64> = log.iter().filter(|l| l["stage"] == "calm").map(|l| num(l, "lr").expect("lr")).collect();
+    assert!(calm.last() < calm.first(), "min_delta 0.5 is never met: the plateau halves the rate ({calm:?})\n{stdout}");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+fn text_of(p: &std::path::Path) -> String {
+    std::fs::read_to_string(p).expect("spec")
+}
+
 #[test]
 fn every_zoo_file_is_an_entry() {
     let mut files: Vec<String> = std::fs::read_dir("tests/zoo")

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use modelc_compiler::check::layers::Metric;
-use modelc_compiler::check::train::{DataSource, TrainInfo, TEXT_CLASSES};
+use modelc_compiler::check::train::{DataSource, Schedule, TrainInfo, TEXT_CLASSES};
 use modelc_compiler::check::types::DType;
 use modelc_compiler::check::{ModelInfo, Op as CheckOp};
 use serde::Serialize;
@@ -20,7 +20,7 @@ use crate::data::{self, csv, mnist, synthetic, Dataset};
 use crate::exec::{Batch, Executor};
 use crate::metrics::Confusion;
 use crate::rundir;
-use crate::schedule::{lr_at, Progress};
+use crate::schedule::{lr_at, Plateau, Progress};
 
 /// What a run may override of the train block.
 #[derive(Clone, Debug, Default)]
@@ -345,6 +345,8 @@ struct RunState {
     best: Option<(f64, u64)>,
     /// The finetune stage that wrote it.
     stage: Option<String>,
+    /// Reduce-on-plateau's state.
+    plateau: Plateau,
 }
 
 impl RunState {
@@ -365,6 +367,13 @@ impl RunState {
         if let Some(s) = &self.stage {
             m.insert("stage".into(), s.clone());
         }
+        if self.plateau != Plateau::default() {
+            m.insert("plateau_factor".into(), format!("{:e}", self.plateau.factor));
+            m.insert("plateau_bad_epochs".into(), self.plateau.bad_epochs.to_string());
+            if let Some(b) = self.plateau.best {
+                m.insert("plateau_best".into(), format!("{b:e}"));
+            }
+        }
         m
     }
 
@@ -380,7 +389,12 @@ impl RunState {
             _ => None,
         };
         let stage = m.get("stage").cloned();
-        Ok(RunState { epoch: num("epoch")?, step: num("step")?, first_loss: float("first_loss"), best, stage })
+        let plateau = Plateau {
+            factor: float("plateau_factor").unwrap_or(1.0),
+            best: float("plateau_best"),
+            bad_epochs: m.get("plateau_bad_epochs").and_then(|v| v.parse().ok()).unwrap_or(0),
+        };
+        Ok(RunState { epoch: num("epoch")?, step: num("step")?, first_loss: float("first_loss"), best, stage, plateau })
     }
 }
 
@@ -424,6 +438,7 @@ fn resume(exec: &mut dyn Executor, model: &ModelInfo, opts: &Options, out: &mut 
             .collect();
         progress.best = None;
         progress.first_loss = None;
+        progress.plateau = Plateau::default();
         checkpoint::validate(&state_path, carried, &present, &[]).map_err(|e| format!("cannot resume: {e}"))?
     };
     exec.set_parameters(&tensors);
@@ -470,12 +485,15 @@ pub fn run(
     }
     let watch = info.early_stop.as_ref();
     let metrics = MetricNames::of(model);
-    if let Some(es) = watch {
-        let can = metrics.watchable(data.val.is_some(), data.test.is_some());
-        if !can.contains(&es.on) {
+    let can = metrics.watchable(data.val.is_some(), data.test.is_some());
+    let plateau_on = match &info.schedule {
+        Schedule::Plateau { on, .. } => Some(on.as_str()),
+        _ => None,
+    };
+    for (what, on) in [("early stopping", watch.map(|e| e.on.as_str())), ("the plateau schedule", plateau_on)] {
+        if let Some(on) = on.filter(|on| !can.iter().any(|c| c == on)) {
             return Err(format!(
-                "early stopping watches `{}`, which this run does not compute (it computes: {})",
-                es.on,
+                "{what} watches `{on}`, which this run does not compute (it computes: {})",
                 can.join(", ")
             ));
         }
@@ -570,7 +588,8 @@ pub fn run(
         let mut lr = 0.0;
         for idx in data::batches(&order, batch) {
             let at = step - stage_start_step;
-            lr = lr_at(&info.schedule, optimizer.lr(), Progress { step: at, steps_per_epoch, total_steps });
+            lr = lr_at(&info.schedule, optimizer.lr(), Progress { step: at, steps_per_epoch, total_steps })
+                * progress.plateau.factor;
             data.train.gather(idx, &mut x, &mut y);
             let batch = Batch { n: idx.len(), features: &x, labels: &y };
             let s = exec.train_step(&batch, lr, step + 1, dropout_seed(seed, step + 1))?;
@@ -644,6 +663,16 @@ pub fn run(
         let every = (epochs / 20).max(1);
         if (epoch + 1) % every == 0 || epoch == stage.first_epoch || epoch + 1 == end {
             let _ = writeln!(out, "{}", epoch_line(&entry, end));
+        }
+        if let Some(on) = plateau_on {
+            let value = metrics.watched(&entry, on);
+            if let Some(f) = progress.plateau.observe(&info.schedule, optimizer.lr(), value, on.ends_with("loss")) {
+                let _ = writeln!(
+                    out,
+                    "plateau: `{on}` stopped improving; the learning rate is now {:.3e}",
+                    optimizer.lr() * f
+                );
+            }
         }
         // Early stopping's decision, before the checkpoint that records it.
         let mut improved = false;

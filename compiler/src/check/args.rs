@@ -110,6 +110,8 @@ pub enum Ty {
     Padding,
     /// `5 epochs` or `100 steps`.
     Duration,
+    /// `[3 epochs, 6 epochs]`: one or more durations, in increasing order.
+    DurationList,
     /// `a..b`
     Range,
     /// Any bare name (checked by the caller).
@@ -150,6 +152,7 @@ impl Ty {
             Ty::IntOrPair { .. } => "a whole number or a pair [a, b]".into(),
             Ty::Padding => "`same`, `valid`, a whole number or a pair".into(),
             Ty::Duration => "a duration such as `5 epochs` or `100 steps`".into(),
+            Ty::DurationList => "a list of durations such as `[3 epochs, 6 epochs]`".into(),
             Ty::Range => "a range such as `0..9`".into(),
             Ty::Name => "a name".into(),
             Ty::Call => "a call such as `name(…)`".into(),
@@ -470,6 +473,20 @@ fn check_value(callee: &str, p: &Param, v: &Value, span: Span) -> Option<CheckEr
         (Ty::Duration, Value::Duration(x, _)) => {
             if *x < 0.0 || x.fract() != 0.0 {
                 return Some(range(fmt_num(*x), "a whole number of epochs or steps".into()));
+            }
+        }
+        (Ty::DurationList, Value::List(items)) if !items.is_empty() => {
+            for item in items {
+                match item {
+                    Value::Duration(x, _) if *x >= 0.0 && x.fract() == 0.0 => {}
+                    Value::Duration(x, _) => {
+                        return Some(range(fmt_num(*x), "a whole number of epochs or steps".into()));
+                    }
+                    Value::Int(i) => {
+                        return Some(wrong(Some(format!("say which unit: `{i} epochs` or `{i} steps`"))));
+                    }
+                    _ => return Some(wrong(None)),
+                }
             }
         }
         (Ty::Duration, Value::Int(i)) => {

@@ -109,9 +109,45 @@ impl Optimizer {
 #[serde(tag = "schedule", rename_all = "snake_case")]
 pub enum Schedule {
     Constant,
-    Step { every: Duration, gamma: f64 },
-    Exponential { gamma: f64 },
-    Cosine { warmup: Duration, min_lr: f64 },
+    Step {
+        every: Duration,
+        gamma: f64,
+    },
+    Exponential {
+        gamma: f64,
+    },
+    Cosine {
+        warmup: Duration,
+        min_lr: f64,
+    },
+    /// `lr · gamma^k` after the k-th milestone (MultiStepLR).
+    MultiStep {
+        at: Vec<Duration>,
+        gamma: f64,
+    },
+    /// Linear from `lr/warmup` up to `lr` over the warm-up, then linear down
+    /// to `lr · end` at the last step (LinearLR after a warm-up).
+    Linear {
+        warmup: Duration,
+        end: f64,
+    },
+    /// One cycle (OneCycleLR, cosine): from `lr/div` up to `lr` over the
+    /// first `pct` of the steps, then down to `lr/(div·final_div)`.
+    OneCycle {
+        pct: f64,
+        div: f64,
+        final_div: f64,
+    },
+    /// Multiplies the rate by `factor` when `on` has not improved by more
+    /// than `min_delta` for `patience` epochs (ReduceLROnPlateau), never
+    /// below `min_lr`. Decided after each epoch's evaluation.
+    Plateau {
+        on: String,
+        factor: f64,
+        patience: u64,
+        min_delta: f64,
+        min_lr: f64,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -219,6 +255,36 @@ const SCHEDULES: Table = &[
     ("step", &[req("every", Ty::Duration), opt("gamma", Ty::UNIT_HALF_OPEN, D::Float(0.1))]),
     ("exponential", &[req("gamma", Ty::UNIT_HALF_OPEN)]),
     ("cosine", &[opt("warmup", Ty::Duration, D::Absent), opt("min_lr", Ty::NON_NEGATIVE, D::Float(0.0))]),
+    ("multistep", &[req("at", Ty::DurationList), opt("gamma", Ty::UNIT_HALF_OPEN, D::Float(0.1))]),
+    (
+        "linear",
+        &[
+            opt("warmup", Ty::Duration, D::Absent),
+            opt("end", Ty::Float { min: 0.0, max: 1.0, open_min: false, open_max: false }, D::Float(0.0)),
+        ],
+    ),
+    (
+        "onecycle",
+        &[
+            opt("pct", Ty::FRACTION, D::Float(0.3)),
+            opt("div", Ty::Float { min: 1.0, max: f64::INFINITY, open_min: false, open_max: true }, D::Float(25.0)),
+            opt(
+                "final_div",
+                Ty::Float { min: 1.0, max: f64::INFINITY, open_min: false, open_max: true },
+                D::Float(1e4),
+            ),
+        ],
+    ),
+    (
+        "plateau",
+        &[
+            opt("on", Ty::Name, D::Name("val_loss")),
+            opt("factor", Ty::FRACTION, D::Float(0.1)),
+            opt("patience", Ty::NON_NEGATIVE_INT, D::Int(10)),
+            opt("min_delta", Ty::NON_NEGATIVE, D::Float(0.0)),
+            opt("min_lr", Ty::NON_NEGATIVE, D::Float(0.0)),
+        ],
+    ),
 ];
 
 const SCALES: &[&str] = &["none", "standard", "minmax"];
@@ -515,6 +581,31 @@ impl<'a> SettingsChecker<'a> {
                 Schedule::Step { every, gamma: b.float("gamma") }
             }
             "exponential" => Schedule::Exponential { gamma: b.float("gamma") },
+            "multistep" => {
+                let at: Vec<Duration> = match b.get("at") {
+                    Some(Value::List(items)) => items
+                        .iter()
+                        .filter_map(|v| match v {
+                            Value::Duration(x, DurationUnit::Steps) => Some(Duration::Steps(*x as u64)),
+                            Value::Duration(x, DurationUnit::Epochs) => Some(Duration::Epochs(*x as u64)),
+                            _ => None,
+                        })
+                        .collect(),
+                    _ => vec![],
+                };
+                Schedule::MultiStep { at, gamma: b.float("gamma") }
+            }
+            "linear" => Schedule::Linear { warmup: dur(&b, "warmup"), end: b.float("end") },
+            "onecycle" => {
+                Schedule::OneCycle { pct: b.float("pct"), div: b.float("div"), final_div: b.float("final_div") }
+            }
+            "plateau" => Schedule::Plateau {
+                on: b.name("on").unwrap_or("val_loss").to_string(),
+                factor: b.float("factor"),
+                patience: b.uint("patience"),
+                min_delta: b.float("min_delta"),
+                min_lr: b.float("min_lr"),
+            },
             _ => Schedule::Cosine { warmup: dur(&b, "warmup"), min_lr: b.float("min_lr") },
         })
     }
