@@ -142,3 +142,56 @@ fn train_runs_the_last_block_or_the_one_named() {
     assert!(err.contains("train `lenet5` first, or change `weights`"), "{err}");
     std::fs::remove_dir_all(&d).ok();
 }
+
+/// `modelc schedule`: the rate of every parameter group at every step,
+/// across stages, each stage's schedule from its own start; and the SVG.
+#[test]
+fn schedule_prints_every_group_across_stages() {
+    let d = dir("schedule");
+    let svg = d.join("lr.svg");
+    let args = ["schedule", "specs/lenet5_finetune.model", "--steps-per-epoch", "10", "--svg", &svg.to_string_lossy()];
+    let (code, out, err) = modelc(&args);
+    assert_eq!(code, 0, "{err}");
+    let rows: Vec<Vec<&str>> = out.lines().skip(1).map(|l| l.split(',').collect()).collect();
+    assert_eq!(out.lines().next(), Some("step,epoch,stage,group,scale,lr"));
+    // head: 2 epochs × 10 steps, one group; all: 3 × 10, two groups.
+    assert_eq!(rows.len(), 20 + 2 * 30);
+    let rate = |stage: &str, group: &str, step: &str| -> f64 {
+        let r = rows.iter().find(|r| r[2] == stage && r[3] == group && r[0] == step).expect("row");
+        r[5].parse().expect("lr")
+    };
+    assert_eq!(rate("head", "logits", "1"), 0.01);
+    // Stage `all` starts at step 21 with a cosine warm-up of 100 steps
+    // (longer than the stage: the warm-up is cut to its 30 steps).
+    let first = rate("all", "fc1 fc2 logits", "21");
+    assert!((first - 1e-4 / 30.0).abs() < 1e-15, "{first}");
+    assert!((rate("all", "conv2", "35") - 0.1 * rate("all", "fc1 fc2 logits", "35")).abs() < 1e-18);
+    let text = std::fs::read_to_string(&svg).expect("svg");
+    assert!(text.starts_with("<svg") && text.contains("stage all") && text.contains("conv2 (×0.1)"), "svg");
+    std::fs::remove_dir_all(&d).ok();
+}
+
+/// `modelc plot`: the curves of a log, stages marked; a malformed log is a
+/// clear error.
+#[test]
+fn plot_draws_a_log_and_refuses_a_broken_one() {
+    let d = dir("plot");
+    let log = d.join("log.jsonl");
+    std::fs::write(
+        &log,
+        "{\"epoch\":1,\"stage\":\"head\",\"train_loss\":1.5,\"val_loss\":1.6,\"val_accuracy\":0.4,\"val_macro_f1\":0.3}\n{\"epoch\":2,\"stage\":\"all\",\"train_loss\":1.1,\"val_loss\":1.2,\"val_accuracy\":0.6,\"val_macro_f1\":0.5}\n",
+    )
+    .expect("log");
+    let (code, out, err) = modelc(&["plot", &log.to_string_lossy()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("curves.svg"), "{out}");
+    let svg = std::fs::read_to_string(d.join("curves.svg")).expect("svg");
+    for want in ["stage head", "stage all", "train loss", "val accuracy", "val macro f1"] {
+        assert!(svg.contains(want), "the plot has no `{want}`");
+    }
+    std::fs::write(&log, "{\"epoch\":1}\nnot json\n").expect("log");
+    let (code, _, err) = modelc(&["plot", &log.to_string_lossy()]);
+    assert_eq!(code, 1);
+    assert!(err.contains("log.jsonl:2: not a JSON line of a modelc log"), "{err}");
+    std::fs::remove_dir_all(&d).ok();
+}

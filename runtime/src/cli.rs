@@ -158,6 +158,31 @@ enum Command {
         #[arg(long, value_enum, default_value_t = Target::Clif)]
         target: Target,
     },
+    /// Print the learning rate of every parameter group at every step of a run (CSV), across stages; draw it (SVG).
+    Schedule {
+        /// The .model file.
+        file: PathBuf,
+        /// The train block or finetune (default: the last in the file).
+        #[arg(long)]
+        model: Option<String>,
+        /// Steps per epoch (default: from the data, as `train` would load it).
+        #[arg(long)]
+        steps_per_epoch: Option<u64>,
+        /// Train on the first N samples only, as `train --limit` (for the step count).
+        #[arg(long)]
+        limit: Option<usize>,
+        /// Also draw the rates into this SVG file.
+        #[arg(long)]
+        svg: Option<PathBuf>,
+    },
+    /// Draw a run's curves (loss and metrics per epoch; stages marked) from its log, as SVG.
+    Plot {
+        /// The run's log.jsonl.
+        log: PathBuf,
+        /// The SVG file to write (default: curves.svg beside the log).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// Check the symbolic gradients against central finite differences (f64).
     Gradcheck {
         /// The .model file.
@@ -280,6 +305,10 @@ pub fn run(args: impl IntoIterator<Item = OsString>, out: &mut dyn Write, err: &
             predict(&file, model.as_deref(), &weights, &input, limit, executor, out, err, color)
         }
         Command::Emit { file, model, target: Target::Clif } => emit(&file, model.as_deref(), out, err, color),
+        Command::Schedule { file, model, steps_per_epoch, limit, svg } => {
+            schedule(&file, model.as_deref(), steps_per_epoch, limit, svg.as_deref(), out, err, color)
+        }
+        Command::Plot { log, out: svg } => plot(&log, svg.as_deref(), out),
         Command::Gradcheck { file, model, batch, samples, seed } => {
             gradcheck(&file, model.as_deref(), batch, samples, seed, out, err, color)
         }
@@ -966,6 +995,124 @@ fn finetune_weights(f: &FinetuneInfo, seed: u64, out: &mut dyn Write) -> Result<
         }
     );
     Ok(params)
+}
+
+/// The stages of a job as the trainer runs them: (name, settings, config).
+fn job_stages(job: &Job) -> Result<Vec<(Option<String>, TrainInfo, StepConfig)>> {
+    match job {
+        Job::Train(t) => {
+            let cfg = StepConfig::from_train(t).ok_or("the train block has no optimizer")?;
+            Ok(vec![(None, (*t).clone(), cfg)])
+        }
+        Job::Finetune(f) => f
+            .stages
+            .iter()
+            .map(|st| {
+                let cfg = StepConfig::from_stage(st).ok_or(format!("stage `{}` has no optimizer", st.name))?;
+                Ok((Some(st.name.clone()), stage_info(f, st), cfg))
+            })
+            .collect(),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn schedule(
+    path: &std::path::Path,
+    only: Option<&str>,
+    steps_per_epoch: Option<u64>,
+    limit: Option<usize>,
+    svg: Option<&std::path::Path>,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+    color: bool,
+) -> Result<i32> {
+    use crate::schedule::{lr_at, Progress};
+    let Some((_, program)) = load(path, err, color)? else { return Ok(1) };
+    let (job, _) = pick_job(&program, only, path)?;
+    let (model, settings) = match &job {
+        Job::Train(t) => (program.model(&t.model).ok_or("the train block's model is missing")?, *t),
+        Job::Finetune(f) => (&f.model, &f.settings),
+    };
+    let samples = match steps_per_epoch {
+        Some(_) => 0,
+        None => {
+            let source = settings.data.as_ref().ok_or("the block has no data")?;
+            let opts = crate::train::Options { limit, ..Default::default() };
+            crate::train::load(source, model, settings, &opts)?.train.len as u64
+        }
+    };
+    let _ = writeln!(out, "step,epoch,stage,group,scale,lr");
+    let mut panels_series: Vec<crate::plot::Series> = Vec::new();
+    let mut markers = Vec::new();
+    let (mut step0, mut epoch0) = (0u64, 0u64);
+    let mut plateau = false;
+    for (name, info, cfg) in job_stages(&job)? {
+        let per = steps_per_epoch.unwrap_or_else(|| samples.div_ceil(info.batch.max(1))).max(1);
+        let total = per * info.epochs;
+        let lr = cfg.optimizer.lr();
+        plateau |= matches!(info.schedule, modelc_compiler::check::train::Schedule::Plateau { .. });
+        // Parameter groups: the trainable parameters by their rate's scale,
+        // named by their layers.
+        let mut groups: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+        for p in model.params.iter().filter(|p| cfg.trainable.as_ref().is_none_or(|t| t.contains(&p.name))) {
+            let scale = cfg.lr_scale.get(&p.name).copied().unwrap_or(1.0);
+            let layers = groups.entry(format!("{scale}")).or_default();
+            if !layers.contains(&p.layer) {
+                layers.push(p.layer.clone());
+            }
+        }
+        let stage = name.clone().unwrap_or_default();
+        if let Some(n) = &name {
+            markers.push(crate::plot::Marker { x: step0 as f64, label: format!("stage {n}") });
+        }
+        for (scale, layers) in &groups {
+            let scale: f64 = scale.parse().unwrap_or(1.0);
+            let group = layers.join(" ");
+            let key = format!("{group} (×{scale})");
+            let idx = match panels_series.iter().position(|s| s.name == key) {
+                Some(i) => i,
+                None => {
+                    panels_series.push(crate::plot::Series { name: key.clone(), points: vec![] });
+                    panels_series.len() - 1
+                }
+            };
+            for t in 0..total {
+                let rate =
+                    scale * lr_at(&info.schedule, lr, Progress { step: t, steps_per_epoch: per, total_steps: total });
+                let _ = writeln!(out, "{},{},{stage},{group},{scale},{rate:e}", step0 + t + 1, epoch0 + t / per + 1);
+                panels_series[idx].points.push(((step0 + t + 1) as f64, rate));
+            }
+        }
+        step0 += total;
+        epoch0 += info.epochs;
+    }
+    if plateau {
+        let _ = writeln!(
+            err,
+            "note: a plateau schedule cuts the rate when its metric stalls; shown is the rate before any cut"
+        );
+    }
+    if let Some(svg) = svg {
+        let panel = crate::plot::Panel {
+            title: "learning rate per parameter group".into(),
+            x_label: "step".into(),
+            series: panels_series,
+            markers,
+            log_y: true,
+        };
+        crate::plot::svg(svg, &[panel])?;
+        let _ = writeln!(err, "drawn: {}", svg.display());
+    }
+    Ok(0)
+}
+
+fn plot(log: &std::path::Path, svg: Option<&std::path::Path>, out: &mut dyn Write) -> Result<i32> {
+    let text = std::fs::read_to_string(log).map_err(|e| format!("cannot read {}: {e}", log.display()))?;
+    let panels = crate::plot::log_panels(&text, log)?;
+    let target = svg.map(std::path::Path::to_path_buf).unwrap_or_else(|| log.with_file_name("curves.svg"));
+    crate::plot::svg(&target, &panels)?;
+    let _ = writeln!(out, "drawn: {}", target.display());
+    Ok(0)
 }
 
 /// What `eval` and `predict` start from: the model, its train block, an

@@ -10,6 +10,7 @@ pub mod data;
 pub mod exec;
 pub mod init;
 pub mod metrics;
+pub mod plot;
 pub mod render;
 pub mod resources;
 pub mod rundir;
