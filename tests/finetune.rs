@@ -195,3 +195,23 @@ fn plot_draws_a_log_and_refuses_a_broken_one() {
     assert!(err.contains("log.jsonl:2: not a JSON line of a modelc log"), "{err}");
     std::fs::remove_dir_all(&d).ok();
 }
+
+/// Optimizer state goes on with the parameters that go on training under
+/// the same optimizer: the head's Adam moments carry into stage `all`.
+#[test]
+fn optimizer_state_carries_into_the_next_stage() {
+    let d = dir("carry");
+    let spec = setup(&d);
+    let text = std::fs::read_to_string(&spec).expect("spec").replace("sgd(lr: 0.01, momentum: 0.9)", "adam(lr: 1e-3)");
+    std::fs::write(&spec, text).expect("spec");
+    let out = d.join("run").to_string_lossy().into_owned();
+    let spec_s = spec.to_string_lossy().into_owned();
+    let (code, text, err) = modelc(&[&["train", &spec_s, "--out", &out][..], SMALL].concat());
+    assert_eq!(code, 0, "{err}");
+    // logits.weight and logits.bias, exp_avg and exp_avg_sq each.
+    assert!(
+        text.contains("stage `all`: 3 epochs, training 8 of 10 parameter tensors (4 optimizer state tensors carried"),
+        "{text}"
+    );
+    std::fs::remove_dir_all(&d).ok();
+}

@@ -289,6 +289,72 @@ fn scripted_run(train: Vec<f64>, eval: f64, name: &str) -> Result<modelc::train:
     r
 }
 
+/// An executor whose one parameter counts its training steps, and whose
+/// evaluations return scripted losses: early stopping's bookkeeping alone.
+struct Counting {
+    w: f32,
+    evals: Vec<f64>,
+    at: usize,
+}
+
+impl Executor for Counting {
+    fn name(&self) -> &'static str {
+        "counting"
+    }
+    fn train_step(&mut self, _: &Batch, _: f64, _: u64, _: u64) -> Result<Stats, String> {
+        self.w += 1.0;
+        Ok(Stats { loss: 1.0, accuracy: None, predictions: vec![] })
+    }
+    fn evaluate(&mut self, b: &Batch) -> Result<Stats, String> {
+        let loss = self.evals[self.at.min(self.evals.len() - 1)];
+        self.at += 1;
+        Ok(Stats { loss, accuracy: None, predictions: vec![0.0; b.n] })
+    }
+    fn parameters(&self) -> modelc::checkpoint::Tensors {
+        [("w".to_string(), (vec![1], vec![self.w]))].into_iter().collect()
+    }
+    fn set_parameters(&mut self, t: &modelc::checkpoint::Tensors) {
+        if let Some((_, v)) = t.get("w") {
+            self.w = v[0];
+        }
+    }
+    fn state(&self) -> modelc::checkpoint::Tensors {
+        Default::default()
+    }
+    fn first_non_finite(&self) -> Option<String> {
+        None
+    }
+}
+
+/// Early stopping ends a run with the best epoch's weights, and the files
+/// say so: `last.safetensors` and the resume point hold them.
+#[test]
+fn early_stopping_restores_the_best_weights() {
+    let (_, program, _) = crate::check_spec(Path::new("specs/xor.model"));
+    let model = &program.models[0];
+    let mut info = program.trains[0].clone();
+    info.validation = 0.5;
+    info.early_stop =
+        Some(modelc_compiler::check::train::EarlyStop { patience: 2, on: "val_loss".into(), min_delta: 0.0 });
+    let opts = modelc::train::Options { epochs: Some(10), out: out_dir("restore"), ..Default::default() };
+    let data = modelc::train::load(info.data.as_ref().expect("data"), model, &info, &opts).expect("data");
+    // Validation then test, each epoch: the validation loss is best at epoch 2.
+    let evals = vec![1.0, 9.0, 0.5, 9.0, 0.9, 9.0, 0.95, 9.0, 0.97, 9.0];
+    let mut exec = Counting { w: 0.0, evals, at: 0 };
+    let mut text = Vec::new();
+    let o = modelc::train::run(&mut exec, model, &info, &data, &opts, &mut text).expect("trains");
+    let text = String::from_utf8(text).expect("utf-8");
+    assert_eq!(o.epochs.len(), 4, "stops after two epochs without improvement: {text}");
+    assert!(text.contains("early stopping: restored the weights of epoch 2 (the best `val_loss`)"), "{text}");
+    // Two of xor's four samples train, batch 4: one step an epoch.
+    assert_eq!(exec.w, 2.0, "the weights after epoch 2");
+    for f in ["last.safetensors", "best.safetensors", "last.state.safetensors"] {
+        let t = modelc::checkpoint::load(&opts.out.join(f)).expect(f);
+        assert_eq!(t["w"].1, [2.0], "{f}");
+    }
+    std::fs::remove_dir_all(&opts.out).ok();
+}
+
 /// A loss of 1e27 is not a result: before this it ended with exit 0.
 #[test]
 fn a_loss_that_grows_by_orders_of_magnitude_is_divergence() {

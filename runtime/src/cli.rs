@@ -859,22 +859,26 @@ fn train(
             let (mut epoch, mut step) = (0, 0);
             let mut last = None;
             for ((info, cfg), st) in stages.iter().zip(&f.stages) {
-                let trainable: Vec<&str> = st.trainable.iter().map(String::as_str).collect();
-                let _ = writeln!(
-                    out,
-                    "stage `{}`: {} epochs, training {} of {} parameter tensors",
-                    st.name,
-                    st.epochs,
-                    trainable.len(),
-                    model.params.len()
-                );
+                // The stage switch: its own step compiled, state carried.
+                let switch = std::time::Instant::now();
                 let mut exec = executor(kind, model, cfg, &params)?;
                 // Optimizer state goes on for what goes on training with the
                 // same optimizer (same names and shapes); the rest starts at 0.
                 let fresh = exec.state();
                 let carried: crate::checkpoint::Tensors =
                     state.into_iter().filter(|(n, (s, _))| fresh.get(n).is_some_and(|(fs, _)| fs == s)).collect();
+                let kept = carried.len();
                 exec.set_parameters(&carried);
+                let _ = writeln!(
+                    out,
+                    "stage `{}`: {} epochs, training {} of {} parameter tensors ({} optimizer state tensors carried; step compiled in {:.1} ms)",
+                    st.name,
+                    st.epochs,
+                    st.trainable.len(),
+                    model.params.len(),
+                    kept,
+                    1e3 * switch.elapsed().as_secs_f64()
+                );
                 opts.stage =
                     Some(crate::train::StageRun { name: st.name.clone(), first_epoch: epoch, first_step: step });
                 let outcome = crate::train::run(exec.as_mut(), model, info, &data, &opts, out)?;

@@ -442,9 +442,9 @@ fn resume(exec: &mut dyn Executor, model: &ModelInfo, opts: &Options, out: &mut 
         checkpoint::validate(&state_path, carried, &present, &[]).map_err(|e| format!("cannot resume: {e}"))?
     };
     exec.set_parameters(&tensors);
-    // The weights file lags when a crash came between the two writes.
-    let weights_epoch = checkpoint::metadata(&last).ok().and_then(|m| m.get("epoch").cloned());
-    if weights_epoch.as_deref() != Some(progress.epoch.to_string().as_str()) {
+    // The weights file lags when a crash came between the two writes (the
+    // same metadata, restored best weights included, means the same file).
+    if checkpoint::metadata(&last).ok().as_ref() != Some(&meta) {
         checkpoint::save(&last, &exec.parameters(), meta.clone()).map_err(|e| e.to_string())?;
         let _ = writeln!(out, "note: {} was behind the resume point; rewritten from it", last.display());
     }
@@ -701,15 +701,16 @@ pub fn run(
         let mut meta = progress.metadata(&model.name);
         meta.extend(preprocess_metadata(data.preprocess.as_ref()));
         let params = exec.parameters();
+        // The best weights before the resume point that records them.
+        if improved {
+            checkpoint::save(&best_path, &params, meta.clone()).map_err(|e| e.to_string())?;
+        }
         let mut resume_point = params.clone();
         resume_point.extend(exec.state());
         checkpoint::save(&state_path, &resume_point, meta.clone()).map_err(|e| e.to_string())?;
         rundir::crash_point("after-state", epoch + 1);
-        checkpoint::save(&last, &params, meta.clone()).map_err(|e| e.to_string())?;
+        checkpoint::save(&last, &params, meta).map_err(|e| e.to_string())?;
         rundir::crash_point("after-weights", epoch + 1);
-        if improved {
-            checkpoint::save(&best_path, &params, meta).map_err(|e| e.to_string())?;
-        }
         if best_path.exists() && watch.is_some() {
             saved_best = Some(best_path.clone());
         }
@@ -718,6 +719,25 @@ pub fn run(
             let es = watch.map(|e| (e.on.as_str(), e.patience)).unwrap_or_default();
             let _ = writeln!(out, "early stop: `{}` has not improved for {} epochs", es.0, es.1);
             break;
+        }
+    }
+    // Early stopping ends with the best weights (as Keras's
+    // `restore_best_weights`); the resume point and `last` are rewritten
+    // with them, so a resumed run goes on from the same weights.
+    if let (Some(es), Some((_, at))) = (watch, progress.best) {
+        if at + 1 < progress.epoch && best_path.exists() && !logs.is_empty() {
+            let expected: Vec<(String, Vec<usize>)> = exec.parameters().into_iter().map(|(k, (s, _))| (k, s)).collect();
+            let best = checkpoint::load(&best_path).map_err(|e| e.to_string())?;
+            let best = checkpoint::validate(&best_path, best, &expected, &[]).map_err(|e| e.to_string())?;
+            exec.set_parameters(&best);
+            let mut meta = progress.metadata(&model.name);
+            meta.extend(preprocess_metadata(data.preprocess.as_ref()));
+            meta.insert("restored_best_epoch".into(), (at + 1).to_string());
+            let mut resume_point = best.clone();
+            resume_point.extend(exec.state());
+            checkpoint::save(&state_path, &resume_point, meta.clone()).map_err(|e| e.to_string())?;
+            checkpoint::save(&last, &best, meta).map_err(|e| e.to_string())?;
+            let _ = writeln!(out, "early stopping: restored the weights of epoch {} (the best `{}`)", at + 1, es.on);
         }
     }
     Ok(Outcome { step, epochs: logs, losses, last, best: saved_best, log: log_path })
