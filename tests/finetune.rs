@@ -215,3 +215,23 @@ fn optimizer_state_carries_into_the_next_stage() {
     );
     std::fs::remove_dir_all(&d).ok();
 }
+
+/// `summary` of a finetune: per layer and stage, whether it trains and its
+/// learning rate at the stage's start (rate × lr_scale).
+#[test]
+fn summary_shows_each_stage_rates() {
+    let (code, out, err) = modelc(&["summary", "specs/lenet5_finetune.model", "--format", "json"]);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).expect("json");
+    let stages = v["stages"].as_array().expect("stages");
+    assert_eq!(stages.len(), 2);
+    let rate = |stage: usize, layer: &str| -> Option<f64> {
+        let layers = stages[stage]["layers"].as_array().expect("layers");
+        let row = layers.iter().find(|r| r[0] == layer).expect("layer");
+        row[1].as_f64()
+    };
+    assert_eq!(rate(0, "conv2"), None, "frozen in `head`");
+    assert_eq!(rate(0, "logits"), Some(0.01));
+    assert!((rate(1, "conv2").expect("trains in `all`") - 1e-5).abs() < 1e-18, "lr_scale conv2: 0.1 of 1e-4");
+    assert_eq!(rate(1, "conv1"), None, "conv1 never unfrozen");
+}

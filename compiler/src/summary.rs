@@ -46,6 +46,52 @@ pub struct Summary {
     /// Every parameter: name and shape, PyTorch layout.
     pub params: Vec<ParamRow>,
     pub totals: Totals,
+    /// For a finetune: every stage's learning rate per layer.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub stages: Vec<StageRates>,
+}
+
+/// One finetune stage: each parameterised layer's effective learning rate
+/// at the stage's start (the optimizer's rate times the layer's
+/// `lr_scale`; schedules scale it from there), `None` when it is frozen.
+#[derive(Clone, Debug, Serialize)]
+pub struct StageRates {
+    pub stage: String,
+    pub epochs: u64,
+    pub optimizer: Option<String>,
+    pub layers: Vec<(String, Option<f64>)>,
+}
+
+/// The learning rates of every stage of `f`, layer by layer.
+pub fn stage_rates(f: &crate::check::train::FinetuneInfo) -> Vec<StageRates> {
+    let mut layers: Vec<&str> = Vec::new();
+    for p in &f.model.params {
+        if !layers.contains(&p.layer.as_str()) {
+            layers.push(&p.layer);
+        }
+    }
+    f.stages
+        .iter()
+        .map(|st| {
+            let lr = st.optimizer.as_ref().map(|o| o.lr());
+            let rates = layers
+                .iter()
+                .map(|layer| {
+                    let params: Vec<&crate::check::ParamInfo> =
+                        f.model.params.iter().filter(|p| p.layer == *layer).collect();
+                    let trains = params.iter().any(|p| st.trainable.contains(&p.name));
+                    let scale = params.iter().find_map(|p| st.lr_scale.get(&p.name)).copied().unwrap_or(1.0);
+                    (layer.to_string(), lr.filter(|_| trains).map(|lr| lr * scale))
+                })
+                .collect();
+            StageRates {
+                stage: st.name.clone(),
+                epochs: st.epochs,
+                optimizer: st.optimizer.as_ref().map(|o| o.name().to_string()),
+                layers: rates,
+            }
+        })
+        .collect()
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -142,5 +188,6 @@ pub fn summarize(
             .map(|p| ParamRow { name: p.name.clone(), shape: p.shape.clone(), trainable: is_trainable(&p.name) })
             .collect(),
         totals,
+        stages: Vec::new(),
     }
 }

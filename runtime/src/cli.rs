@@ -472,6 +472,7 @@ fn finetune_summary(f: &FinetuneInfo, stage: Option<&str>) -> Result<Summary> {
     };
     let mut s = summarize(&f.model, Some(&st.trainable), st.optimizer.as_ref(), Some(&st.name));
     s.model = format!("{} (from {})", f.name, f.base);
+    s.stages = modelc_compiler::summary::stage_rates(f);
     Ok(s)
 }
 
@@ -545,6 +546,41 @@ fn table(s: &Summary) -> String {
         render::si(t.flops_per_sample),
         render::bytes(t.activation_bytes_per_sample)
     ));
+    if !s.stages.is_empty() {
+        out.push_str(&stages_table(&s.stages));
+    }
+    out
+}
+
+/// A finetune's stages side by side: each layer's learning rate at the
+/// stage's start, or `frozen`.
+fn stages_table(stages: &[modelc_compiler::summary::StageRates]) -> String {
+    let mut cells: Vec<Vec<String>> =
+        vec![std::iter::once("layer".to_string())
+            .chain(stages.iter().map(|s| {
+                format!("{} ({} ep, {})", s.stage, s.epochs, s.optimizer.as_deref().unwrap_or("no optimizer"))
+            }))
+            .collect()];
+    for (i, (layer, _)) in stages[0].layers.iter().enumerate() {
+        let mut row = vec![layer.clone()];
+        for s in stages {
+            row.push(s.layers[i].1.map_or("frozen".to_string(), |lr| format!("{lr:.1e}")));
+        }
+        cells.push(row);
+    }
+    let widths: Vec<usize> =
+        (0..cells[0].len()).map(|c| cells.iter().map(|r| r[c].chars().count()).max().unwrap_or(0)).collect();
+    let mut out =
+        String::from("\nlearning rate at the start of each stage (optimizer rate × lr_scale; schedules scale it)\n");
+    for (i, row) in cells.iter().enumerate() {
+        let line: Vec<String> = row.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
+        out.push_str(line.join("  ").trim_end());
+        out.push('\n');
+        if i == 0 {
+            out.push_str(&"─".repeat(widths.iter().sum::<usize>() + 2 * (widths.len() - 1)));
+            out.push('\n');
+        }
+    }
     out
 }
 
