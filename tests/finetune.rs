@@ -26,7 +26,7 @@ fn setup(d: &Path) -> PathBuf {
     let weights = d.join("base/last.safetensors");
     let text = std::fs::read_to_string("specs/lenet5_finetune.model")
         .expect("spec")
-        .replace("runs/lenet5/best.safetensors", &weights.to_string_lossy());
+        .replace("runs/lenet5_lower/best.safetensors", &weights.to_string_lossy());
     let spec = d.join("ft.model");
     std::fs::write(&spec, text).expect("spec");
     spec
