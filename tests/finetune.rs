@@ -235,3 +235,82 @@ fn summary_shows_each_stage_rates() {
     assert!((rate(1, "conv2").expect("trains in `all`") - 1e-5).abs() < 1e-18, "lr_scale conv2: 0.1 of 1e-4");
     assert_eq!(rate(1, "conv1"), None, "conv1 never unfrozen");
 }
+
+/// The base's tensors saved under other names (an `nn.Sequential` layout),
+/// loaded through `map` renames.
+fn renamed_base(d: &Path) -> PathBuf {
+    let base = modelc::checkpoint::load(&d.join("base/last.safetensors")).expect("base");
+    let torch = [
+        ("conv1", "features.0"),
+        ("conv2", "features.3"),
+        ("fc1", "classifier.0"),
+        ("fc2", "classifier.2"),
+        ("logits", "classifier.4"),
+    ];
+    let renamed: modelc::checkpoint::Tensors = base
+        .into_iter()
+        .map(|(k, v)| {
+            let (layer, rest) = k.split_once('.').expect("layer.kind");
+            let to = torch.iter().find(|(a, _)| *a == layer).expect("a layer").1;
+            (format!("{to}.{rest}"), v)
+        })
+        .collect();
+    let p = d.join("torch_style.safetensors");
+    modelc::checkpoint::save(&p, &renamed, Default::default()).expect("save");
+    p
+}
+
+/// Runs `train` on the finetune spec with its weights line and `map` lines
+/// replaced; returns (code, stdout, stderr with the folder as `DIR`).
+fn train_with(d: &Path, spec: &Path, weights: &Path, maps: &str) -> (i32, String, String) {
+    let text = std::fs::read_to_string(spec).expect("spec");
+    let line = text.lines().find(|l| l.trim_start().starts_with("weights")).expect("weights line").to_string();
+    let text = text.replace(&line, &format!("  weights    \"{}\"\n{maps}", weights.display()));
+    let p = d.join("mapped.model");
+    std::fs::write(&p, text).expect("spec");
+    let out = d.join("mapped-run").to_string_lossy().into_owned();
+    let p_s = p.to_string_lossy().into_owned();
+    let (code, stdout, err) = modelc(&[&["train", &p_s, "--out", &out][..], SMALL].concat());
+    let dir = d.to_string_lossy().into_owned();
+    (code, stdout.replace(&dir, "DIR"), err.replace(&dir, "DIR"))
+}
+
+#[test]
+fn weights_load_by_name_through_map_and_the_report_says_what_happened() {
+    let d = dir("map");
+    let spec = setup(&d);
+    let torch = renamed_base(&d);
+    let maps = "  map \"features.0.*\" -> \"conv1.*\"\n  map \"features.3.*\" -> \"conv2.*\"\n  map \"classifier.0.*\" -> \"fc1.*\"\n  map \"classifier.2.*\" -> \"fc2.*\"\n  map \"classifier.4.*\" -> \"logits.*\"\n";
+    let (code, out, err) = train_with(&d, &spec, &torch, maps);
+    assert_eq!(code, 0, "{err}");
+    let report = out.lines().find(|l| l.starts_with("weights from")).expect("a report");
+    insta::assert_snapshot!("weight_load_report", report);
+    // Each way loading can fail, in the user's words.
+    let cases: &[(&str, &str)] = &[
+        ("unmapped", ""),
+        ("map_matches_nothing", "  map \"features.9.*\" -> \"conv1.*\"\n"),
+        ("map_collides", "  map \"features.0.*\" -> \"conv1.*\"\n  map \"features.3.*\" -> \"conv1.*\"\n"),
+    ];
+    for (name, maps) in cases {
+        let (code, _, err) = train_with(&d, &spec, &torch, maps);
+        assert_eq!(code, 1, "{name}");
+        insta::assert_snapshot!(format!("weight_load_error_{name}"), err);
+    }
+    // A shape that does not fit a tensor that is loaded, not replaced.
+    let mut bad = modelc::checkpoint::load(&d.join("base/last.safetensors")).expect("base");
+    bad.insert("fc1.bias".into(), (vec![7], vec![0.0; 7]));
+    let bad_path = d.join("bad_shape.safetensors");
+    modelc::checkpoint::save(&bad_path, &bad, Default::default()).expect("save");
+    let (code, _, err) = train_with(&d, &spec, &bad_path, "");
+    assert_eq!(code, 1);
+    insta::assert_snapshot!("weight_load_error_shape", err);
+    // Nothing of the model in the file.
+    let none: modelc::checkpoint::Tensors =
+        [("logits.weight".to_string(), (vec![5, 84], vec![0.0; 420]))].into_iter().collect();
+    let none_path = d.join("only_head.safetensors");
+    modelc::checkpoint::save(&none_path, &none, Default::default()).expect("save");
+    let (code, _, err) = train_with(&d, &spec, &none_path, "");
+    assert_eq!(code, 1);
+    insta::assert_snapshot!("weight_load_error_nothing", err);
+    std::fs::remove_dir_all(&d).ok();
+}

@@ -240,6 +240,18 @@ pub enum CheckError {
         help: Option<String>,
     },
 
+    #[error("`map \"{from}\" -> \"{to}\"`: each side takes at most one `*`, and both the same number")]
+    #[diagnostic(
+        code(E0311),
+        help("e.g. `map \"features.0.*\" -> \"conv1.*\"` or `map \"fc.weight\" -> \"logits.weight\"`")
+    )]
+    BadMap {
+        from: String,
+        to: String,
+        #[label("this rename")]
+        span: SourceSpan,
+    },
+
     // ------------------------------------------------------------ shapes and types
     #[error("shape mismatch in `{op}`: {left} and {right} do not broadcast")]
     #[diagnostic(code(E0400))]

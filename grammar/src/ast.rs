@@ -263,5 +263,12 @@ pub enum FinetuneStmt {
         value: Expr,
         span: Span,
     },
+    /// `map "FROM" -> "TO"`: tensors of the weights file named by FROM (a
+    /// `*` matches any text) are loaded as TO (its `*` gets the same text).
+    Map {
+        from: String,
+        to: String,
+        span: Span,
+    },
     Setting(Setting),
 }

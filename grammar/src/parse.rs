@@ -599,6 +599,13 @@ impl<'s> Builder<'s> {
                             body.push(FinetuneStmt::Target { name, ty, span: psp });
                         }
                     }
+                    Rule::map_decl => {
+                        let mut j = p.into_inner();
+                        if let (Some(a), Some(b)) = (j.next(), j.next()) {
+                            let (from, to) = (self.string(a), self.string(b));
+                            body.push(FinetuneStmt::Map { from, to, span: psp });
+                        }
+                    }
                     Rule::replace => {
                         let mut j = p.into_inner();
                         let name = ident(j.next());

@@ -94,6 +94,46 @@ fn sync_dir(path: &Path) {
     }
 }
 
+/// Renames tensors by `(from, to)` patterns, the first that matches a name
+/// winning; a `*` in `from` matches any text, which replaces the `*` of `to`.
+/// Returns the renamed tensors and how many were renamed; a pattern that
+/// matches no tensor is an error naming the file's tensors.
+pub fn rename(path: &Path, t: Tensors, renames: &[(String, String)]) -> Result<(Tensors, usize), String> {
+    let matches = |pat: &str, name: &str| -> Option<String> {
+        match pat.split_once('*') {
+            None => (pat == name).then(String::new),
+            Some((pre, post)) => name.strip_prefix(pre).and_then(|rest| rest.strip_suffix(post)).map(String::from),
+        }
+    };
+    let mut used = vec![false; renames.len()];
+    let mut out = Tensors::new();
+    let mut renamed = 0;
+    let names: Vec<String> = t.keys().cloned().collect();
+    for (name, value) in t {
+        let hit = renames.iter().enumerate().find_map(|(i, (from, to))| Some((i, to, matches(from, &name)?)));
+        let new = match hit {
+            Some((i, to, star)) => {
+                used[i] = true;
+                renamed += 1;
+                to.replacen('*', &star, 1)
+            }
+            None => name,
+        };
+        if out.insert(new.clone(), value).is_some() {
+            return Err(format!("{}: two tensors are renamed to `{new}`", path.display()));
+        }
+    }
+    if let Some(i) = used.iter().position(|u| !u) {
+        let (from, to) = &renames[i];
+        return Err(format!(
+            "`map \"{from}\" -> \"{to}\"` matches no tensor of {} (it has: {})",
+            path.display(),
+            names.join(", ")
+        ));
+    }
+    Ok((out, renamed))
+}
+
 /// Reads every tensor of `path` (f32 only).
 pub fn load(path: &Path) -> Result<Tensors, CheckpointError> {
     let bytes = std::fs::read(path).map_err(|source| CheckpointError::Read { path: path.to_path_buf(), source })?;

@@ -1011,22 +1011,35 @@ fn finetune_weights(f: &FinetuneInfo, seed: u64, out: &mut dyn Write) -> Result<
             f.name, f.base
         )
     })?;
+    let (loaded, renamed) = crate::checkpoint::rename(path, loaded, &f.renames)?;
     let in_file: Vec<String> = loaded.keys().cloned().collect();
     let expected: Vec<(String, Vec<usize>)> =
         f.model.params.iter().map(|p| (p.name.clone(), p.shape.iter().map(|d| *d as usize).collect())).collect();
-    let kept = crate::checkpoint::validate(path, loaded, &expected, &f.replaced).map_err(|e| e.to_string())?;
-    if kept.is_empty() {
-        return Err(format!("{}: no parameter of `{}` was loaded from it", path.display(), f.name));
+    let fresh_layer = |n: &str| f.replaced.iter().any(|r| n == r || n.starts_with(&format!("{r}.")));
+    if !expected.iter().any(|(n, _)| !fresh_layer(n) && loaded.contains_key(n)) {
+        let mut has: Vec<&str> = in_file.iter().map(String::as_str).take(12).collect();
+        if in_file.len() > has.len() {
+            has.push("…");
+        }
+        let example = expected.iter().find(|(n, _)| !fresh_layer(n)).map_or("conv1.weight", |(n, _)| n.as_str());
+        return Err(format!(
+            "{}: none of the tensors `{}` loads is in the file (it has: {}); if the file names them otherwise, add `map \"FROM.*\" -> \"TO.*\"` lines (the model's names are like `{example}`)",
+            path.display(),
+            f.name,
+            has.join(", ")
+        ));
     }
+    let kept = crate::checkpoint::validate(path, loaded, &expected, &f.replaced).map_err(|e| e.to_string())?;
     let mut params = crate::init::init(&f.model, seed)?;
     let fresh: Vec<String> = params.keys().filter(|k| !kept.contains_key(*k)).cloned().collect();
     let unused: Vec<&String> = in_file.iter().filter(|k| !kept.contains_key(*k)).collect();
     params.extend(kept.clone());
     let _ = writeln!(
         out,
-        "weights from {}: {} tensors loaded; newly initialized (replaced): {}; in the file but not used: {}",
+        "weights from {}: {} tensors loaded{}; newly initialized (replaced): {}; in the file but not used: {}",
         path.display(),
         kept.len(),
+        if renamed > 0 { format!(" ({renamed} renamed by `map`)") } else { String::new() },
         if fresh.is_empty() { "none".to_string() } else { fresh.join(", ") },
         if unused.is_empty() {
             "none".to_string()

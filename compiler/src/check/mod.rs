@@ -222,7 +222,7 @@ fn finetune(
                 }
                 overrides.targets.insert(name.name.clone(), ty);
             }
-            FinetuneStmt::Setting(_) => {}
+            FinetuneStmt::Setting(_) | FinetuneStmt::Map { .. } => {}
         }
     }
     let (model, model_errors): (ModelInfo, Vec<Located>) = model::ModelChecker::new(base_file, overrides).check(base);

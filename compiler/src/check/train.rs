@@ -201,6 +201,8 @@ pub struct FinetuneInfo {
     pub model: ModelInfo,
     /// Layer paths whose parameters start fresh rather than from `weights`.
     pub replaced: Vec<String>,
+    /// `map "FROM" -> "TO"` renames of the weights file's tensors, in order.
+    pub renames: Vec<(String, String)>,
     pub settings: TrainInfo,
     pub stages: Vec<StageInfo>,
     pub file: FileId,
@@ -971,12 +973,24 @@ impl<'a> SettingsChecker<'a> {
                 stages.push(s);
             }
         }
+        let mut renames = Vec::new();
+        for stmt in &f.body {
+            if let ast::FinetuneStmt::Map { from, to, span } = stmt {
+                let stars = |s: &str| s.matches('*').count();
+                if stars(from) > 1 || stars(from) != stars(to) {
+                    self.err(CheckError::BadMap { from: from.clone(), to: to.clone(), span: (*span).into() });
+                    continue;
+                }
+                renames.push((from.clone(), to.clone()));
+            }
+        }
         FinetuneInfo {
             name: f.name.name.clone(),
             base: f.base.name.clone(),
             weights,
             model,
             replaced,
+            renames,
             settings: info,
             stages,
             file: self.file,
