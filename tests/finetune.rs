@@ -44,7 +44,7 @@ fn a_finetune_trains_its_stages_from_its_weights() {
     let first = text.lines().next().expect("a first line");
     assert!(first.starts_with("training `lenet5_upper` (the one block in"), "{first}");
     assert!(
-        text.contains("8 tensors loaded; newly initialized (replaced): logits.bias, logits.weight; in the file but not used: logits.bias, logits.weight"),
+        text.contains("8 tensors loaded; newly initialized (replaced layers, LoRA adapters): logits.bias, logits.weight; in the file but not used: logits.bias, logits.weight"),
         "{text}"
     );
     assert!(
@@ -312,5 +312,75 @@ fn weights_load_by_name_through_map_and_the_report_says_what_happened() {
     let (code, _, err) = train_with(&d, &spec, &none_path, "");
     assert_eq!(code, 1);
     insta::assert_snapshot!("weight_load_error_nothing", err);
+    std::fs::remove_dir_all(&d).ok();
+}
+
+/// The logits (the node labelled `logits`) of `model` with `weights` on a
+/// fixed batch, by the f64 interpreter.
+fn logits(model: &modelc_compiler::check::ModelInfo, weights: &modelc::checkpoint::Tensors) -> Vec<f64> {
+    use modelc_compiler::interp::{self, Tensor};
+    use modelc_compiler::ir::lower::{self, Mode};
+    let mut g = lower::forward(model, Mode::Eval).expect("lowers");
+    let id = g.topo_order().into_iter().find(|n| g.node(*n).label.as_deref() == Some("logits")).expect("logits");
+    g.outputs.push(("the_logits".into(), id));
+    let mut inputs = modelc_compiler::gradcheck::random_inputs(&g, 3, &mut modelc_compiler::rng::Rng::new(4));
+    for (name, (shape, v)) in weights {
+        inputs.insert(name.clone(), Tensor::new(shape.clone(), v.iter().map(|x| *x as f64).collect()));
+    }
+    interp::outputs(&g, &inputs).expect("runs")["the_logits"].data.clone()
+}
+
+/// LoRA trains the adapters alone (the pretrained weights stay as loaded),
+/// `summary` counts them, and the merged export computes the same logits
+/// as the adapted model.
+#[test]
+fn lora_trains_only_the_adapters_and_merges_exactly() {
+    let d = dir("lora");
+    setup(&d);
+    let weights = d.join("base/last.safetensors");
+    let text = std::fs::read_to_string("specs/lenet5_lora.model")
+        .expect("spec")
+        .replace("runs/lenet5_lower/best.safetensors", &weights.to_string_lossy());
+    let spec = d.join("lora.model");
+    std::fs::write(&spec, text).expect("spec");
+    let spec_s = spec.to_string_lossy().into_owned();
+    let (code, out, err) = modelc(&["summary", &spec_s, "--format", "json"]);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).expect("json");
+    // fc1: A [4, 256] + B [120, 4]; fc2: A [4, 120] + B [84, 4]; the head 84·5 + 5.
+    assert_eq!(v["totals"]["trainable"], 4 * 256 + 120 * 4 + 4 * 120 + 84 * 4 + 425);
+    let run = d.join("run");
+    let (code, _, err) = modelc(&[&["train", &spec_s, "--out", &run.to_string_lossy()][..], SMALL].concat());
+    assert_eq!(code, 0, "{err}");
+    let base = modelc::checkpoint::load(&weights).expect("base");
+    let tuned = modelc::checkpoint::load(&run.join("last.safetensors")).expect("tuned");
+    for name in ["conv1.weight", "conv2.weight", "fc1.weight", "fc1.bias", "fc2.weight"] {
+        assert_eq!(tuned[name], base[name], "`{name}` stays as loaded");
+    }
+    assert!(tuned["fc1.lora_B"].1.iter().any(|x| *x != 0.0), "the adapters trained");
+    let (code, out, err) =
+        modelc(&["export", &spec_s, "--weights", &run.join("last.safetensors").to_string_lossy(), "--merge"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("merged 2 adapted layers"), "{out}");
+    let merged = modelc::checkpoint::load(&run.join("last.merged.safetensors")).expect("merged");
+    assert!(!merged.keys().any(|k| k.contains("lora")), "no adapters left");
+    // The adapted model, and the same model without adapters on the merged weights.
+    let (_, program, errors) = modelc_compiler::check_path(&spec).expect("readable");
+    assert!(errors.is_empty(), "{errors:?}");
+    let adapted = program.finetunes[0].model.clone();
+    let mut plain = adapted.clone();
+    for n in &mut plain.nodes {
+        if let modelc_compiler::check::Op::Layer { layer: modelc_compiler::check::layers::Layer::Dense { lora, .. } } =
+            &mut n.op
+        {
+            *lora = None;
+        }
+    }
+    plain.params.retain(|p| !p.name.contains("lora"));
+    let (a, b) = (logits(&adapted, &tuned), logits(&plain, &merged));
+    let scale = a.iter().fold(0f64, |m, x| m.max(x.abs()));
+    let worst = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0f64, f64::max) / scale;
+    assert!(worst <= 1e-5, "merged logits differ by {worst:e} (relative to the largest)");
+    println!("LoRA: merged export's logits within {worst:.1e} of the adapted model's");
     std::fs::remove_dir_all(&d).ok();
 }

@@ -203,7 +203,15 @@ fn tie_rules_are_the_documented_ones() {
 fn spec_model(path: &str) -> modelc_compiler::check::ModelInfo {
     let (_, program, errors) = check_spec(Path::new(path));
     assert!(errors.is_empty(), "{errors:?}");
-    program.models.first().cloned().or_else(|| program.finetunes.first().map(|f| f.model.clone())).expect("a model")
+    // The file's own model, else its finetune's (not an imported base).
+    let root = modelc_compiler::FileId(0);
+    program
+        .models
+        .iter()
+        .find(|m| m.file == root)
+        .cloned()
+        .or_else(|| program.finetunes.first().map(|f| f.model.clone()))
+        .expect("a model")
 }
 
 #[test]

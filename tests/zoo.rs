@@ -108,7 +108,7 @@ const ZOO: &[Entry] = &[
     },
     Entry {
         spec: "finetune",
-        covers: "import, finetune: weights, target, replace, stages with train/unfreeze/freeze/lr_scale, stage optimizer/schedule/weight_decay/batch, clip, early_stop(val_accuracy); every stage checked",
+        covers: "import, finetune: weights, target, replace, lora(rank, alpha), stages with train/unfreeze/freeze/lr_scale, stage optimizer/schedule/weight_decay/batch, clip, early_stop(val_accuracy); every stage checked",
         batch: 5,
     },
     Entry {

@@ -175,6 +175,23 @@ enum Command {
         #[arg(long)]
         svg: Option<PathBuf>,
     },
+    /// Write a finetune's checkpoint as plain weights: LoRA adapters merged into the layers they adapt.
+    Export {
+        /// The .model file.
+        file: PathBuf,
+        /// The finetune (default: the last block in the file).
+        #[arg(long)]
+        model: Option<String>,
+        /// The checkpoint to export (with its adapters).
+        #[arg(long)]
+        weights: PathBuf,
+        /// Fold every adapter into its layer: W + (alpha/rank)·B·A; the adapters are dropped.
+        #[arg(long)]
+        merge: bool,
+        /// Where to write (default: beside the checkpoint, NAME.merged.safetensors).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// Draw a run's curves (loss and metrics per epoch; stages marked) from its log, as SVG.
     Plot {
         /// The run's log.jsonl.
@@ -309,6 +326,9 @@ pub fn run(args: impl IntoIterator<Item = OsString>, out: &mut dyn Write, err: &
             schedule(&file, model.as_deref(), steps_per_epoch, limit, svg.as_deref(), out, err, color)
         }
         Command::Plot { log, out: svg } => plot(&log, svg.as_deref(), out),
+        Command::Export { file, model, weights, merge, out: to } => {
+            export(&file, model.as_deref(), &weights, merge, to.as_deref(), out, err, color)
+        }
         Command::Gradcheck { file, model, batch, samples, seed } => {
             gradcheck(&file, model.as_deref(), batch, samples, seed, out, err, color)
         }
@@ -1015,7 +1035,8 @@ fn finetune_weights(f: &FinetuneInfo, seed: u64, out: &mut dyn Write) -> Result<
     let in_file: Vec<String> = loaded.keys().cloned().collect();
     let expected: Vec<(String, Vec<usize>)> =
         f.model.params.iter().map(|p| (p.name.clone(), p.shape.iter().map(|d| *d as usize).collect())).collect();
-    let fresh_layer = |n: &str| f.replaced.iter().any(|r| n == r || n.starts_with(&format!("{r}.")));
+    let fresh_layer =
+        |n: &str| f.lora.iter().any(|l| l == n) || f.replaced.iter().any(|r| n == r || n.starts_with(&format!("{r}.")));
     if !expected.iter().any(|(n, _)| !fresh_layer(n) && loaded.contains_key(n)) {
         let mut has: Vec<&str> = in_file.iter().map(String::as_str).take(12).collect();
         if in_file.len() > has.len() {
@@ -1029,14 +1050,15 @@ fn finetune_weights(f: &FinetuneInfo, seed: u64, out: &mut dyn Write) -> Result<
             has.join(", ")
         ));
     }
-    let kept = crate::checkpoint::validate(path, loaded, &expected, &f.replaced).map_err(|e| e.to_string())?;
+    let fresh_names: Vec<String> = f.replaced.iter().chain(&f.lora).cloned().collect();
+    let kept = crate::checkpoint::validate(path, loaded, &expected, &fresh_names).map_err(|e| e.to_string())?;
     let mut params = crate::init::init(&f.model, seed)?;
     let fresh: Vec<String> = params.keys().filter(|k| !kept.contains_key(*k)).cloned().collect();
     let unused: Vec<&String> = in_file.iter().filter(|k| !kept.contains_key(*k)).collect();
     params.extend(kept.clone());
     let _ = writeln!(
         out,
-        "weights from {}: {} tensors loaded{}; newly initialized (replaced): {}; in the file but not used: {}",
+        "weights from {}: {} tensors loaded{}; newly initialized (replaced layers, LoRA adapters): {}; in the file but not used: {}",
         path.display(),
         kept.len(),
         if renamed > 0 { format!(" ({renamed} renamed by `map`)") } else { String::new() },
@@ -1157,6 +1179,76 @@ fn schedule(
         let _ = writeln!(err, "drawn: {}", svg.display());
     }
     Ok(0)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn export(
+    path: &std::path::Path,
+    only: Option<&str>,
+    weights: &std::path::Path,
+    merge: bool,
+    to: Option<&std::path::Path>,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+    color: bool,
+) -> Result<i32> {
+    if !merge {
+        return Err("export writes merged weights: say --merge".into());
+    }
+    let Some((_, program)) = load(path, err, color)? else { return Ok(1) };
+    let (job, _) = pick_job(&program, only, path)?;
+    let Job::Finetune(f) = job else {
+        return Err("export --merge takes a finetune with `lora` adapters; a train block has none".into());
+    };
+    if f.lora.is_empty() {
+        return Err(format!("finetune `{}` has no `lora` adapters to merge", f.name));
+    }
+    let expected: Vec<(String, Vec<usize>)> =
+        f.model.params.iter().map(|p| (p.name.clone(), p.shape.iter().map(|d| *d as usize).collect())).collect();
+    let loaded = crate::checkpoint::load(weights).map_err(|e| e.to_string())?;
+    let mut t = crate::checkpoint::validate(weights, loaded, &expected, &[]).map_err(|e| e.to_string())?;
+    let merged = merge_lora(&f.model, &mut t)?;
+    let target = to.map(std::path::Path::to_path_buf).unwrap_or_else(|| {
+        let stem = weights.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+        weights.with_file_name(format!("{stem}.merged.safetensors"))
+    });
+    let meta = std::collections::BTreeMap::from([("model".to_string(), f.model.name.clone())]);
+    crate::checkpoint::save(&target, &t, meta).map_err(|e| e.to_string())?;
+    let _ = writeln!(out, "merged {merged} adapted layers into {} ({} tensors)", target.display(), t.len());
+    Ok(0)
+}
+
+/// Folds every LoRA adapter of `model` into its dense layer's weight,
+/// `W + (alpha/rank)·B·A`, and drops the adapters. Returns how many layers.
+pub fn merge_lora(model: &ModelInfo, t: &mut crate::checkpoint::Tensors) -> Result<usize> {
+    use modelc_compiler::check::layers::Layer;
+    let mut merged = 0;
+    for (i, node) in model.nodes.iter().enumerate() {
+        let modelc_compiler::check::Op::Layer { layer: Layer::Dense { lora: Some(l), .. } } = &node.op else {
+            continue;
+        };
+        let layer = model
+            .params
+            .iter()
+            .find(|p| p.node == i)
+            .map(|p| p.layer.clone())
+            .ok_or("an adapted layer without parameters")?;
+        let (a, b) = (format!("{layer}.lora_A"), format!("{layer}.lora_B"));
+        let (Some((_, av)), Some((_, bv))) = (t.remove(&a), t.remove(&b)) else {
+            return Err(format!("the checkpoint lacks `{a}` or `{b}`"));
+        };
+        let w = t.get_mut(&format!("{layer}.weight")).ok_or(format!("the checkpoint lacks `{layer}.weight`"))?;
+        let (out_dim, in_dim, r) = (w.0[0], w.0[1], l.rank as usize);
+        let k = l.alpha / l.rank.max(1) as f64;
+        for o in 0..out_dim {
+            for j in 0..in_dim {
+                let s: f64 = (0..r).map(|q| bv[o * r + q] as f64 * av[q * in_dim + j] as f64).sum();
+                w.1[o * in_dim + j] = (w.1[o * in_dim + j] as f64 + k * s) as f32;
+            }
+        }
+        merged += 1;
+    }
+    Ok(merged)
 }
 
 fn plot(log: &std::path::Path, svg: Option<&std::path::Path>, out: &mut dyn Write) -> Result<i32> {

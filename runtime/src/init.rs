@@ -3,7 +3,8 @@
 //! distribution; the random streams differ).
 //!
 //! - dense, conv2d (nn.Linear, nn.Conv2d): weight and bias uniform in
-//!   ±1/√fan_in (kaiming_uniform with a = √5);
+//!   ±1/√fan_in (kaiming_uniform with a = √5); LoRA adapters as PEFT's: A
+//!   like the weight, B zeros;
 //! - embed (nn.Embedding): N(0, 1);
 //! - layernorm: weight 1, bias 0;
 //! - attention (nn.MultiheadAttention): in_proj_weight xavier-uniform,
@@ -32,6 +33,8 @@ pub fn init(model: &ModelInfo, seed: u64) -> Result<Tensors, String> {
         let mut uniform =
             |bound: f64| -> Vec<f32> { (0..n).map(|_| ((rng.uniform(0.0, 1.0) * 2.0 - 1.0) * bound) as f32).collect() };
         let data = match (layer, suffix) {
+            // LoRA's B starts at zero: the adapted layer starts as loaded.
+            (Some(Layer::Dense { .. }), "lora_B") => vec![0.0; n],
             (Some(Layer::Dense { .. } | Layer::Conv2d { .. }), _) => uniform(1.0 / fan_in(model, p).sqrt()),
             (Some(Layer::Layernorm { .. }), "weight") => vec![1.0; n],
             (Some(Layer::Layernorm { .. }), _) => vec![0.0; n],

@@ -12,26 +12,69 @@ use serde::Serialize;
 use super::args::{opt, req, Bound, Default as D, Param, Ty};
 use super::types::{DType, Dim, Shape, TensorType};
 
+/// Low-rank adapters of a dense layer (LoRA, Hu et al. 2021):
+/// `y = x Wᵀ + b + (alpha / rank) · x Aᵀ Bᵀ`, with `B` starting at zero so
+/// that the adapted layer starts as the pretrained one.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub struct Lora {
+    pub rank: u64,
+    pub alpha: f64,
+}
+
 /// A layer with its arguments resolved.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum Layer {
-    Dense { units: u64, bias: bool },
-    Conv2d { filters: u64, kernel: (u64, u64), stride: (u64, u64), padding: (u64, u64), bias: bool },
-    Maxpool { size: (u64, u64), stride: (u64, u64) },
-    Avgpool { size: (u64, u64), stride: (u64, u64) },
+    /// `lora`: low-rank adapters added by a finetune (`lora` setting).
+    Dense {
+        units: u64,
+        bias: bool,
+        lora: Option<Lora>,
+    },
+    Conv2d {
+        filters: u64,
+        kernel: (u64, u64),
+        stride: (u64, u64),
+        padding: (u64, u64),
+        bias: bool,
+    },
+    Maxpool {
+        size: (u64, u64),
+        stride: (u64, u64),
+    },
+    Avgpool {
+        size: (u64, u64),
+        stride: (u64, u64),
+    },
     Flatten,
-    Dropout { rate: f64 },
+    Dropout {
+        rate: f64,
+    },
     Relu,
     Sigmoid,
     Tanh,
     Gelu,
-    Softmax { axis: usize },
-    Layernorm { eps: f64 },
-    Embed { vocab: u64, dim: u64 },
-    Positions { length: u64, dim: u64 },
-    Attention { heads: u64, causal: bool },
-    Concat { axis: usize },
+    Softmax {
+        axis: usize,
+    },
+    Layernorm {
+        eps: f64,
+    },
+    Embed {
+        vocab: u64,
+        dim: u64,
+    },
+    Positions {
+        length: u64,
+        dim: u64,
+    },
+    Attention {
+        heads: u64,
+        causal: bool,
+    },
+    Concat {
+        axis: usize,
+    },
     Add,
 }
 
@@ -278,7 +321,7 @@ pub fn layer(name: &str, a: &Bound, input_rank: usize) -> Option<Layer> {
         _ => a.pair("padding"),
     };
     Some(match name {
-        "dense" => Layer::Dense { units: a.uint("units"), bias: a.bool("bias") },
+        "dense" => Layer::Dense { units: a.uint("units"), bias: a.bool("bias"), lora: None },
         "conv2d" => Layer::Conv2d {
             filters: a.uint("filters"),
             kernel: a.pair("kernel"),
@@ -546,10 +589,15 @@ fn window_out(size: u64, k: u64, stride: u64, pad: u64) -> Option<u64> {
 pub fn params(layer: &Layer, inputs: &[TensorType]) -> Vec<(&'static str, Vec<u64>)> {
     let last = inputs.first().and_then(|t| t.shape.last()).unwrap_or(0);
     match layer {
-        Layer::Dense { units, bias } => {
+        Layer::Dense { units, bias, lora } => {
             let mut p = vec![("weight", vec![*units, last])];
             if *bias {
                 p.push(("bias", vec![*units]));
+            }
+            if let Some(l) = lora {
+                // As PEFT's: A [rank, in], B [out, rank].
+                p.push(("lora_A", vec![l.rank, last]));
+                p.push(("lora_B", vec![*units, l.rank]));
             }
             p
         }
@@ -581,10 +629,15 @@ pub fn flops(layer: &Layer, inputs: &[TensorType], out: &TensorType) -> u64 {
     let out_elems = out.shape.sample_elements();
     let first = inputs.first();
     match layer {
-        Layer::Dense { units, bias } => {
+        Layer::Dense { units, bias, lora } => {
             let fan_in = first.and_then(|t| t.shape.last()).unwrap_or(0);
             let rows = out_elems / (*units).max(1);
-            p(&[rows, 2, fan_in, *units]).saturating_add(if *bias { p(&[rows, *units]) } else { 0 })
+            let adapters = lora
+                .as_ref()
+                .map_or(0, |l| p(&[rows, 2, l.rank, fan_in + *units]).saturating_add(p(&[rows, 2, *units])));
+            p(&[rows, 2, fan_in, *units])
+                .saturating_add(if *bias { p(&[rows, *units]) } else { 0 })
+                .saturating_add(adapters)
         }
         Layer::Conv2d { kernel, bias, .. } => {
             let c = first.and_then(|t| image_dims(&t.shape)).map(|d| d.0).unwrap_or(0);

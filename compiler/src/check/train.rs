@@ -203,6 +203,8 @@ pub struct FinetuneInfo {
     pub replaced: Vec<String>,
     /// `map "FROM" -> "TO"` renames of the weights file's tensors, in order.
     pub renames: Vec<(String, String)>,
+    /// The LoRA adapters' parameters (`fc1.lora_A`, …): fresh, not loaded.
+    pub lora: Vec<String>,
     pub settings: TrainInfo,
     pub stages: Vec<StageInfo>,
     pub file: FileId,
@@ -347,6 +349,7 @@ const SETTINGS: &[(&str, Option<Param>, &[Block])] = &[
     ("seed", Some(req("value", Ty::NON_NEGATIVE_INT)), &[Block::Train, Block::Finetune]),
     ("validation", Some(req("fraction", Ty::FRACTION)), &[Block::Train, Block::Finetune]),
     ("weights", Some(req("path", Ty::Str)), &[Block::Finetune]),
+    ("lora", None, &[Block::Finetune]),
     ("train", None, &[Block::Stage]),
     ("freeze", None, &[Block::Stage]),
     ("unfreeze", None, &[Block::Stage]),
@@ -368,6 +371,8 @@ pub fn run_setting(key: &str) -> Option<Ty> {
 
 /// The keys [`run_setting`] knows, in the order `--help` lists them.
 pub const RUN_SETTINGS: &[&str] = &["epochs", "batch", "seed", "limit", "test_limit", "data", "out"];
+
+const LORA: &[Param] = &[req("rank", Ty::POSITIVE_INT), opt("alpha", Ty::POSITIVE, D::Float(1.0))];
 
 const EARLY_STOP: &[Param] = &[
     req("patience", Ty::POSITIVE_INT),
@@ -914,7 +919,7 @@ impl<'a> SettingsChecker<'a> {
 
     /// Checks a finetune block; `model` is the base model with the finetune's
     /// overrides applied.
-    pub fn finetune(&mut self, f: &ast::Finetune, model: ModelInfo, replaced: Vec<String>) -> FinetuneInfo {
+    pub fn finetune(&mut self, f: &ast::Finetune, mut model: ModelInfo, replaced: Vec<String>) -> FinetuneInfo {
         let settings: Vec<Setting> = f
             .body
             .iter()
@@ -954,6 +959,10 @@ impl<'a> SettingsChecker<'a> {
                 help: Some("add one, e.g. `stage head { epochs 2; train logits }`".into()),
             });
         }
+        let (lora_layers, lora) = match raw.items.iter().find(|(k, _, _)| k.name == "lora") {
+            Some((k, args, _)) => self.lora(k, args, &mut model),
+            None => (Vec::new(), Vec::new()),
+        };
         let mut stages = Vec::new();
         let mut trainable: BTreeSet<String> = model.params.iter().map(|p| p.name.clone()).collect();
         let mut stage_names: BTreeMap<String, Span> = BTreeMap::new();
@@ -969,7 +978,12 @@ impl<'a> SettingsChecker<'a> {
                 continue;
             }
             stage_names.insert(st.name.name.clone(), st.name.span);
-            if let Some(s) = self.stage(st, &model, &info, &mut trainable) {
+            if let Some(mut s) = self.stage(st, &model, &info, &mut trainable) {
+                // A layer with adapters trains through them: its own weights
+                // stay as loaded.
+                s.trainable.retain(|p| {
+                    lora.contains(p) || !model.params.iter().any(|q| q.name == *p && lora_layers.contains(&q.layer))
+                });
                 stages.push(s);
             }
         }
@@ -991,11 +1005,64 @@ impl<'a> SettingsChecker<'a> {
             model,
             replaced,
             renames,
+            lora,
             settings: info,
             stages,
             file: self.file,
             span: f.span,
         }
+    }
+
+    /// `lora LAYER, …, rank: R, alpha: A`: adapters on dense layers. Returns
+    /// the adapted layers and the adapters' parameter names.
+    fn lora(&mut self, key: &ast::Ident, args: &[Arg], model: &mut ModelInfo) -> (Vec<String>, Vec<String>) {
+        let (named, layers): (Vec<&Arg>, Vec<&Arg>) = args.iter().partition(|a| a.name.is_some());
+        let mut errs = Vec::new();
+        let b = bind("lora", key.span, LORA, &named, &mut errs);
+        let failed = !errs.is_empty() || b.incomplete;
+        for e in errs {
+            self.err(e);
+        }
+        let Some(sel) = self.select(key, &layers.into_iter().cloned().collect::<Vec<_>>(), model, "adapt") else {
+            return (vec![], vec![]);
+        };
+        if failed {
+            return (vec![], vec![]);
+        }
+        let l = super::layers::Lora { rank: b.uint("rank"), alpha: b.float("alpha") };
+        let mut adapted: Vec<String> = Vec::new();
+        for p in &model.params {
+            if sel.contains(&p.name) && !adapted.contains(&p.layer) {
+                adapted.push(p.layer.clone());
+            }
+        }
+        let mut names = Vec::new();
+        for layer in &adapted {
+            let Some(node) = model.params.iter().find(|p| p.layer == *layer).map(|p| p.node) else { continue };
+            let units = match &mut model.nodes[node].op {
+                super::Op::Layer { layer: super::layers::Layer::Dense { units, lora, .. } } => {
+                    *lora = Some(l);
+                    *units
+                }
+                _ => {
+                    self.err(CheckError::NoParameters {
+                        name: layer.clone(),
+                        action: "adapt",
+                        span: key.span.into(),
+                        help: Some("LoRA adapts dense layers".into()),
+                    });
+                    continue;
+                }
+            };
+            let fan_in = model.params.iter().find(|p| p.layer == *layer).map_or(0, |p| p.shape[1]);
+            for (suffix, shape) in [("lora_A", vec![l.rank, fan_in]), ("lora_B", vec![units, l.rank])] {
+                let name = format!("{layer}.{suffix}");
+                let at = model.params.iter().rposition(|p| p.node == node).map_or(model.params.len(), |i| i + 1);
+                model.params.insert(at, super::ParamInfo { name: name.clone(), shape, layer: layer.clone(), node });
+                names.push(name);
+            }
+        }
+        (adapted, names)
     }
 
     fn stage(

@@ -216,14 +216,23 @@ fn layer_op(
     let x = ins.first().copied();
     let x0 = || x.expect("a layer with an input");
     Ok(match layer {
-        Layer::Dense { bias, .. } => {
+        Layer::Dense { bias, lora, .. } => {
             // y = x Wᵀ + b, with W [units, in] as in nn.Linear.
             let wt = b.permute(params[0], vec![1, 0])?;
             let y = b.matmul(x0(), wt)?;
-            if *bias {
-                b.add(y, params[1])?
-            } else {
-                y
+            let y = if *bias { b.add(y, params[1])? } else { y };
+            match lora {
+                // + (alpha / rank) · (x Aᵀ) Bᵀ: two thin matmuls.
+                Some(l) => {
+                    let k = usize::from(*bias);
+                    let at = b.permute(params[1 + k], vec![1, 0])?;
+                    let bt = b.permute(params[2 + k], vec![1, 0])?;
+                    let low = b.matmul(x0(), at)?;
+                    let up = b.matmul(low, bt)?;
+                    let up = b.scale(up, l.alpha / l.rank.max(1) as f64)?;
+                    b.add(y, up)?
+                }
+                None => y,
             }
         }
         Layer::Conv2d { filters, kernel, stride, padding, bias } => {
