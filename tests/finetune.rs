@@ -384,3 +384,54 @@ fn lora_trains_only_the_adapters_and_merges_exactly() {
     println!("LoRA: merged export's logits within {worst:.1e} of the adapted model's");
     std::fs::remove_dir_all(&d).ok();
 }
+
+/// Weights written by PyTorch (`tests/fixtures/torch/gen_lenet5.py`) give
+/// PyTorch's logits on the same batch, loaded by name or through `map`.
+#[test]
+fn pytorch_weights_give_pytorchs_logits() {
+    let fixture: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string("tests/fixtures/torch/lenet5_logits.json").expect("fixture"))
+            .expect("json");
+    let floats =
+        |k: &str| -> Vec<f64> { fixture[k].as_array().expect(k).iter().map(|v| v.as_f64().expect("number")).collect() };
+    let (input, want) = (floats("input"), floats("logits"));
+    let (_, program, errors) = modelc_compiler::check_path(Path::new("specs/lenet5.model")).expect("readable");
+    assert!(errors.is_empty());
+    let model = &program.models[0];
+    let logits_on = |weights: &modelc::checkpoint::Tensors| -> Vec<f64> {
+        use modelc_compiler::interp::{self, Tensor};
+        use modelc_compiler::ir::lower::{self, Mode};
+        let mut g = lower::forward(model, Mode::Eval).expect("lowers");
+        let id = g.topo_order().into_iter().find(|n| g.node(*n).label.as_deref() == Some("logits")).expect("logits");
+        g.outputs.push(("the_logits".into(), id));
+        let mut inputs = modelc_compiler::gradcheck::random_inputs(&g, 4, &mut modelc_compiler::rng::Rng::new(1));
+        inputs.insert("image".into(), Tensor::new(vec![4, 1, 28, 28], input.clone()));
+        for (name, (shape, v)) in weights {
+            inputs.insert(name.clone(), Tensor::new(shape.clone(), v.iter().map(|x| *x as f64).collect()));
+        }
+        interp::outputs(&g, &inputs).expect("runs")["the_logits"].data.clone()
+    };
+    let expected: Vec<(String, Vec<usize>)> =
+        model.params.iter().map(|p| (p.name.clone(), p.shape.iter().map(|d| *d as usize).collect())).collect();
+    let direct = Path::new("tests/fixtures/torch/lenet5.safetensors");
+    let by_name = modelc::checkpoint::load(direct).expect("loads");
+    let by_name = modelc::checkpoint::validate(direct, by_name, &expected, &[]).expect("every name fits");
+    let renamed_path = Path::new("tests/fixtures/torch/lenet5_renamed.safetensors");
+    let maps: Vec<(String, String)> = std::fs::read_to_string("tests/fixtures/torch/lenet5_renamed.map.txt")
+        .expect("map")
+        .lines()
+        .filter_map(|l| l.split_once(" -> ").map(|(a, b)| (a.trim().to_string(), b.trim().to_string())))
+        .collect();
+    let (renamed, n) =
+        modelc::checkpoint::rename(renamed_path, modelc::checkpoint::load(renamed_path).expect("loads"), &maps)
+            .expect("renames");
+    assert_eq!(n, 10);
+    let renamed = modelc::checkpoint::validate(renamed_path, renamed, &expected, &[]).expect("every name fits");
+    let scale = want.iter().fold(0f64, |m, x| m.max(x.abs()));
+    for (how, w) in [("by name", &by_name), ("through map", &renamed)] {
+        let got = logits_on(w);
+        let worst = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f64, f64::max) / scale;
+        assert!(worst <= 1e-5, "{how}: logits differ from PyTorch's by {worst:e} (relative to the largest)");
+        println!("PyTorch LeNet-5 {how}: logits within {worst:.1e} of PyTorch's (f32 in torch, f64 here)");
+    }
+}

@@ -129,7 +129,12 @@ impl Interpreter {
         let predictions = predictions
             .then(|| {
                 out.get("predictions")
-                    .or_else(|| out.iter().find(|(k, _)| k.starts_with("predictions.")).map(|(_, t)| t))
+                    .or_else(|| {
+                        let mut named: Vec<(&String, &Tensor)> =
+                            out.iter().filter(|(k, _)| k.starts_with("predictions.")).collect();
+                        named.sort_by(|a, b| a.0.cmp(b.0));
+                        named.first().map(|(_, t)| *t)
+                    })
                     .map(|t| t.data.iter().map(|v| *v as f32).collect())
             })
             .flatten()
@@ -257,12 +262,15 @@ impl Compiled {
             }
         }
         let params = model.params.iter().map(|p| p.name.clone()).collect();
-        let predictions = eval
-            .graph()
-            .outputs
-            .iter()
-            .find(|(k, _)| k == "predictions" || k.starts_with("predictions."))
-            .map(|(k, _)| k.clone());
+        // As the interpreter: the loss head's `predictions`, else the first
+        // metric head's (by name).
+        let outputs = &eval.graph().outputs;
+        let predictions = outputs.iter().find(|(k, _)| k == "predictions").map(|(k, _)| k.clone()).or_else(|| {
+            let mut named: Vec<&String> =
+                outputs.iter().map(|(k, _)| k).filter(|k| k.starts_with("predictions.")).collect();
+            named.sort();
+            named.first().map(|k| k.to_string())
+        });
         Ok(Compiled { step, eval, data, target, tensors, params, accuracy: accuracy_output(model), predictions })
     }
 
