@@ -10,6 +10,7 @@ mod finetune;
 mod ir;
 mod limits;
 mod metrics;
+mod optim;
 mod passes;
 mod props;
 mod runs;

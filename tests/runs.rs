@@ -441,3 +441,55 @@ fn images_of_the_wrong_size_are_refused_at_load() {
     );
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// Records the optimizer step each training step is given.
+struct Steps(Vec<u64>);
+
+impl Executor for Steps {
+    fn name(&self) -> &'static str {
+        "steps"
+    }
+    fn train_step(&mut self, _: &Batch, _: f64, step: u64, _: u64) -> Result<Stats, String> {
+        self.0.push(step);
+        Ok(Stats { loss: 1.0, accuracy: None, predictions: vec![] })
+    }
+    fn evaluate(&mut self, b: &Batch) -> Result<Stats, String> {
+        Ok(Stats { loss: 1.0, accuracy: None, predictions: vec![0.0; b.n] })
+    }
+    fn parameters(&self) -> modelc::checkpoint::Tensors {
+        Default::default()
+    }
+    fn set_parameters(&mut self, _: &modelc::checkpoint::Tensors) {}
+    fn state(&self) -> modelc::checkpoint::Tensors {
+        Default::default()
+    }
+    fn first_non_finite(&self) -> Option<String> {
+        None
+    }
+}
+
+/// A stage that starts its optimizer afresh counts its steps from 1 (Adam's
+/// bias corrections as torch's per-parameter step), one that carries state
+/// goes on from where it stood; before, every stage used the run's global
+/// step, so a later stage's first Adam updates were ~2-3× torch's.
+#[test]
+fn a_stage_counts_optimizer_steps_from_its_own_start() {
+    let (_, program, _) = crate::check_spec(Path::new("specs/xor.model"));
+    let (model, info) = (&program.models[0], &program.trains[0]);
+    for (carried, first) in [(0, 1), (7, 8)] {
+        let stage =
+            modelc::train::StageRun { name: "later".into(), first_epoch: 5, first_step: 50, optimizer_steps: carried };
+        let opts = modelc::train::Options {
+            epochs: Some(2),
+            out: out_dir(&format!("steps-{carried}")),
+            stage: Some(stage),
+            ..Default::default()
+        };
+        let data = modelc::train::load(info.data.as_ref().expect("data"), model, info, &opts).expect("data");
+        let mut exec = Steps(vec![]);
+        let o = modelc::train::run(&mut exec, model, info, &data, &opts, &mut Vec::new()).expect("trains");
+        assert_eq!(exec.0, [first, first + 1], "xor: one step an epoch");
+        assert_eq!((o.step, o.optimizer_steps), (52, carried + 2));
+        std::fs::remove_dir_all(&opts.out).ok();
+    }
+}

@@ -912,7 +912,8 @@ fn train(
             let data = crate::train::load(data_source, model, &f.settings, &opts)?;
             let mut params = finetune_weights(f, opts.seed.unwrap_or(f.settings.seed), out)?;
             let mut state = crate::checkpoint::Tensors::new();
-            let (mut epoch, mut step) = (0, 0);
+            let (mut epoch, mut step, mut optimizer_steps) = (0, 0, 0);
+            let mut previous: Option<&str> = None;
             let mut last = None;
             for ((info, cfg), st) in stages.iter().zip(&f.stages) {
                 // The stage switch: its own step compiled, state carried.
@@ -921,8 +922,11 @@ fn train(
                 // Optimizer state goes on for what goes on training with the
                 // same optimizer (same names and shapes); the rest starts at 0.
                 let fresh = exec.state();
-                let carried: crate::checkpoint::Tensors =
-                    state.into_iter().filter(|(n, (s, _))| fresh.get(n).is_some_and(|(fs, _)| fs == s)).collect();
+                let same_optimizer = previous == Some(cfg.optimizer.name());
+                let carried: crate::checkpoint::Tensors = state
+                    .into_iter()
+                    .filter(|(n, (s, _))| same_optimizer && fresh.get(n).is_some_and(|(fs, _)| fs == s))
+                    .collect();
                 let kept = carried.len();
                 exec.set_parameters(&carried);
                 let _ = writeln!(
@@ -935,12 +939,18 @@ fn train(
                     kept,
                     1e3 * switch.elapsed().as_secs_f64()
                 );
-                opts.stage =
-                    Some(crate::train::StageRun { name: st.name.clone(), first_epoch: epoch, first_step: step });
+                opts.stage = Some(crate::train::StageRun {
+                    name: st.name.clone(),
+                    first_epoch: epoch,
+                    first_step: step,
+                    optimizer_steps: if kept > 0 { optimizer_steps } else { 0 },
+                });
                 let outcome = crate::train::run(exec.as_mut(), model, info, &data, &opts, out)?;
                 params = exec.parameters();
                 state = exec.state();
                 step = outcome.step;
+                optimizer_steps = outcome.optimizer_steps;
+                previous = Some(cfg.optimizer.name());
                 epoch += st.epochs;
                 last = Some(outcome);
             }

@@ -55,6 +55,10 @@ pub struct StageRun {
     pub name: String,
     pub first_epoch: u64,
     pub first_step: u64,
+    /// Optimizer steps the carried optimizer state has already taken (its
+    /// bias corrections go on from there, as torch's per-parameter step);
+    /// 0 when the stage starts its optimizer afresh.
+    pub optimizer_steps: u64,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -104,6 +108,8 @@ fn prf(e: &Evaluation) -> Option<Prf> {
 pub struct Outcome {
     /// The run's step count at the end.
     pub step: u64,
+    /// The optimizer's own step count at the end (see [`StageRun`]).
+    pub optimizer_steps: u64,
     pub epochs: Vec<EpochLog>,
     /// The loss of every step, in order.
     pub losses: Vec<f64>,
@@ -347,6 +353,8 @@ struct RunState {
     stage: Option<String>,
     /// Reduce-on-plateau's state.
     plateau: Plateau,
+    /// The stage's [`StageRun::optimizer_steps`].
+    optimizer_base: u64,
 }
 
 impl RunState {
@@ -366,6 +374,9 @@ impl RunState {
         }
         if let Some(s) = &self.stage {
             m.insert("stage".into(), s.clone());
+        }
+        if self.optimizer_base > 0 {
+            m.insert("optimizer_base".into(), self.optimizer_base.to_string());
         }
         if self.plateau != Plateau::default() {
             m.insert("plateau_factor".into(), format!("{:e}", self.plateau.factor));
@@ -394,7 +405,16 @@ impl RunState {
             best: float("plateau_best"),
             bad_epochs: m.get("plateau_bad_epochs").and_then(|v| v.parse().ok()).unwrap_or(0),
         };
-        Ok(RunState { epoch: num("epoch")?, step: num("step")?, first_loss: float("first_loss"), best, stage, plateau })
+        let optimizer_base = m.get("optimizer_base").and_then(|v| v.parse().ok()).unwrap_or(0);
+        Ok(RunState {
+            epoch: num("epoch")?,
+            step: num("step")?,
+            first_loss: float("first_loss"),
+            best,
+            stage,
+            plateau,
+            optimizer_base,
+        })
     }
 }
 
@@ -439,6 +459,7 @@ fn resume(exec: &mut dyn Executor, model: &ModelInfo, opts: &Options, out: &mut 
         progress.best = None;
         progress.first_loss = None;
         progress.plateau = Plateau::default();
+        progress.optimizer_base = opts.stage.as_ref().map_or(0, |s| s.optimizer_steps);
         checkpoint::validate(&state_path, carried, &present, &[]).map_err(|e| format!("cannot resume: {e}"))?
     };
     exec.set_parameters(&tensors);
@@ -509,7 +530,12 @@ pub fn run(
     let mut progress = if opts.resume {
         resume(exec, model, opts, out)?
     } else {
-        RunState { epoch: stage.first_epoch, step: stage.first_step, ..Default::default() }
+        RunState {
+            epoch: stage.first_epoch,
+            step: stage.first_step,
+            optimizer_base: stage.optimizer_steps,
+            ..Default::default()
+        }
     };
     progress.stage = opts.stage.as_ref().map(|s| s.name.clone());
     let first_epoch = progress.epoch.max(stage.first_epoch);
@@ -519,7 +545,15 @@ pub fn run(
     }
     if first_epoch >= end && opts.stage.is_some() {
         let _ = writeln!(out, "stage `{}` was finished before; going on", stage.name);
-        return Ok(Outcome { step: progress.step, epochs: vec![], losses: vec![], last, best: None, log: log_path });
+        return Ok(Outcome {
+            step: progress.step,
+            optimizer_steps: 0,
+            epochs: vec![],
+            losses: vec![],
+            last,
+            best: None,
+            log: log_path,
+        });
     }
     if first_epoch >= end {
         return Err(format!(
@@ -592,7 +626,10 @@ pub fn run(
                 * progress.plateau.factor;
             data.train.gather(idx, &mut x, &mut y);
             let batch = Batch { n: idx.len(), features: &x, labels: &y };
-            let s = exec.train_step(&batch, lr, step + 1, dropout_seed(seed, step + 1))?;
+            // The optimizer counts its own steps (Adam's bias corrections);
+            // dropout masks follow the run's.
+            let t = step - stage_start_step + progress.optimizer_base + 1;
+            let s = exec.train_step(&batch, lr, t, dropout_seed(seed, step + 1))?;
             if !s.loss.is_finite() {
                 return Err(diverged(format!("the loss became {}", s.loss), step + 1, epoch + 1, &*exec));
             }
@@ -740,7 +777,8 @@ pub fn run(
             let _ = writeln!(out, "early stopping: restored the weights of epoch {} (the best `{}`)", at + 1, es.on);
         }
     }
-    Ok(Outcome { step, epochs: logs, losses, last, best: saved_best, log: log_path })
+    let optimizer_steps = step - stage_start_step + progress.optimizer_base;
+    Ok(Outcome { step, optimizer_steps, epochs: logs, losses, last, best: saved_best, log: log_path })
 }
 
 /// The metrics a model declares, as the trainer reports them: the accuracy
