@@ -251,13 +251,14 @@ fn horner(b: &mut FunctionBuilder, x: Value, coefficients: &[f32]) -> Value {
 
 /// eˣ in f32: x = n·ln2 + r with |r| ≤ ln2/2 (ln2 split in two for
 /// exactness), eʳ by a degree-6 polynomial (Cephes' expf), 2ⁿ built in the
-/// exponent bits. Inputs are clamped to [−87.3, 88]: below, the result is the
-/// smallest normal (≈1e−38) rather than 0; above, e⁸⁸ rather than ∞. NaN
-/// stays NaN. Scalar or four lanes.
+/// exponent bits. Inputs are clamped to [−87.3, 88]: below, the result is 0
+/// (f32's subnormals are flushed); above, e⁸⁸ rather than ∞. NaN stays NaN.
+/// Scalar or four lanes.
 #[allow(clippy::excessive_precision)] // Cephes' coefficients as published; f32 rounds them.
 fn exp(b: &mut FunctionBuilder, x: Value) -> Value {
     let ty = b.func.dfg.value_type(x);
     let (lo, hi) = (fk(b, ty, -87.336_54), fk(b, ty, 88.0));
+    let under = b.ins().fcmp(FloatCC::LessThan, x, lo);
     let x = b.ins().fmax(x, lo);
     let x = b.ins().fmin(x, hi);
     let log2e = fk(b, ty, std::f32::consts::LOG2_E);
@@ -281,7 +282,11 @@ fn exp(b: &mut FunctionBuilder, x: Value) -> Value {
     let biased = b.ins().iadd(ni, bias);
     let bits = b.ins().ishl_imm_u(biased, 23);
     let scale = b.ins().bitcast(ty, MemFlagsData::new(), bits);
-    b.ins().fmul(y, scale)
+    let y = b.ins().fmul(y, scale);
+    // Below the clamp eˣ underflows: 0, so that masked scores (−∞) weigh
+    // nothing (found by the differential fuzzer, regress_003).
+    let zero = fk(b, ty, 0.0);
+    sel(b, under, zero, y)
 }
 
 /// ln x in f32 (Cephes' logf): x = m·2ᵉ with m in [√½, √2), ln m by a degree-9

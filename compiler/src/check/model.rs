@@ -166,6 +166,8 @@ pub struct ModelChecker<'a> {
     work: usize,
     /// (prediction, target) pairs already reported as mismatched.
     reported: HashSet<(usize, usize)>,
+    /// Per-token targets whose label shape a prediction has set.
+    token_shapes: std::collections::HashMap<usize, Shape>,
 }
 
 impl<'a> ModelChecker<'a> {
@@ -195,6 +197,7 @@ impl<'a> ModelChecker<'a> {
             too_big: false,
             work: 0,
             reported: HashSet::new(),
+            token_shapes: std::collections::HashMap::new(),
         }
     }
 
@@ -1119,10 +1122,22 @@ impl<'a> ModelChecker<'a> {
                     );
                 }
                 if per_token {
-                    // The labels' shape is the prediction's without the class axis.
+                    // The labels' shape is the prediction's without the class
+                    // axis, and every prediction of the target must agree.
                     let mut dims = pt.shape.0.clone();
                     dims.pop();
-                    self.nodes[target].ty.shape = Shape(dims);
+                    let labels = Shape(dims);
+                    if let Some(first) = self.token_shapes.get(&target).filter(|s| **s != labels).cloned() {
+                        return mismatch(
+                            self,
+                            format!(
+                                "this prediction has positions {labels}, but an earlier use of `{tname}` has {first}: one label per position needs one length"
+                            ),
+                            Some("give every per-token prediction of this target the same number of positions".into()),
+                        );
+                    }
+                    self.token_shapes.insert(target, labels.clone());
+                    self.nodes[target].ty.shape = labels;
                 }
                 Some(())
             }
