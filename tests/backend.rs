@@ -93,7 +93,9 @@ fn jit_unary(op: modelc_compiler::ir::UnaryOp, xs: &[f32]) -> Vec<f32> {
     b.g.outputs.push(("y".into(), y));
     let kernels = fusion::fuse(&b.g);
     assert_eq!(kernels.len(), 1);
-    let f = Jit::new().expect("jit").compile(&b.g, &kernels[0]).expect("compiles");
+    // The JIT owns the code: it lives as long as `f` is called.
+    let mut jit = Jit::new().expect("jit");
+    let f = jit.compile(&b.g, &kernels[0]).expect("compiles");
     let mut input = xs.to_vec();
     let mut out = vec![0.0f32; xs.len()];
     let ptrs = [input.as_mut_ptr(), out.as_mut_ptr()];

@@ -450,10 +450,21 @@ fn dropout(b: &mut FunctionBuilder, seed: Value, i: Value, rate: f64, salt: u64)
 
 /// A JIT holding compiled kernels.
 pub struct Jit {
-    module: JITModule,
+    /// Freed when the `Jit` drops: the functions it compiled must not be
+    /// called after that (a compiled `Program` owns its `Jit`).
+    module: std::mem::ManuallyDrop<JITModule>,
     ctx: Context,
     fctx: FunctionBuilderContext,
     count: usize,
+}
+
+impl Drop for Jit {
+    fn drop(&mut self) {
+        // SAFETY: taken once, here; the code is freed with the `Jit`, and
+        // whoever holds its functions holds the `Jit` (found leaking about
+        // 170 KiB per compiled model by the differential fuzzer).
+        unsafe { std::mem::ManuallyDrop::take(&mut self.module).free_memory() }
+    }
 }
 
 /// A compiled kernel: `f(args, n, start, end)` computes elements
@@ -493,7 +504,7 @@ impl Jit {
             .map_err(|e| e.to_string())?;
         let module = JITModule::new(JITBuilder::with_isa(isa, default_libcall_names()));
         let ctx = module.make_context();
-        Ok(Jit { module, ctx, fctx: FunctionBuilderContext::new(), count: 0 })
+        Ok(Jit { module: std::mem::ManuallyDrop::new(module), ctx, fctx: FunctionBuilderContext::new(), count: 0 })
     }
 
     /// Builds the CLIF of `k` into the context; returns its text.
