@@ -14,7 +14,7 @@ fn compile(path: &Path) -> usize {
     let (_, program, errors) = modelc_compiler::check_path(path).expect("readable");
     assert!(errors.is_empty());
     let (model, cfg) = match program.finetunes.first() {
-        Some(f) => (f.model.clone(), StepConfig::from_stage(&f.stages[0]).expect("optimizer")),
+        Some(f) => (f.model.clone(), StepConfig::from_train(&f.stages[0]).expect("optimizer")),
         None => {
             let t = &program.trains[0];
             (program.model(&t.model).expect("model").clone(), StepConfig::from_train(t).expect("optimizer"))

@@ -21,7 +21,7 @@ fn model_and_config(spec: &str) -> (ModelInfo, StepConfig, f64) {
         Some(f) => {
             let stage = &f.stages[0];
             let lr = stage.optimizer.as_ref().map_or(1e-3, |o| o.lr());
-            (f.model.clone(), StepConfig::from_stage(stage).expect("optimizer"), lr)
+            (f.model.clone(), StepConfig::from_train(stage).expect("optimizer"), lr)
         }
         None => {
             let m = program.models[0].clone();

@@ -249,7 +249,7 @@ fn frozen_parameters_get_no_gradient_nodes() {
     let (_, program, errors) = check_spec(Path::new("specs/lenet5_finetune.model"));
     assert!(errors.is_empty());
     let f = &program.finetunes[0];
-    let head: &BTreeSet<String> = &f.stages[0].trainable;
+    let head: &BTreeSet<String> = f.stages[0].trainable.as_ref().expect("a stage lists what trains");
     let fwd = lower::forward(&f.model, Mode::Train).expect("lowers");
     let loss = fwd.output("loss").expect("loss");
     let params = fwd.inputs_of(Role::Param);

@@ -18,7 +18,7 @@ fn step_graph(spec: &str) -> Graph {
     let (_, program, errors) = check_spec(Path::new(spec));
     assert!(errors.is_empty(), "{errors:?}");
     let (model, cfg) = match program.finetunes.first() {
-        Some(f) => (f.model.clone(), StepConfig::from_stage(&f.stages[0]).expect("optimizer")),
+        Some(f) => (f.model.clone(), StepConfig::from_train(&f.stages[0]).expect("optimizer")),
         None => {
             let m = program.models[0].clone();
             let t = program.trains.iter().find(|t| t.model == m.name).expect("train block");

@@ -175,9 +175,9 @@ fn model_and_configs(spec: &str) -> Result<(ModelInfo, Configs), String> {
     if let Some(f) = program.finetunes.first() {
         let mut configs = Vec::new();
         for stage in &f.stages {
-            let cfg = StepConfig::from_stage(stage).ok_or("a stage without an optimizer")?;
+            let cfg = StepConfig::from_train(stage).ok_or("a stage without an optimizer")?;
             let lr = cfg.optimizer.lr();
-            configs.push((format!("stage {}", stage.name), cfg, lr));
+            configs.push((format!("stage {}", stage.stage_name()), cfg, lr));
         }
         return Ok((f.model.clone(), configs));
     }
@@ -586,13 +586,13 @@ fn schedules_follow_their_stages() {
         let base_lr = st.optimizer.as_ref().expect("optimizer").lr();
         for e in 0..st.epochs {
             let line = &log[epoch];
-            assert_eq!(line["stage"].as_str(), Some(st.name.as_str()));
+            assert_eq!(line["stage"].as_str(), st.stage.as_deref());
             // The logged rate is the epoch's last step's.
             let local = (e + 1) * per - 1;
             let want = lr_at(&st.schedule, base_lr, Progress { step: local, steps_per_epoch: per, total_steps: total });
             let got = num(line, "lr").expect("lr");
-            if st.name != "calm" {
-                assert!((got - want).abs() <= 1e-12 * want.abs().max(1.0), "{} epoch {e}: lr {got} vs {want}", st.name);
+            if st.stage_name() != "calm" {
+                assert!((got - want).abs() <= 1e-12 * want.abs().max(1.0), "{} epoch {e}: lr {got} vs {want}", st.stage_name());
             } else {
                 // Plateau: the base rate times 1, ½, ¼ … never below min_lr.
                 let k = (base_lr / got).log2();

@@ -37,25 +37,15 @@ pub struct StepConfig {
 }
 
 impl StepConfig {
-    /// How a train block trains (`None` without an optimizer).
+    /// How a train block or a finetune's stage trains (`None` without an
+    /// optimizer).
     pub fn from_train(t: &crate::check::TrainInfo) -> Option<StepConfig> {
         Some(StepConfig {
             optimizer: t.optimizer.clone()?,
             weight_decay: t.weight_decay,
             clip_grad_norm: t.clip_grad_norm,
-            lr_scale: BTreeMap::new(),
-            trainable: None,
-        })
-    }
-
-    /// How a finetune stage trains (`None` without an optimizer).
-    pub fn from_stage(s: &crate::check::StageInfo) -> Option<StepConfig> {
-        Some(StepConfig {
-            optimizer: s.optimizer.clone()?,
-            weight_decay: s.weight_decay,
-            clip_grad_norm: s.clip_grad_norm,
-            lr_scale: s.lr_scale.clone(),
-            trainable: Some(s.trainable.clone()),
+            lr_scale: t.lr_scale.clone(),
+            trainable: t.trainable.clone(),
         })
     }
 }

@@ -79,13 +79,13 @@ pub fn stage_rates(f: &crate::check::train::FinetuneInfo) -> Vec<StageRates> {
                 .map(|layer| {
                     let params: Vec<&crate::check::ParamInfo> =
                         f.model.params.iter().filter(|p| p.layer == *layer).collect();
-                    let trains = params.iter().any(|p| st.trainable.contains(&p.name));
+                    let trains = params.iter().any(|p| st.trains(&p.name));
                     let scale = params.iter().find_map(|p| st.lr_scale.get(&p.name)).copied().unwrap_or(1.0);
                     (layer.to_string(), lr.filter(|_| trains).map(|lr| lr * scale))
                 })
                 .collect();
             StageRates {
-                stage: st.name.clone(),
+                stage: st.stage_name().to_string(),
                 epochs: st.epochs,
                 optimizer: st.optimizer.as_ref().map(|o| o.name().to_string()),
                 layers: rates,

@@ -407,7 +407,7 @@ fn one_line(p: &Program) -> String {
         parts.push(format!("train {} ({})", t.model, train_line(t)));
     }
     for f in p.finetunes.iter().filter(|f| f.file == root) {
-        let stages: Vec<String> = f.stages.iter().map(|s| format!("{} {}ep", s.name, s.epochs)).collect();
+        let stages: Vec<String> = f.stages.iter().map(|s| format!("{} {}ep", s.stage_name(), s.epochs)).collect();
         parts.push(format!("finetune {} from {} ({} stages: {})", f.name, f.base, f.stages.len(), stages.join(", ")));
     }
     if parts.is_empty() {
@@ -484,13 +484,13 @@ fn summary(
 
 fn finetune_summary(f: &FinetuneInfo, stage: Option<&str>) -> Result<Summary> {
     let st = match stage {
-        Some(name) => f.stages.iter().find(|s| s.name == name).ok_or_else(|| {
-            let names: Vec<&str> = f.stages.iter().map(|s| s.name.as_str()).collect();
+        Some(name) => f.stages.iter().find(|s| s.stage_name() == name).ok_or_else(|| {
+            let names: Vec<&str> = f.stages.iter().map(|s| s.stage_name()).collect();
             format!("finetune `{}` has no stage `{name}` (it has: {})", f.name, names.join(", "))
         })?,
         None => f.stages.first().ok_or_else(|| format!("finetune `{}` has no stages", f.name))?,
     };
-    let mut s = summarize(&f.model, Some(&st.trainable), st.optimizer.as_ref(), Some(&st.name));
+    let mut s = summarize(&f.model, st.trainable.as_ref(), st.optimizer.as_ref(), st.stage.as_deref());
     s.model = format!("{} (from {})", f.name, f.base);
     s.stages = modelc_compiler::summary::stage_rates(f);
     Ok(s)
@@ -615,7 +615,7 @@ fn select(program: &Program, only: Option<&str>) -> Result<(ModelInfo, Option<St
         found.push((m.name.clone(), m.clone(), cfg));
     }
     for f in program.finetunes.iter().filter(|f| f.file == root) {
-        let cfg = f.stages.first().and_then(StepConfig::from_stage);
+        let cfg = f.stages.first().and_then(StepConfig::from_train);
         found.push((f.name.clone(), f.model.clone(), cfg));
     }
     let names: Vec<String> = found.iter().map(|f| f.0.clone()).collect();
@@ -900,8 +900,8 @@ fn train(
                 .stages
                 .iter()
                 .map(|st| {
-                    let cfg = StepConfig::from_stage(st).ok_or(format!("stage `{}` has no optimizer", st.name))?;
-                    Ok((stage_info(f, st), cfg))
+                    let cfg = StepConfig::from_train(st).ok_or(format!("stage `{}` has no optimizer", st.stage_name()))?;
+                    Ok((st.clone(), cfg))
                 })
                 .collect::<Result<_>>()?;
             let limit = crate::resources::available();
@@ -915,7 +915,7 @@ fn train(
             let (mut epoch, mut step, mut optimizer_steps) = (0, 0, 0);
             let mut previous: Option<&str> = None;
             let mut last = None;
-            for ((info, cfg), st) in stages.iter().zip(&f.stages) {
+            for (st, cfg) in &stages {
                 // The stage switch: its own step compiled, state carried.
                 let switch = std::time::Instant::now();
                 let mut exec = executor(kind, model, cfg, &params)?;
@@ -932,20 +932,20 @@ fn train(
                 let _ = writeln!(
                     out,
                     "stage `{}`: {} epochs, training {} of {} parameter tensors ({} optimizer state tensors carried; step compiled in {:.1} ms)",
-                    st.name,
+                    st.stage_name(),
                     st.epochs,
-                    st.trainable.len(),
+                    model.params.iter().filter(|p| st.trains(&p.name)).count(),
                     model.params.len(),
                     kept,
                     1e3 * switch.elapsed().as_secs_f64()
                 );
                 opts.stage = Some(crate::train::StageRun {
-                    name: st.name.clone(),
+                    name: st.stage_name().to_string(),
                     first_epoch: epoch,
                     first_step: step,
                     optimizer_steps: if kept > 0 { optimizer_steps } else { 0 },
                 });
-                let outcome = crate::train::run(exec.as_mut(), model, info, &data, &opts, out)?;
+                let outcome = crate::train::run(exec.as_mut(), model, st, &data, &opts, out)?;
                 params = exec.parameters();
                 state = exec.state();
                 step = outcome.step;
@@ -1017,20 +1017,6 @@ fn pick_job<'p>(program: &'p Program, only: Option<&str>, path: &std::path::Path
     }
 }
 
-/// A finetune stage's settings as a train block's: the stage's own, and the
-/// finetune's for data, seed, validation and early stopping.
-fn stage_info(f: &FinetuneInfo, st: &modelc_compiler::check::train::StageInfo) -> TrainInfo {
-    TrainInfo {
-        epochs: st.epochs,
-        batch: st.batch,
-        optimizer: st.optimizer.clone(),
-        schedule: st.schedule.clone(),
-        weight_decay: st.weight_decay,
-        clip_grad_norm: st.clip_grad_norm,
-        ..f.settings.clone()
-    }
-}
-
 /// The finetune's starting parameters: its `weights` file by name, the
 /// replaced layers freshly initialized; reports what came from where.
 fn finetune_weights(f: &FinetuneInfo, seed: u64, out: &mut dyn Write) -> Result<crate::checkpoint::Tensors> {
@@ -1093,8 +1079,8 @@ fn job_stages(job: &Job) -> Result<Vec<(Option<String>, TrainInfo, StepConfig)>>
             .stages
             .iter()
             .map(|st| {
-                let cfg = StepConfig::from_stage(st).ok_or(format!("stage `{}` has no optimizer", st.name))?;
-                Ok((Some(st.name.clone()), stage_info(f, st), cfg))
+                let cfg = StepConfig::from_train(st).ok_or(format!("stage `{}` has no optimizer", st.stage_name()))?;
+                Ok((st.stage.clone(), st.clone(), cfg))
             })
             .collect(),
     }

@@ -18,7 +18,7 @@ use modelc_grammar::ast::{self, FinetuneStmt, Item};
 use crate::diag::{did_you_mean, CheckError, Error, Located};
 use crate::source::{FileId, Sources};
 pub use model::{ModelInfo, Node, Op, ParamInfo};
-pub use train::{FinetuneInfo, StageInfo, TrainInfo};
+pub use train::{FinetuneInfo, TrainInfo};
 
 /// Everything checked in one compilation.
 #[derive(Debug, Default)]

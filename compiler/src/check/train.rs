@@ -157,10 +157,20 @@ pub struct EarlyStop {
     pub min_delta: f64,
 }
 
-/// Settings shared by train blocks, finetune blocks and stages.
+/// How one stage of training runs: a train block is one stage in which
+/// every parameter trains; each stage of a finetune is one, its own
+/// settings over the finetune's (data, seed, validation and early stopping
+/// are the finetune's). The trainer, the step builder and `summary` take
+/// only this.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct TrainInfo {
     pub model: String,
+    /// The stage's name in a finetune; `None` for a train block.
+    pub stage: Option<String>,
+    /// The parameters that train; `None`: all of them (a train block).
+    pub trainable: Option<BTreeSet<String>>,
+    /// Multipliers of the learning rate by parameter name (absent: 1).
+    pub lr_scale: BTreeMap<String, f64>,
     pub data: Option<DataSource>,
     pub batch: u64,
     pub epochs: u64,
@@ -177,19 +187,16 @@ pub struct TrainInfo {
     pub span: Span,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct StageInfo {
-    pub name: String,
-    pub epochs: u64,
-    /// Names of the parameters that train in this stage.
-    pub trainable: BTreeSet<String>,
-    /// Learning-rate multipliers by parameter name (absent: 1).
-    pub lr_scale: BTreeMap<String, f64>,
-    pub optimizer: Option<Optimizer>,
-    pub schedule: Schedule,
-    pub weight_decay: f64,
-    pub clip_grad_norm: Option<f64>,
-    pub batch: u64,
+impl TrainInfo {
+    /// Whether parameter `name` trains in this stage.
+    pub fn trains(&self, name: &str) -> bool {
+        self.trainable.as_ref().is_none_or(|t| t.contains(name))
+    }
+
+    /// The stage's name (empty for a train block).
+    pub fn stage_name(&self) -> &str {
+        self.stage.as_deref().unwrap_or("")
+    }
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -206,7 +213,8 @@ pub struct FinetuneInfo {
     /// The LoRA adapters' parameters (`fc1.lora_A`, …): fresh, not loaded.
     pub lora: Vec<String>,
     pub settings: TrainInfo,
-    pub stages: Vec<StageInfo>,
+    /// The stages in order, each complete (see [`TrainInfo`]).
+    pub stages: Vec<TrainInfo>,
     pub file: FileId,
     pub span: Span,
 }
@@ -682,6 +690,9 @@ impl<'a> SettingsChecker<'a> {
     ) -> (TrainInfo, BTreeMap<&'static str, Span>) {
         let mut info = TrainInfo {
             model: model.to_string(),
+            stage: None,
+            trainable: None,
+            lr_scale: BTreeMap::new(),
             data: None,
             batch: 0,
             epochs: 0,
@@ -981,7 +992,7 @@ impl<'a> SettingsChecker<'a> {
             if let Some(mut s) = self.stage(st, &model, &info, &mut trainable) {
                 // A layer with adapters trains through them: its own weights
                 // stay as loaded.
-                s.trainable.retain(|p| {
+                s.trainable.get_or_insert_default().retain(|p| {
                     lora.contains(p) || !model.params.iter().any(|q| q.name == *p && lora_layers.contains(&q.layer))
                 });
                 stages.push(s);
@@ -1071,7 +1082,7 @@ impl<'a> SettingsChecker<'a> {
         model: &ModelInfo,
         parent: &TrainInfo,
         trainable: &mut BTreeSet<String>,
-    ) -> Option<StageInfo> {
+    ) -> Option<TrainInfo> {
         let raw = self.collect(&st.settings, Block::Stage);
         let (own, _) = self.common(&raw, &model.name, self.file, st.span);
         let block = format!("stage `{}`", st.name.name);
@@ -1160,16 +1171,17 @@ impl<'a> SettingsChecker<'a> {
                 }
             }
         }
-        Some(StageInfo {
-            name: st.name.name.clone(),
+        Some(TrainInfo {
+            stage: Some(st.name.name.clone()),
             epochs: own.epochs,
-            trainable: trainable.clone(),
+            trainable: Some(trainable.clone()),
             lr_scale,
             optimizer: own.optimizer.or_else(|| parent.optimizer.clone()),
             schedule: if raw.seen.contains_key("schedule") { own.schedule } else { parent.schedule.clone() },
             weight_decay: if raw.seen.contains_key("weight_decay") { own.weight_decay } else { parent.weight_decay },
             clip_grad_norm: own.clip_grad_norm.or(parent.clip_grad_norm),
             batch: if raw.seen.contains_key("batch") { own.batch } else { parent.batch },
+            ..parent.clone()
         })
     }
 
