@@ -315,13 +315,71 @@ fn weights_load_by_name_through_map_and_the_report_says_what_happened() {
     std::fs::remove_dir_all(&d).ok();
 }
 
+/// `model` with its LoRA adapters taken out (the model a merged export is for).
+fn without_adapters(model: &modelc_compiler::check::ModelInfo) -> modelc_compiler::check::ModelInfo {
+    use modelc_compiler::check::layers::Layer;
+    let mut plain = model.clone();
+    for n in &mut plain.nodes {
+        if let modelc_compiler::check::Op::Layer { layer: Layer::Dense { lora, .. } | Layer::Attention { lora, .. } } =
+            &mut n.op
+        {
+            *lora = None;
+        }
+    }
+    plain.params.retain(|p| !p.name.contains("lora"));
+    plain
+}
+
+/// LoRA on attention layers (both projections) and dense layers of a small
+/// transformer (`tests/zoo/finetune_attention.model`): with every adapter
+/// non-zero, the merged weights give the adapted model's logits.
+#[test]
+fn lora_on_attention_merges_exactly() {
+    let (_, program, errors) =
+        modelc_compiler::check_path(Path::new("tests/zoo/finetune_attention.model")).expect("readable");
+    assert!(errors.is_empty(), "{errors:?}");
+    let adapted = &program.finetunes[0].model;
+    let mut weights = modelc::init::init(adapted, 5).expect("init");
+    // B starts at zero (the adapted model starts as loaded): give it values.
+    let mut rng = modelc_compiler::rng::Rng::new(9);
+    let mut adapters = 0;
+    for (name, (_, v)) in weights.iter_mut() {
+        if name.ends_with("lora_B") {
+            assert!(v.iter().all(|x| *x == 0.0), "`{name}` starts at zero");
+            v.iter_mut().for_each(|x| *x = rng.uniform(-0.5, 0.5) as f32);
+            adapters += 1;
+        }
+    }
+    // 3 attention layers × 2 projections + 5 dense layers.
+    assert_eq!(adapters, 11);
+    let a = logits(adapted, &weights);
+    let mut merged = weights.clone();
+    let layers = modelc::cli::merge_lora(adapted, &mut merged).expect("merges");
+    assert_eq!(layers, 8);
+    assert!(!merged.keys().any(|k| k.contains("lora")), "no adapters left");
+    assert_ne!(merged["enc.in_proj_weight"], weights["enc.in_proj_weight"], "the adapter folded in");
+    let b = logits(&without_adapters(adapted), &merged);
+    let scale = a.iter().fold(0f64, |m, x| m.max(x.abs()));
+    let worst = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0f64, f64::max) / scale;
+    assert!(worst <= 1e-5, "merged logits differ by {worst:e} (relative to the largest)");
+    println!("LoRA on attention: merged logits within {worst:.1e} of the adapted model's");
+}
+
 /// The logits (the node labelled `logits`) of `model` with `weights` on a
 /// fixed batch, by the f64 interpreter.
 fn logits(model: &modelc_compiler::check::ModelInfo, weights: &modelc::checkpoint::Tensors) -> Vec<f64> {
     use modelc_compiler::interp::{self, Tensor};
     use modelc_compiler::ir::lower::{self, Mode};
     let mut g = lower::forward(model, Mode::Eval).expect("lowers");
-    let id = g.topo_order().into_iter().find(|n| g.node(*n).label.as_deref() == Some("logits")).expect("logits");
+    // `logits`, or the last stage of a `logits = … |> …` pipeline.
+    let order = g.topo_order();
+    let label = |n: &modelc_compiler::ir::NodeId| g.node(*n).label.clone().unwrap_or_default();
+    let id = order
+        .iter()
+        .find(|n| label(n) == "logits")
+        .or_else(|| order.iter().rev().find(|n| label(n).starts_with("logits.")))
+        .copied()
+        .expect("logits");
     g.outputs.push(("the_logits".into(), id));
     let mut inputs = modelc_compiler::gradcheck::random_inputs(&g, 3, &mut modelc_compiler::rng::Rng::new(4));
     for (name, (shape, v)) in weights {
@@ -368,15 +426,7 @@ fn lora_trains_only_the_adapters_and_merges_exactly() {
     let (_, program, errors) = modelc_compiler::check_path(&spec).expect("readable");
     assert!(errors.is_empty(), "{errors:?}");
     let adapted = program.finetunes[0].model.clone();
-    let mut plain = adapted.clone();
-    for n in &mut plain.nodes {
-        if let modelc_compiler::check::Op::Layer { layer: modelc_compiler::check::layers::Layer::Dense { lora, .. } } =
-            &mut n.op
-        {
-            *lora = None;
-        }
-    }
-    plain.params.retain(|p| !p.name.contains("lora"));
+    let plain = without_adapters(&adapted);
     let (a, b) = (logits(&adapted, &tuned), logits(&plain, &merged));
     let scale = a.iter().fold(0f64, |m, x| m.max(x.abs()));
     let worst = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0f64, f64::max) / scale;

@@ -5,7 +5,6 @@
 //! The compiled executor (f32) follows torch in f32, the interpreter (f64)
 //! torch in f64, step by step: loss and every parameter.
 
-
 use modelc::exec::{Batch, Compiled, Executor, Interpreter};
 use modelc_compiler::step::StepConfig;
 

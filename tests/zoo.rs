@@ -112,6 +112,11 @@ const ZOO: &[Entry] = &[
         batch: 5,
     },
     Entry {
+        spec: "finetune_attention",
+        covers: "lora on attention (in- and out-projection adapters) and dense layers of a transformer, through a group (`blocks`) that also holds layernorms; stages train/unfreeze",
+        batch: 2,
+    },
+    Entry {
         spec: "dropout_mask",
         covers: "two dropouts (two salts), masks read back and compared; mnist",
         batch: 2,
@@ -529,6 +534,11 @@ fn finetune() {
 }
 
 #[test]
+fn finetune_attention() {
+    zoo("finetune_attention");
+}
+
+#[test]
 fn dropout_mask() {
     zoo("dropout_mask");
 }
@@ -592,7 +602,11 @@ fn schedules_follow_their_stages() {
             let want = lr_at(&st.schedule, base_lr, Progress { step: local, steps_per_epoch: per, total_steps: total });
             let got = num(line, "lr").expect("lr");
             if st.stage_name() != "calm" {
-                assert!((got - want).abs() <= 1e-12 * want.abs().max(1.0), "{} epoch {e}: lr {got} vs {want}", st.stage_name());
+                assert!(
+                    (got - want).abs() <= 1e-12 * want.abs().max(1.0),
+                    "{} epoch {e}: lr {got} vs {want}",
+                    st.stage_name()
+                );
             } else {
                 // Plateau: the base rate times 1, ½, ¼ … never below min_lr.
                 let k = (base_lr / got).log2();

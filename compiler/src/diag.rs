@@ -113,6 +113,17 @@ pub enum CheckError {
         help: Option<String>,
     },
 
+    #[error("`{name}` is {kind}: LoRA adapts dense and attention layers")]
+    #[diagnostic(code(E0209))]
+    NotAdaptable {
+        name: String,
+        kind: String,
+        #[label("{kind}")]
+        span: SourceSpan,
+        #[help]
+        help: Option<String>,
+    },
+
     // ------------------------------------------------------------ arguments
     #[error("{callee} has no argument `{name}`")]
     #[diagnostic(code(E0300))]

@@ -900,7 +900,8 @@ fn train(
                 .stages
                 .iter()
                 .map(|st| {
-                    let cfg = StepConfig::from_train(st).ok_or(format!("stage `{}` has no optimizer", st.stage_name()))?;
+                    let cfg =
+                        StepConfig::from_train(st).ok_or(format!("stage `{}` has no optimizer", st.stage_name()))?;
                     Ok((st.clone(), cfg))
                 })
                 .collect::<Result<_>>()?;
@@ -1214,14 +1215,20 @@ fn export(
     Ok(0)
 }
 
-/// Folds every LoRA adapter of `model` into its dense layer's weight,
-/// `W + (alpha/rank)·B·A`, and drops the adapters. Returns how many layers.
+/// Folds every LoRA adapter of `model` into the weight it adapts,
+/// `W + (alpha/rank)·B·A` (a dense layer's `weight`; an attention's
+/// `in_proj_weight` and `out_proj.weight`), and drops the adapters. Returns
+/// how many layers.
 pub fn merge_lora(model: &ModelInfo, t: &mut crate::checkpoint::Tensors) -> Result<usize> {
     use modelc_compiler::check::layers::Layer;
     let mut merged = 0;
     for (i, node) in model.nodes.iter().enumerate() {
-        let modelc_compiler::check::Op::Layer { layer: Layer::Dense { lora: Some(l), .. } } = &node.op else {
-            continue;
+        let (l, pairs): (_, &[(&str, &str)]) = match &node.op {
+            modelc_compiler::check::Op::Layer { layer: Layer::Dense { lora: Some(l), .. } } => (l, &[("weight", "")]),
+            modelc_compiler::check::Op::Layer { layer: Layer::Attention { lora: Some(l), .. } } => {
+                (l, &[("in_proj_weight", "in_proj."), ("out_proj.weight", "out_proj.")])
+            }
+            _ => continue,
         };
         let layer = model
             .params
@@ -1229,17 +1236,23 @@ pub fn merge_lora(model: &ModelInfo, t: &mut crate::checkpoint::Tensors) -> Resu
             .find(|p| p.node == i)
             .map(|p| p.layer.clone())
             .ok_or("an adapted layer without parameters")?;
-        let (a, b) = (format!("{layer}.lora_A"), format!("{layer}.lora_B"));
-        let (Some((_, av)), Some((_, bv))) = (t.remove(&a), t.remove(&b)) else {
-            return Err(format!("the checkpoint lacks `{a}` or `{b}`"));
-        };
-        let w = t.get_mut(&format!("{layer}.weight")).ok_or(format!("the checkpoint lacks `{layer}.weight`"))?;
-        let (out_dim, in_dim, r) = (w.0[0], w.0[1], l.rank as usize);
-        let k = l.alpha / l.rank.max(1) as f64;
-        for o in 0..out_dim {
-            for j in 0..in_dim {
-                let s: f64 = (0..r).map(|q| bv[o * r + q] as f64 * av[q * in_dim + j] as f64).sum();
-                w.1[o * in_dim + j] = (w.1[o * in_dim + j] as f64 + k * s) as f32;
+        for (weight, prefix) in pairs {
+            let (a, b) = (format!("{layer}.{prefix}lora_A"), format!("{layer}.{prefix}lora_B"));
+            let (Some((_, av)), Some((_, bv))) = (t.remove(&a), t.remove(&b)) else {
+                return Err(format!("the checkpoint lacks `{a}` or `{b}`"));
+            };
+            let w =
+                t.get_mut(&format!("{layer}.{weight}")).ok_or(format!("the checkpoint lacks `{layer}.{weight}`"))?;
+            let (out_dim, in_dim, r) = (w.0[0], w.0[1], l.rank as usize);
+            if av.len() != r * in_dim || bv.len() != out_dim * r {
+                return Err(format!("`{a}` or `{b}` does not fit `{layer}.{weight}` {:?} at rank {r}", w.0));
+            }
+            let k = l.alpha / l.rank.max(1) as f64;
+            for o in 0..out_dim {
+                for j in 0..in_dim {
+                    let s: f64 = (0..r).map(|q| bv[o * r + q] as f64 * av[q * in_dim + j] as f64).sum();
+                    w.1[o * in_dim + j] = (w.1[o * in_dim + j] as f64 + k * s) as f32;
+                }
             }
         }
         merged += 1;

@@ -35,6 +35,11 @@ pub fn init(model: &ModelInfo, seed: u64) -> Result<Tensors, String> {
         let data = match (layer, suffix) {
             // LoRA's B starts at zero: the adapted layer starts as loaded.
             (Some(Layer::Dense { .. }), "lora_B") => vec![0.0; n],
+            (Some(Layer::Attention { .. }), "in_proj.lora_B" | "out_proj.lora_B") => vec![0.0; n],
+            // A as PEFT's: kaiming-uniform over its fan-in.
+            (Some(Layer::Attention { .. }), "in_proj.lora_A" | "out_proj.lora_A") => {
+                uniform(1.0 / (p.shape[1] as f64).sqrt())
+            }
             (Some(Layer::Dense { .. } | Layer::Conv2d { .. }), _) => uniform(1.0 / fan_in(model, p).sqrt()),
             (Some(Layer::Layernorm { .. }), "weight") => vec![1.0; n],
             (Some(Layer::Layernorm { .. }), _) => vec![0.0; n],

@@ -68,9 +68,11 @@ pub enum Layer {
         length: u64,
         dim: u64,
     },
+    /// `lora`: adapters on the in- and out-projections (`lora` setting).
     Attention {
         heads: u64,
         causal: bool,
+        lora: Option<Lora>,
     },
     Concat {
         axis: usize,
@@ -348,7 +350,7 @@ pub fn layer(name: &str, a: &Bound, input_rank: usize) -> Option<Layer> {
         "layernorm" => Layer::Layernorm { eps: a.float("eps") },
         "embed" => Layer::Embed { vocab: a.uint("vocab"), dim: a.uint("dim") },
         "positions" => Layer::Positions { length: a.uint("length"), dim: a.uint("dim") },
-        "attention" => Layer::Attention { heads: a.uint("heads"), causal: a.bool("causal") },
+        "attention" => Layer::Attention { heads: a.uint("heads"), causal: a.bool("causal"), lora: None },
         "concat" => Layer::Concat { axis: axis(a) },
         "add" => Layer::Add,
         _ => return None,
@@ -612,12 +614,21 @@ pub fn params(layer: &Layer, inputs: &[TensorType]) -> Vec<(&'static str, Vec<u6
         Layer::Layernorm { .. } => vec![("weight", vec![last]), ("bias", vec![last])],
         Layer::Embed { vocab, dim } => vec![("weight", vec![*vocab, *dim])],
         Layer::Positions { length, dim } => vec![("weight", vec![*length, *dim])],
-        Layer::Attention { .. } => vec![
-            ("in_proj_weight", vec![3 * last, last]),
-            ("in_proj_bias", vec![3 * last]),
-            ("out_proj.weight", vec![last, last]),
-            ("out_proj.bias", vec![last]),
-        ],
+        Layer::Attention { lora, .. } => {
+            let mut p = vec![
+                ("in_proj_weight", vec![3 * last, last]),
+                ("in_proj_bias", vec![3 * last]),
+                ("out_proj.weight", vec![last, last]),
+                ("out_proj.bias", vec![last]),
+            ];
+            if let Some(l) = lora {
+                p.push(("in_proj.lora_A", vec![l.rank, last]));
+                p.push(("in_proj.lora_B", vec![3 * last, l.rank]));
+                p.push(("out_proj.lora_A", vec![l.rank, last]));
+                p.push(("out_proj.lora_B", vec![last, l.rank]));
+            }
+            p
+        }
         _ => Vec::new(),
     }
 }
@@ -648,11 +659,13 @@ pub fn flops(layer: &Layer, inputs: &[TensorType], out: &TensorType) -> u64 {
         Layer::Softmax { .. } => p(&[3, out_elems]),
         Layer::Layernorm { .. } => p(&[5, out_elems]),
         Layer::Add => p(&[out_elems, (inputs.len() as u64).saturating_sub(1)]),
-        Layer::Attention { heads, .. } => {
+        Layer::Attention { heads, lora, .. } => {
             let (t, d) = match first.map(|x| x.shape.sample_dims()).as_deref() {
                 Some([t, d]) => (*t, *d),
                 _ => (0, 0),
             };
+            // Adapters: x·Aᵀ·Bᵀ on both projections (3d and d outputs), and their adds.
+            let adapters = lora.as_ref().map_or(0, |l| p(&[2, t, l.rank, 6 * d]).saturating_add(p(&[4, t, d])));
             // q, k, v projections with bias; scores; softmax; mixing; output projection with bias.
             [
                 p(&[2, t, d, 3, d]),
@@ -662,6 +675,7 @@ pub fn flops(layer: &Layer, inputs: &[TensorType], out: &TensorType) -> u64 {
                 p(&[2, t, t, d]),
                 p(&[2, t, d, d]),
                 p(&[t, d]),
+                adapters,
             ]
             .iter()
             .fold(0u64, |a, x| a.saturating_add(*x))

@@ -1041,37 +1041,74 @@ impl<'a> SettingsChecker<'a> {
             return (vec![], vec![]);
         }
         let l = super::layers::Lora { rank: b.uint("rank"), alpha: b.float("alpha") };
-        let mut adapted: Vec<String> = Vec::new();
+        // Named layers must be adaptable; inside a named group (`blocks`)
+        // the dense and attention layers are adapted and the rest skipped.
+        let named: BTreeMap<&str, Span> = args
+            .iter()
+            .filter(|a| a.name.is_none())
+            .filter_map(|a| match &a.value.kind {
+                ExprKind::Name(n) => Some((n.name.as_str(), n.span)),
+                _ => None,
+            })
+            .collect();
+        let mut candidates: Vec<String> = Vec::new();
         for p in &model.params {
-            if sel.contains(&p.name) && !adapted.contains(&p.layer) {
-                adapted.push(p.layer.clone());
+            if sel.contains(&p.name) && !candidates.contains(&p.layer) {
+                candidates.push(p.layer.clone());
             }
         }
+        let mut adapted: Vec<String> = Vec::new();
         let mut names = Vec::new();
-        for layer in &adapted {
+        for layer in &candidates {
             let Some(node) = model.params.iter().find(|p| p.layer == *layer).map(|p| p.node) else { continue };
-            let units = match &mut model.nodes[node].op {
+            // The first parameter of a dense or attention layer is its
+            // [out, in] weight.
+            let fan_in =
+                model.params.iter().find(|p| p.layer == *layer).and_then(|p| p.shape.get(1).copied()).unwrap_or(0);
+            let adapters: Vec<(&str, Vec<u64>)> = match &mut model.nodes[node].op {
                 super::Op::Layer { layer: super::layers::Layer::Dense { units, lora, .. } } => {
                     *lora = Some(l);
-                    *units
+                    vec![("lora_A", vec![l.rank, fan_in]), ("lora_B", vec![*units, l.rank])]
                 }
-                _ => {
-                    self.err(CheckError::NoParameters {
-                        name: layer.clone(),
-                        action: "adapt",
-                        span: key.span.into(),
-                        help: Some("LoRA adapts dense layers".into()),
-                    });
+                super::Op::Layer { layer: super::layers::Layer::Attention { lora, .. } } => {
+                    *lora = Some(l);
+                    let d = fan_in;
+                    vec![
+                        ("in_proj.lora_A", vec![l.rank, d]),
+                        ("in_proj.lora_B", vec![3 * d, l.rank]),
+                        ("out_proj.lora_A", vec![l.rank, d]),
+                        ("out_proj.lora_B", vec![d, l.rank]),
+                    ]
+                }
+                super::Op::Layer { layer: other } => {
+                    if let Some(span) = named.get(layer.as_str()) {
+                        self.err(CheckError::NotAdaptable {
+                            name: layer.clone(),
+                            kind: format!("a {} layer", other.name()),
+                            span: (*span).into(),
+                            help: Some(format!("adapt the dense layers after it, or train `{layer}` in a stage")),
+                        });
+                    }
                     continue;
                 }
+                _ => continue,
             };
-            let fan_in = model.params.iter().find(|p| p.layer == *layer).map_or(0, |p| p.shape[1]);
-            for (suffix, shape) in [("lora_A", vec![l.rank, fan_in]), ("lora_B", vec![units, l.rank])] {
+            adapted.push(layer.clone());
+            for (suffix, shape) in adapters {
                 let name = format!("{layer}.{suffix}");
                 let at = model.params.iter().rposition(|p| p.node == node).map_or(model.params.len(), |i| i + 1);
                 model.params.insert(at, super::ParamInfo { name: name.clone(), shape, layer: layer.clone(), node });
                 names.push(name);
             }
+        }
+        if adapted.is_empty() && !candidates.is_empty() && candidates.iter().all(|c| !named.contains_key(c.as_str())) {
+            let groups: Vec<&str> = named.keys().copied().collect();
+            self.err(CheckError::NotAdaptable {
+                name: groups.join(", "),
+                kind: "a group without either".into(),
+                span: key.span.into(),
+                help: Some(format!("it holds {}", candidates.join(", "))),
+            });
         }
         (adapted, names)
     }

@@ -10,7 +10,7 @@
 //! runtime aggregates over a whole epoch); in evaluation mode also
 //! `predictions`, the predicted class of every sample.
 
-use crate::check::layers::{Layer, Loss, Metric};
+use crate::check::layers::{Layer, Lora, Loss, Metric};
 use crate::check::model::{ModelInfo, Op as CheckOp};
 use crate::check::types::DType as CheckDType;
 
@@ -222,15 +222,9 @@ fn layer_op(
             let y = b.matmul(x0(), wt)?;
             let y = if *bias { b.add(y, params[1])? } else { y };
             match lora {
-                // + (alpha / rank) · (x Aᵀ) Bᵀ: two thin matmuls.
                 Some(l) => {
                     let k = usize::from(*bias);
-                    let at = b.permute(params[1 + k], vec![1, 0])?;
-                    let bt = b.permute(params[2 + k], vec![1, 0])?;
-                    let low = b.matmul(x0(), at)?;
-                    let up = b.matmul(low, bt)?;
-                    let up = b.scale(up, l.alpha / l.rank.max(1) as f64)?;
-                    b.add(y, up)?
+                    adapt(b, x0(), y, l, params[1 + k], params[2 + k])?
                 }
                 None => y,
             }
@@ -322,7 +316,7 @@ fn layer_op(
         }
         Layer::Embed { .. } => b.op(Op::Gather, &[params[0], x0()])?,
         Layer::Positions { .. } => params[0],
-        Layer::Attention { heads, causal } => attention(b, x0(), params, *heads, *causal)?,
+        Layer::Attention { heads, causal, lora } => attention(b, x0(), params, *heads, *causal, lora.as_ref())?,
         Layer::Concat { axis } => b.op(Op::Concat { axis: *axis }, ins)?,
         Layer::Add => {
             let mut acc = ins[0];
@@ -334,15 +328,32 @@ fn layer_op(
     })
 }
 
+/// A LoRA adapter's contribution added to a projection's output `y` of
+/// input `x`: `y + (alpha / rank) · (x Aᵀ) Bᵀ`, two thin matmuls.
+fn adapt(b: &mut Builder, x: NodeId, y: NodeId, l: &Lora, a: NodeId, bm: NodeId) -> R<NodeId> {
+    let at = b.permute(a, vec![1, 0])?;
+    let bt = b.permute(bm, vec![1, 0])?;
+    let low = b.matmul(x, at)?;
+    let up = b.matmul(low, bt)?;
+    let up = b.scale(up, l.alpha / l.rank.max(1) as f64)?;
+    b.add(y, up)
+}
+
 /// nn.MultiheadAttention (batch first, self-attention): one in-projection
 /// split into q, k, v, scaled dot-product attention per head, out-projection.
-fn attention(b: &mut Builder, x: NodeId, p: &[NodeId], heads: u64, causal: bool) -> R<NodeId> {
+/// With `lora`, both projections carry adapters (`p[4..8]`: in_proj A, B,
+/// out_proj A, B).
+fn attention(b: &mut Builder, x: NodeId, p: &[NodeId], heads: u64, causal: bool, lora: Option<&Lora>) -> R<NodeId> {
     let dims = b.g.ty(x).shape.sample_dims();
     let (t, d) = (dims[0], dims[1]);
     let dh = d / heads;
     let wt = b.permute(p[0], vec![1, 0])?;
     let qkv = b.matmul(x, wt)?;
     let qkv = b.add(qkv, p[1])?;
+    let qkv = match lora {
+        Some(l) => adapt(b, x, qkv, l, p[4], p[5])?,
+        None => qkv,
+    };
     let mut split = Vec::new();
     for k in 0..3 {
         let s = b.op(Op::Slice { axis: 2, start: k * d, end: (k + 1) * d }, &[qkv])?;
@@ -362,7 +373,11 @@ fn attention(b: &mut Builder, x: NodeId, p: &[NodeId], heads: u64, causal: bool)
     let o = b.reshape(o, Shape::batched(&[t, d]))?;
     let ot = b.permute(p[2], vec![1, 0])?;
     let y = b.matmul(o, ot)?;
-    b.add(y, p[3])
+    let y = b.add(y, p[3])?;
+    match lora {
+        Some(l) => adapt(b, o, y, l, p[6], p[7]),
+        None => Ok(y),
+    }
 }
 
 fn lower_loss(
