@@ -232,6 +232,18 @@ fn whole_specs_pass_gradcheck() {
     }
 }
 
+/// The transformer in CI: char_gpt's layer kinds at tiny sizes, every
+/// parameter's gradient against finite differences.
+#[test]
+fn char_gpt_tiny_passes_gradcheck() {
+    let m = spec_model("specs/char_gpt_tiny.model");
+    let reports = gradcheck::check(&m, None, 2, 3, 0).expect("gradcheck runs");
+    assert_eq!(reports.len(), m.params.len(), "every parameter checked");
+    for r in &reports {
+        assert!(r.worst_relative_error <= 1e-6, "{}: {:e}", r.name, r.worst_relative_error);
+    }
+}
+
 #[test]
 #[ignore = "about 3.5 min in a release build: `cargo test --release --test main -- --ignored char_gpt`"]
 fn char_gpt_passes_gradcheck() {

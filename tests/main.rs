@@ -14,6 +14,7 @@ mod optim;
 mod passes;
 mod props;
 mod runs;
+mod sample;
 mod specs;
 mod tabular;
 mod train;

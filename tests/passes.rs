@@ -177,6 +177,18 @@ fn kernels_and_memory_plan_are_sound() {
     }
 }
 
+/// The transformer in CI: the optimization passes preserve char_gpt_tiny's
+/// whole training step (char_gpt's own check is the ignored one below).
+#[test]
+fn char_gpt_tiny_optimized_step_computes_what_the_raw_step_does() {
+    let raw = step_graph("specs/char_gpt_tiny.model");
+    let mut opt = raw.clone();
+    passes::optimize(&mut opt);
+    verify::verify(&opt).expect("optimized graph verifies");
+    let inputs = random_inputs(&raw, 2, &mut Rng::new(0));
+    assert_close(&outputs(&raw, &inputs), &outputs(&opt, &inputs), "char_gpt_tiny");
+}
+
 #[test]
 #[ignore = "about a minute in a release build: `cargo test --release --test main -- --ignored char_gpt`"]
 fn char_gpt_optimized_step_computes_what_the_raw_step_does() {

@@ -117,6 +117,11 @@ const ZOO: &[Entry] = &[
         batch: 2,
     },
     Entry {
+        spec: "text_bytes",
+        covers: "text(vocab: bytes, test), class[256] per token, a residual around causal attention",
+        batch: 3,
+    },
+    Entry {
         spec: "dropout_mask",
         covers: "two dropouts (two salts), masks read back and compared; mnist",
         batch: 2,
@@ -536,6 +541,11 @@ fn finetune() {
 #[test]
 fn finetune_attention() {
     zoo("finetune_attention");
+}
+
+#[test]
+fn text_bytes() {
+    zoo("text_bytes");
 }
 
 #[test]

@@ -192,6 +192,35 @@ enum Command {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// Generate text with a trained sequence model (a text source's), token by token on compiled code with a key/value cache.
+    Sample {
+        /// The .model file.
+        file: PathBuf,
+        /// The model or finetune (default: the only one in the file).
+        #[arg(long)]
+        model: Option<String>,
+        /// The checkpoint to generate with.
+        #[arg(long)]
+        weights: PathBuf,
+        /// The text to continue (default: a newline).
+        #[arg(long, default_value = "\n")]
+        prompt: String,
+        /// How many tokens to generate.
+        #[arg(long, default_value_t = 200)]
+        tokens: usize,
+        /// Softmax temperature; 0 picks the most likely token every time (greedy).
+        #[arg(long, default_value_t = 0.8)]
+        temperature: f64,
+        /// Draw among the K most likely tokens only.
+        #[arg(long)]
+        top_k: Option<usize>,
+        /// The seed of the draws.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Run the whole window for every token instead of one position with the cache (slower; the cache's reference).
+        #[arg(long)]
+        no_cache: bool,
+    },
     /// Draw a run's curves (loss and metrics per epoch; stages marked) from its log, as SVG.
     Plot {
         /// The run's log.jsonl.
@@ -326,6 +355,10 @@ pub fn run(args: impl IntoIterator<Item = OsString>, out: &mut dyn Write, err: &
             schedule(&file, model.as_deref(), steps_per_epoch, limit, svg.as_deref(), out, err, color)
         }
         Command::Plot { log, out: svg } => plot(&log, svg.as_deref(), out),
+        Command::Sample { file, model, weights, prompt, tokens, temperature, top_k, seed, no_cache } => {
+            let opts = crate::sample::Options { tokens, temperature, top_k, seed };
+            sample(&file, model.as_deref(), &weights, &prompt, &opts, !no_cache, out, err, color)
+        }
         Command::Export { file, model, weights, merge, out: to } => {
             export(&file, model.as_deref(), &weights, merge, to.as_deref(), out, err, color)
         }
@@ -1260,6 +1293,92 @@ pub fn merge_lora(model: &ModelInfo, t: &mut crate::checkpoint::Tensors) -> Resu
     Ok(merged)
 }
 
+#[allow(clippy::too_many_arguments)]
+fn sample(
+    path: &std::path::Path,
+    only: Option<&str>,
+    weights: &std::path::Path,
+    prompt: &str,
+    opts: &crate::sample::Options,
+    cache: bool,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+    color: bool,
+) -> Result<i32> {
+    use modelc_compiler::check::train::DataSource;
+    let Some((_, program)) = load(path, err, color)? else { return Ok(1) };
+    let (model, _) = select(&program, only)?;
+    if !opts.temperature.is_finite() || opts.temperature < 0.0 {
+        return Err(format!("--temperature {} must be 0 (greedy) or above", opts.temperature));
+    }
+    if opts.top_k == Some(0) {
+        return Err("--top-k 0 leaves no token to draw".into());
+    }
+    // The vocabulary: the checkpoint's, else the spec's text source's.
+    let spec_vocab = program.trains.iter().chain(program.finetunes.iter().map(|f| &f.settings)).find_map(|t| {
+        match (&t.data, t.model == model.name) {
+            (Some(DataSource::Text { vocab, .. }), true) => Some(crate::data::text::Vocab::from_name(vocab)),
+            _ => None,
+        }
+    });
+    let vocab = match (crate::train::vocab_of(weights)?, spec_vocab) {
+        (Some(v), _) | (None, Some(v)) => v,
+        (None, None) => return Err(format!(
+            "neither {} nor the spec says how tokens map to text: sampling needs a model trained on a `text` source",
+            weights.display()
+        )),
+    };
+    let classes = model.nodes.iter().find_map(|n| match (&n.op, n.ty.dtype) {
+        (modelc_compiler::check::Op::Target { .. }, modelc_compiler::check::types::DType::Class { classes }) => {
+            Some(classes)
+        }
+        _ => None,
+    });
+    if classes.is_some_and(|c| c as usize != vocab.size()) {
+        return Err(format!(
+            "the model predicts {} classes, the `{}` vocabulary has {}",
+            classes.unwrap_or(0),
+            vocab.name(),
+            vocab.size()
+        ));
+    }
+    let expected: Vec<(String, Vec<usize>)> =
+        model.params.iter().map(|p| (p.name.clone(), p.shape.iter().map(|d| *d as usize).collect())).collect();
+    let loaded = crate::checkpoint::load(weights).map_err(|e| e.to_string())?;
+    let tensors = crate::checkpoint::validate(weights, loaded, &expected, &[]).map_err(|e| e.to_string())?;
+    let ids = vocab.encode(prompt.as_bytes(), std::path::Path::new("the prompt")).map_err(|e| e.to_string())?;
+    let started = std::time::Instant::now();
+    let mut engine = if cache {
+        crate::sample::Engine::cached(&model, &tensors)?
+    } else {
+        crate::sample::Engine::window(&model, &tensors)?
+    };
+    let compiled = started.elapsed();
+    let _ = write!(out, "{prompt}");
+    let _ = out.flush();
+    let started = std::time::Instant::now();
+    let generated = crate::sample::generate(&mut engine, &ids, opts, |tok| {
+        let _ = write!(out, "{}", vocab.decode_all(&[tok]));
+        let _ = out.flush();
+    })?;
+    let secs = started.elapsed().as_secs_f64();
+    let _ = writeln!(out);
+    let _ = writeln!(
+        err,
+        "{} tokens in {:.2} s ({:.0} tokens/s; {}, compiled in {:.0} ms)",
+        generated.len(),
+        secs,
+        generated.len() as f64 / secs.max(1e-9),
+        if cache {
+            format!("key/value cache of {} KiB", crate::sample::cache_bytes(&engine) / 1024)
+        } else {
+            "whole window per token, no cache".to_string()
+        },
+        compiled.as_secs_f64() * 1e3
+    );
+    Ok(0)
+}
+
 fn plot(log: &std::path::Path, svg: Option<&std::path::Path>, out: &mut dyn Write) -> Result<i32> {
     let text = std::fs::read_to_string(log).map_err(|e| format!("cannot read {}: {e}", log.display()))?;
     let panels = crate::plot::log_panels(&text, log)?;
@@ -1325,6 +1444,17 @@ fn eval(
             weights.display()
         ));
     }
+    if let modelc_compiler::check::train::DataSource::Text { vocab, .. } = source {
+        if let Some(v) = crate::train::vocab_of(weights)? {
+            if v.name() != vocab {
+                return Err(format!(
+                    "{} was trained on `vocab: {}` text, the spec reads `vocab: {vocab}`",
+                    weights.display(),
+                    v.name()
+                ));
+            }
+        }
+    }
     let (name, mut set) = match &data {
         // A file named on the command line is test data, all of it.
         Some(file) => ("test", crate::train::load_test_file(source, &model, file, preprocess.as_ref())?),
@@ -1350,6 +1480,9 @@ fn eval(
         ));
     }
     let _ = writeln!(out, "{} on {} {name} samples: loss {:.4}", model.name, set.len, e.loss);
+    if crate::train::bits_per_character(&model, &info) {
+        let _ = writeln!(out, "bits/char  {:.4}", e.loss / std::f64::consts::LN_2);
+    }
     if let Some(a) = e.accuracy {
         let _ = writeln!(out, "accuracy   {:.2}%", 100.0 * a);
     }

@@ -14,5 +14,6 @@ pub mod plot;
 pub mod render;
 pub mod resources;
 pub mod rundir;
+pub mod sample;
 pub mod schedule;
 pub mod train;

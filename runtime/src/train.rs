@@ -10,13 +10,13 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use modelc_compiler::check::layers::Metric;
-use modelc_compiler::check::train::{DataSource, Schedule, TrainInfo, TEXT_CLASSES};
+use modelc_compiler::check::train::{DataSource, Schedule, TrainInfo};
 use modelc_compiler::check::types::DType;
 use modelc_compiler::check::{ModelInfo, Op as CheckOp};
 use serde::Serialize;
 
 use crate::checkpoint;
-use crate::data::{self, csv, mnist, synthetic, Dataset};
+use crate::data::{self, csv, mnist, synthetic, text, Dataset};
 use crate::exec::{Batch, Executor};
 use crate::metrics::Confusion;
 use crate::rundir;
@@ -84,6 +84,14 @@ pub struct EpochLog {
     /// test sets: `val_NAME`, `test_NAME`.
     #[serde(flatten)]
     pub metrics: BTreeMap<String, f64>,
+    /// Bits per character (the cross-entropy in base 2) of a `text`
+    /// model: `train_bpc`, `val_bpc`, `test_bpc`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub train_bpc: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub val_bpc: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub test_bpc: Option<f64>,
     pub seconds: f64,
     pub samples_per_second: f64,
 }
@@ -125,11 +133,31 @@ pub struct Data {
     pub val: Option<Dataset>,
     pub test: Option<Dataset>,
     pub preprocess: Option<csv::Preprocess>,
+    /// The `text` source's vocabulary.
+    pub vocab: Option<text::Vocab>,
 }
 
 /// The checkpoint metadata that carries `p`.
 pub fn preprocess_metadata(p: Option<&csv::Preprocess>) -> BTreeMap<String, String> {
     p.map(|p| BTreeMap::from([(csv::METADATA_KEY.to_string(), p.to_json())])).unwrap_or_default()
+}
+
+/// The checkpoint metadata of what the data carries: the CSV
+/// preprocessing or the text vocabulary.
+pub fn data_metadata(d: &Data) -> BTreeMap<String, String> {
+    let mut m = preprocess_metadata(d.preprocess.as_ref());
+    if let Some(v) = d.vocab {
+        m.insert(text::METADATA_KEY.into(), v.to_json());
+    }
+    m
+}
+
+/// The text vocabulary a checkpoint carries, if any.
+pub fn vocab_of(weights: &Path) -> Result<Option<text::Vocab>, String> {
+    let meta = checkpoint::metadata(weights).map_err(|e| e.to_string())?;
+    meta.get(text::METADATA_KEY)
+        .map(|t| text::Vocab::from_json(t).map_err(|e| format!("{}: {e}", weights.display())))
+        .transpose()
 }
 
 /// The preprocessing a checkpoint carries, if any.
@@ -169,6 +197,7 @@ pub fn load(source: &DataSource, model: &ModelInfo, info: &TrainInfo, opts: &Opt
     let target = &model.nodes[model.targets[0]].ty;
     // CSV: (feature columns, class names, scale, label, header, test file).
     let mut csv_setup = None;
+    let mut vocab = None;
     let (train, test) = match source {
         DataSource::Mnist { path, classes } => {
             let dir = path_of(path);
@@ -198,10 +227,25 @@ pub fn load(source: &DataSource, model: &ModelInfo, info: &TrainInfo, opts: &Opt
             csv_setup = Some((l.columns, l.classes, scale, label.clone(), *header, test.as_ref().map(PathBuf::from)));
             (l.data, None)
         }
-        DataSource::Text { .. } => {
-            return Err(format!(
-                "the text data source ({TEXT_CLASSES}-character windows) is checked but not yet loaded by the trainer"
-            ))
+        DataSource::Text { path, context, vocab: v, test } => {
+            let file = path_of(path);
+            let v = text::Vocab::from_name(v);
+            vocab = Some(v);
+            let hint = |e: data::DataError| {
+                format!("{e}\n  (the path is relative to the working folder; override it with --set data=PATH)")
+            };
+            let tokens = text::read(&file, v).map_err(hint)?;
+            let all = text::windows(&file, &tokens, *context as usize, v).map_err(|e| e.to_string())?;
+            if all.len < 2 {
+                return Err(format!(
+                    "{}: {} symbols make one window of {context}: too few to hold out a test set",
+                    file.display(),
+                    tokens.len()
+                ));
+            }
+            // A seeded held-out set of windows (apart from validation's).
+            let (train, held) = data::validation_split(all.len, *test, info.seed ^ 0x7E57);
+            (all.slice(&train), Some(all.slice(&held)))
         }
     };
     let train = match opts.limit {
@@ -243,7 +287,7 @@ pub fn load(source: &DataSource, model: &ModelInfo, info: &TrainInfo, opts: &Opt
         }
         preprocess = Some(p);
     }
-    finish(Data { train, val, test, preprocess }, opts)
+    finish(Data { train, val, test, preprocess, vocab }, opts)
 }
 
 fn model_width(model: &ModelInfo) -> usize {
@@ -260,7 +304,7 @@ fn finish(mut d: Data, opts: &Options) -> Result<Data, String> {
 }
 
 /// Loads a file to evaluate on, whole, as test data: an MNIST folder's test
-/// split, or a labelled CSV file read with the checkpoint's preprocessing
+/// split, a text file's windows, or a labelled CSV file read with the checkpoint's preprocessing
 /// (`p`; without one, the spec's settings and no scaling of its own).
 pub fn load_test_file(
     source: &DataSource,
@@ -284,6 +328,11 @@ pub fn load_test_file(
                 .data;
             p.apply(&mut d);
             Ok(d)
+        }
+        DataSource::Text { context, vocab, .. } => {
+            let v = text::Vocab::from_name(vocab);
+            let tokens = text::read(file, v).map_err(|e| e.to_string())?;
+            text::windows(file, &tokens, *context as usize, v).map_err(|e| e.to_string())
         }
         other => Err(format!("--data replaces a file or folder; the `{}` source has none", other.name())),
     }
@@ -506,6 +555,7 @@ pub fn run(
     }
     let watch = info.early_stop.as_ref();
     let metrics = MetricNames::of(model);
+    let bits = bits_per_character(model, info);
     let can = metrics.watchable(data.val.is_some(), data.test.is_some());
     let plateau_on = match &info.schedule {
         Schedule::Plateau { on, .. } => Some(on.as_str()),
@@ -680,6 +730,7 @@ pub fn run(
         }
         let val = val.map(|v| (v.loss, v.accuracy));
         let test = test.map(|t| (t.loss, t.accuracy));
+        let bpc = |l: f64| bits.then(|| l / std::f64::consts::LN_2);
         let entry = EpochLog {
             epoch: epoch + 1,
             stage: opts.stage.as_ref().map(|s| s.name.clone()),
@@ -693,6 +744,9 @@ pub fn run(
             val_prf,
             test_prf,
             metrics: declared,
+            train_bpc: bpc(sum_loss / n as f64),
+            val_bpc: val.and_then(|v| bpc(v.0)),
+            test_bpc: test.and_then(|t| bpc(t.0)),
             seconds,
             samples_per_second: n as f64 / seconds.max(1e-9),
         };
@@ -736,7 +790,7 @@ pub fn run(
             .map_err(|e| format!("cannot write {}: {e}", log_path.display()))?;
         rundir::crash_point("after-log", epoch + 1);
         let mut meta = progress.metadata(&model.name);
-        meta.extend(preprocess_metadata(data.preprocess.as_ref()));
+        meta.extend(data_metadata(data));
         let params = exec.parameters();
         // The best weights before the resume point that records them.
         if improved {
@@ -768,7 +822,7 @@ pub fn run(
             let best = checkpoint::validate(&best_path, best, &expected, &[]).map_err(|e| e.to_string())?;
             exec.set_parameters(&best);
             let mut meta = progress.metadata(&model.name);
-            meta.extend(preprocess_metadata(data.preprocess.as_ref()));
+            meta.extend(data_metadata(data));
             meta.insert("restored_best_epoch".into(), (at + 1).to_string());
             let mut resume_point = best.clone();
             resume_point.extend(exec.state());
@@ -853,18 +907,30 @@ fn metric_value(c: &Confusion, m: &Metric) -> f64 {
 
 fn epoch_line(e: &EpochLog, epochs: u64) -> String {
     let pct = |a: Option<f64>| a.map(|a| format!(" acc {:.2}%", 100.0 * a)).unwrap_or_default();
-    let mut s = format!("epoch {}/{epochs}  loss {:.4}{}", e.epoch, e.train_loss, pct(e.train_accuracy));
+    let bits = |b: Option<f64>| b.map(|b| format!(" ({b:.3} bpc)")).unwrap_or_default();
+    let mut s =
+        format!("epoch {}/{epochs}  loss {:.4}{}{}", e.epoch, e.train_loss, bits(e.train_bpc), pct(e.train_accuracy));
     if let Some(l) = e.val_loss {
-        s.push_str(&format!("  val loss {l:.4}{}", pct(e.val_accuracy)));
+        s.push_str(&format!("  val loss {l:.4}{}{}", bits(e.val_bpc), pct(e.val_accuracy)));
     }
     if let Some(l) = e.test_loss {
-        s.push_str(&format!("  test loss {l:.4}{}", pct(e.test_accuracy)));
+        s.push_str(&format!("  test loss {l:.4}{}{}", bits(e.test_bpc), pct(e.test_accuracy)));
     }
     if let Some(p) = e.test_prf.or(e.val_prf) {
         s.push_str(&format!("  F1 {:.2}%", 100.0 * p.f1));
     }
     s.push_str(&format!("  lr {:.3e}  {:.0} samples/s  {:.1} s", e.lr, e.samples_per_second, e.seconds));
     s
+}
+
+/// Whether `model`'s loss, read in base 2, is bits per character: a plain
+/// cross-entropy (no label smoothing, no other terms) on a `text` source.
+pub fn bits_per_character(model: &ModelInfo, info: &TrainInfo) -> bool {
+    use modelc_compiler::check::layers::Loss;
+    matches!(info.data, Some(DataSource::Text { .. }))
+        && model.loss.is_some_and(|l| {
+            matches!(model.nodes[l].op, CheckOp::Loss { loss: Loss::CrossEntropy { label_smoothing } } if label_smoothing == 0.0)
+        })
 }
 
 /// The default output folder of a run: `runs/MODEL`.

@@ -43,11 +43,15 @@ pub enum DataSource {
         classes: u64,
         noise: f64,
     },
-    /// Character-level text: windows of `context` characters, 96 classes
-    /// (newline and printable ASCII).
+    /// Character-level text: windows of `context` symbols with next-symbol
+    /// targets; `vocab` is `chars` (newline and printable ASCII, 96
+    /// classes) or `bytes` (256); `test` is the fraction of windows held out
+    /// as the test set.
     Text {
         path: String,
         context: u64,
+        vocab: String,
+        test: f64,
     },
 }
 
@@ -66,6 +70,15 @@ impl DataSource {
 /// The vocabulary of the `text` source: newline and the 95 printable ASCII
 /// characters.
 pub const TEXT_CLASSES: u64 = 96;
+
+/// The number of symbols of a `text` source's `vocab`.
+pub fn text_classes(vocab: &str) -> u64 {
+    if vocab == "bytes" {
+        256
+    } else {
+        TEXT_CLASSES
+    }
+}
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
 #[serde(tag = "optimizer", rename_all = "snake_case")]
@@ -322,8 +335,20 @@ const SOURCES: Table = &[
             opt("noise", Ty::NON_NEGATIVE, D::Float(0.1)),
         ],
     ),
-    ("text", &[req("path", Ty::Str), req("context", Ty::POSITIVE_INT)]),
+    (
+        "text",
+        &[
+            req("path", Ty::Str),
+            req("context", Ty::POSITIVE_INT),
+            opt("vocab", Ty::Choice(VOCABS), D::Name("chars")),
+            opt("test", Ty::FRACTION, D::Float(0.1)),
+        ],
+    ),
 ];
+
+/// The `text` source's vocabularies: `chars` (newline and printable ASCII,
+/// 96 symbols) and `bytes` (256).
+const VOCABS: &[&str] = &["chars", "bytes"];
 
 /// Where a setting may appear.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -657,7 +682,12 @@ impl<'a> SettingsChecker<'a> {
             "spirals" => {
                 DataSource::Spirals { samples: b.uint("samples"), classes: b.uint("classes"), noise: b.float("noise") }
             }
-            _ => DataSource::Text { path: b.name("path").unwrap_or_default().into(), context: b.uint("context") },
+            _ => DataSource::Text {
+                path: b.name("path").unwrap_or_default().into(),
+                context: b.uint("context"),
+                vocab: b.name("vocab").unwrap_or("chars").into(),
+                test: b.float("test"),
+            },
         };
         Some((src, arg.span))
     }
@@ -905,7 +935,8 @@ impl<'a> SettingsChecker<'a> {
                     );
                 }
             }
-            DataSource::Text { context, .. } => {
+            DataSource::Text { context, vocab, .. } => {
+                let k = text_classes(vocab);
                 if it.dtype != DType::I32 || it.shape.sample_dims() != [*context] {
                     mismatch(
                         self,
@@ -913,15 +944,15 @@ impl<'a> SettingsChecker<'a> {
                         Some(input.span),
                         Some(format!("declare the input as i32[{context}]")),
                     );
-                } else if classes != Some(TEXT_CLASSES) || !per_token {
+                } else if classes != Some(k) || !per_token {
                     mismatch(
                         self,
                         format!(
-                            "text predicts each next character among {TEXT_CLASSES}, but the target is {}",
+                            "text (vocab {vocab}) predicts each next symbol among {k}, but the target is {}",
                             type_text(tt)
                         ),
                         Some(target.span),
-                        Some(format!("declare the target as class[{TEXT_CLASSES}] per token")),
+                        Some(format!("declare the target as class[{k}] per token")),
                     );
                 }
             }

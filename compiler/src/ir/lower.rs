@@ -203,7 +203,7 @@ pub fn forward(model: &ModelInfo, mode: Mode) -> R<Graph> {
 }
 
 #[allow(clippy::too_many_arguments)]
-fn layer_op(
+pub(crate) fn layer_op(
     b: &mut Builder,
     layer: &Layer,
     ins: &[NodeId],
@@ -330,7 +330,7 @@ fn layer_op(
 
 /// A LoRA adapter's contribution added to a projection's output `y` of
 /// input `x`: `y + (alpha / rank) · (x Aᵀ) Bᵀ`, two thin matmuls.
-fn adapt(b: &mut Builder, x: NodeId, y: NodeId, l: &Lora, a: NodeId, bm: NodeId) -> R<NodeId> {
+pub(crate) fn adapt(b: &mut Builder, x: NodeId, y: NodeId, l: &Lora, a: NodeId, bm: NodeId) -> R<NodeId> {
     let at = b.permute(a, vec![1, 0])?;
     let bt = b.permute(bm, vec![1, 0])?;
     let low = b.matmul(x, at)?;

@@ -7,6 +7,7 @@
 //! by [`infer`] when the node is added, so a graph is well-typed by
 //! construction) and an optional label (a parameter name, a layer path).
 
+pub mod decode;
 pub mod lower;
 pub mod print;
 pub mod verify;

@@ -1,4 +1,4 @@
-//! Data sources: MNIST IDX files, CSV files and synthetic sets, loaded into
+//! Data sources: MNIST IDX files, CSV files, text and synthetic sets, loaded into
 //! memory as f32 features and labels, plus seeded shuffling, batching and a
 //! validation split.
 //!
@@ -8,6 +8,7 @@
 pub mod csv;
 pub mod mnist;
 pub mod synthetic;
+pub mod text;
 
 use std::path::PathBuf;
 
