@@ -6,6 +6,7 @@
 //!     cargo bench --bench train_speed -- mnist_mlp    # one
 //!     cargo bench --bench train_speed -- --first-step specs/lenet5.model
 //!     MODELC_PROFILE=1 cargo bench --bench train_speed -- lenet5   # + time per kernel
+//!     cargo bench --bench train_speed -- char_gpt     # 1024 windows of Tiny Shakespeare
 //!
 //! Protocol (the same in the PyTorch script): one warm-up epoch, then three
 //! timed epochs, the median reported (the machine is shared and noisy); the
@@ -48,7 +49,9 @@ fn first_step(spec: &str) {
 
 fn throughput(spec: &str) {
     let (model, info, cfg) = setup(spec);
-    let opts = modelc::train::Options { test_limit: Some(0), ..Default::default() };
+    // char_gpt: the first 1024 training windows (an epoch of 8k takes 30 s).
+    let limit = spec.contains("char_gpt").then_some(1024);
+    let opts = modelc::train::Options { test_limit: Some(0), limit, ..Default::default() };
     let data = modelc::train::load(info.data.as_ref().expect("data"), &model, &info, &opts).expect("MNIST");
     let n = data.train.len;
     let order = modelc::data::epoch_order(n, info.seed, 0);
@@ -56,6 +59,8 @@ fn throughput(spec: &str) {
     let (w, b) = (set.width, info.batch as usize);
     let (mut features, mut labels) = (Vec::new(), Vec::new());
     set.gather(&(0..n).collect::<Vec<_>>(), &mut features, &mut labels);
+    // Labels per sample: 1, or one per position (char_gpt).
+    let lw = labels.len() / n;
     let lr = info.optimizer.as_ref().expect("optimizer").lr();
     let mut exec =
         Compiled::new(&model, &cfg, &modelc::init::init(&model, info.seed).expect("init")).expect("compiles");
@@ -65,8 +70,11 @@ fn throughput(spec: &str) {
         let mut step = step0;
         for start in (0..n).step_by(b) {
             let m = b.min(n - start);
-            let batch =
-                Batch { n: m, features: &features[start * w..(start + m) * w], labels: &labels[start..start + m] };
+            let batch = Batch {
+                n: m,
+                features: &features[start * w..(start + m) * w],
+                labels: &labels[start * lw..(start + m) * lw],
+            };
             step += 1;
             loss = exec.train_step(&batch, lr, step, 0).expect("step").loss;
         }
@@ -95,7 +103,7 @@ fn main() {
         first_step(args.get(i + 1).map_or("specs/lenet5.model", String::as_str));
         return;
     }
-    let all = ["specs/mnist_mlp.model", "specs/lenet5.model", "specs/mlp_large.model"];
+    let all = ["specs/mnist_mlp.model", "specs/lenet5.model", "specs/mlp_large.model", "specs/char_gpt.model"];
     for spec in all.iter().filter(|s| args.is_empty() || args.iter().any(|a| s.contains(a.as_str()))) {
         throughput(spec);
     }

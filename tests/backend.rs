@@ -163,3 +163,31 @@ fn exp_log_tanh_and_erf_polynomials_are_accurate() {
         "worst error against f64: exp {worst_exp:.2e} (relative), log {worst_log:.2e}, tanh {worst_tanh:.2e} (relative), erf {worst_erf:.2e} (relative)"
     );
 }
+
+/// Permutes large enough to be split between the threads (along the
+/// outermost output axis) give the interpreter's values, for every
+/// permutation of a rank-4 value: contiguous inner rows and strided ones.
+#[test]
+fn permutes_split_between_threads_match_the_interpreter() {
+    use modelc_compiler::backend::cpu::Program;
+    use modelc_compiler::ir::{Graph, Op, Role, Shape, Ty};
+    let perms: [[usize; 4]; 5] = [[0, 2, 1, 3], [0, 2, 3, 1], [0, 1, 3, 2], [0, 3, 1, 2], [3, 2, 1, 0]];
+    for perm in perms {
+        let mut g = Graph::new();
+        // [N, 64, 8, 32] at N = 4: 65,536 elements, above the split threshold.
+        let x = g.input("x", Role::Data, Ty::f32(Shape::batched(&[64, 8, 32])));
+        let y = g.add(Op::Permute { perm: perm.to_vec() }, &[x]).expect("types");
+        g.outputs.push(("y".into(), y));
+        let inputs = modelc_compiler::gradcheck::random_inputs(&g, 4, &mut modelc_compiler::rng::Rng::new(2));
+        let want = modelc_compiler::interp::outputs(&g, &inputs).expect("runs")["y"].data.clone();
+        let mut p = Program::new(g).expect("compiles");
+        let buf = p.input_mut("x", 4).expect("input");
+        for (b, v) in buf.iter_mut().zip(&inputs["x"].data) {
+            *b = *v as f32;
+        }
+        p.run(4).expect("runs");
+        let got = p.output("y", 4).expect("output");
+        assert_eq!(got.len(), want.len());
+        assert!(got.iter().zip(&want).all(|(a, b)| *a == *b as f32), "permute {perm:?} differs");
+    }
+}

@@ -1323,10 +1323,12 @@ fn sample(
     });
     let vocab = match (crate::train::vocab_of(weights)?, spec_vocab) {
         (Some(v), _) | (None, Some(v)) => v,
-        (None, None) => return Err(format!(
+        (None, None) => {
+            return Err(format!(
             "neither {} nor the spec says how tokens map to text: sampling needs a model trained on a `text` source",
             weights.display()
-        )),
+        ))
+        }
     };
     let classes = model.nodes.iter().find_map(|n| match (&n.op, n.ty.dtype) {
         (modelc_compiler::check::Op::Target { .. }, modelc_compiler::check::types::DType::Class { classes }) => {

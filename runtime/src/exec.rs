@@ -290,10 +290,20 @@ impl Compiled {
         let rows = self.step.profile();
         let total: f64 = rows.iter().map(|r| r.2.as_secs_f64()).sum();
         let mut out = format!("{:>6} {:>9} {:>6}  kernel\n", "share", "µs/call", "index");
-        for (i, what, t, n) in rows.iter().take(25) {
+        for (i, what, t, n) in
+            rows.iter().take(std::env::var("MODELC_PROFILE_ROWS").ok().and_then(|v| v.parse().ok()).unwrap_or(25))
+        {
             let us = t.as_secs_f64() * 1e6 / (*n).max(1) as f64;
             out.push_str(&format!("{:>5.1}% {us:>9.1} {i:>6}  {what}\n", 100.0 * t.as_secs_f64() / total.max(1e-12)));
         }
+        // By kind of kernel, and total time per step.
+        let mut kinds: std::collections::BTreeMap<&str, f64> = std::collections::BTreeMap::new();
+        for (_, what, t, _) in &rows {
+            *kinds.entry(what.split(' ').next().unwrap_or("")).or_default() += t.as_secs_f64();
+        }
+        let steps = rows.iter().map(|r| r.3).max().unwrap_or(1).max(1) as f64;
+        let by: Vec<String> = kinds.iter().map(|(k, t)| format!("{k} {:.1}%", 100.0 * t / total.max(1e-12))).collect();
+        out.push_str(&format!("by kind: {}; {:.2} ms per step\n", by.join(", "), 1e3 * total / steps));
         out
     }
 

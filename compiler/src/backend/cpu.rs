@@ -733,23 +733,39 @@ fn copy_kernel(op: &Op, src: &[(P, Vec<usize>)], dst: &(P, Vec<usize>)) -> Resul
                 st[d] = sx[*p];
             }
             let (inner, inner_stride) = (os[r - 1], st[r - 1]);
-            let a = x(0);
-            let mut idx = [0usize; MAX_RANK];
-            let mut o = 0;
-            while o < out.len() {
-                let base: usize = (0..r - 1).map(|d| idx[d] * st[d]).sum();
-                for j in 0..inner {
-                    out[o + j] = a[base + j * inner_stride];
-                }
-                o += inner;
-                for d in (0..r - 1).rev() {
-                    idx[d] += 1;
-                    if idx[d] < os[d] {
-                        break;
+            let (a, o) = (src[0].0, dst.0);
+            let (total, ain) = (out.len(), x(0).len());
+            // Split between the threads along the outermost output axis.
+            let outer = if r > 1 { os[0] } else { 1 };
+            let per = total / outer.max(1);
+            by_images(outer, per, |b0, b1| {
+                // SAFETY: rows b0..b1 of the output are this call's alone;
+                // the source is only read.
+                let a = unsafe { std::slice::from_raw_parts(a.get() as *const f32, ain) };
+                let out = unsafe { std::slice::from_raw_parts_mut(o.get().add(b0 * per), (b1 - b0) * per) };
+                let mut idx = [0usize; MAX_RANK];
+                idx[0] = if r > 1 { b0 } else { 0 };
+                let mut at = 0;
+                while at < out.len() {
+                    let base: usize = (0..r - 1).map(|d| idx[d] * st[d]).sum();
+                    let row = &mut out[at..at + inner];
+                    if inner_stride == 1 {
+                        row.copy_from_slice(&a[base..base + inner]);
+                    } else {
+                        for (j, v) in row.iter_mut().enumerate() {
+                            *v = a[base + j * inner_stride];
+                        }
                     }
-                    idx[d] = 0;
+                    at += inner;
+                    for d in (0..r - 1).rev() {
+                        idx[d] += 1;
+                        if idx[d] < os[d] {
+                            break;
+                        }
+                        idx[d] = 0;
+                    }
                 }
-            }
+            });
         }
         Op::Slice { axis, start, .. } => {
             let (outer, inner): (usize, usize) = (xs[..*axis].iter().product(), xs[axis + 1..].iter().product());
