@@ -22,8 +22,8 @@ fn compile(path: &Path) -> usize {
     };
     let mut g = training_step(&model, &cfg).expect("builds");
     passes::optimize(&mut g);
-    let kernels = passes::fusion::fuse(&g);
-    let plan = passes::memory::plan(&g, &kernels, 64);
+    let kernels = modelc_compiler::kernel::fusion::fuse(&g);
+    let plan = modelc_compiler::kernel::memory::plan(&g, &kernels, 64);
     assert!(plan.arena_bytes > 0);
     g.len()
 }

@@ -7,7 +7,8 @@ use modelc_compiler::backend::clif::{unsupported, Jit};
 use modelc_compiler::gradcheck::{concrete, random_inputs, Rng};
 use modelc_compiler::interp;
 use modelc_compiler::ir::Op;
-use modelc_compiler::passes::{self, fusion};
+use modelc_compiler::kernel::fusion;
+use modelc_compiler::passes;
 use modelc_compiler::step::{training_step, StepConfig};
 
 use crate::check_spec;

@@ -89,3 +89,15 @@ fn a_file_that_is_not_text_is_a_clear_error() {
     assert!(err.contains("the file is not valid UTF-8"), "{err}");
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// `modelc emit` prints the same code every time (the splats of a kernel's
+/// scalars were ordered by a hash map's iteration once).
+#[test]
+fn emit_is_deterministic() {
+    let first = modelc(&["emit", "specs/char_gpt_tiny.model"]);
+    assert_eq!(first.0, 0, "{}", first.2);
+    assert!(first.1.contains("splat.f32x4"), "the output has splats to order");
+    for _ in 0..3 {
+        assert_eq!(modelc(&["emit", "specs/char_gpt_tiny.model"]).1, first.1);
+    }
+}

@@ -133,7 +133,7 @@ fn every_stage_of_every_spec_is_a_stable_snapshot() {
 #[test]
 fn kernels_and_memory_plan_are_sound() {
     use modelc_compiler::ir::Op;
-    use modelc_compiler::passes::{fusion, memory};
+    use modelc_compiler::kernel::{fusion, memory};
     for spec in FAST {
         let mut g = step_graph(spec);
         passes::optimize(&mut g);

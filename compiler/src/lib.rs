@@ -1,6 +1,7 @@
 //! modelc's compiler: semantic checking of `.model` programs (names, arguments,
 //! shapes, sections), model statistics, the graph IR and lowering, autodiff,
-//! the training step, optimization passes and fusion, the f64 reference
+//! the training step, optimization passes, the kernel stage (fusion and
+//! memory planning), the f64 reference
 //! interpreter, gradient checks, and the Cranelift/gemm CPU backend.
 //!
 //! Library code returns diagnostics as values ([`diag::Located`]); only the
@@ -13,6 +14,7 @@ pub mod diag;
 pub mod gradcheck;
 pub mod interp;
 pub mod ir;
+pub mod kernel;
 pub mod passes;
 pub mod rng;
 pub mod source;

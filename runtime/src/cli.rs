@@ -696,10 +696,10 @@ fn graph(
     let g = build_graph(&model.name, &model, cfg.as_ref(), stage)?;
     verify::verify(&g)?;
     if stage == Stage::Kernels {
-        let kernels = passes::fusion::fuse(&g);
-        let plan = passes::memory::plan(&g, &kernels, batch);
+        let kernels = modelc_compiler::kernel::fusion::fuse(&g);
+        let plan = modelc_compiler::kernel::memory::plan(&g, &kernels, batch);
         let text = match format {
-            GraphFormat::Text => passes::fusion::text(&g, &kernels, &plan),
+            GraphFormat::Text => modelc_compiler::kernel::fusion::text(&g, &kernels, &plan),
             GraphFormat::Yaml => serde_yaml::to_string(&plan).map_err(|e| e.to_string())?,
             _ => return Err("the kernels stage prints as text or yaml".into()),
         };
@@ -1574,10 +1574,10 @@ fn emit(
     let Some((_, program)) = load(path, err, color)? else { return Ok(1) };
     let (model, cfg) = select(&program, only)?;
     let g = build_graph(&model.name, &model, cfg.as_ref(), Stage::Optimized)?;
-    let kernels = passes::fusion::fuse(&g);
+    let kernels = modelc_compiler::kernel::fusion::fuse(&g);
     let mut jit = modelc_compiler::backend::clif::Jit::new()?;
     let (mut lowered, mut gemms, mut copies) = (0, 0, 0);
-    use passes::fusion::KernelKind;
+    use modelc_compiler::kernel::fusion::KernelKind;
     for (k, kernel) in kernels.iter().enumerate() {
         let ops: Vec<String> =
             kernel.nodes.iter().map(|n| modelc_compiler::ir::print::op_text(&g.node(*n).op)).collect();

@@ -41,8 +41,8 @@ fn bytes_at(g: &Graph, id: modelc_compiler::ir::NodeId, batch: u64) -> u64 {
 /// The arena of `g`, optimized and fused, at `batch`.
 fn arena(mut g: Graph, batch: u64) -> u64 {
     passes::optimize(&mut g);
-    let kernels = passes::fusion::fuse(&g);
-    passes::memory::plan(&g, &kernels, batch).arena_bytes
+    let kernels = modelc_compiler::kernel::fusion::fuse(&g);
+    modelc_compiler::kernel::memory::plan(&g, &kernels, batch).arena_bytes
 }
 
 /// What training `model` with `cfg` at `batch` needs (f32, the compiled

@@ -32,7 +32,7 @@ use cranelift_jit::{JITBuilder, JITModule};
 use cranelift_module::{default_libcall_names, Linkage, Module};
 
 use crate::ir::{BinaryOp as B, Dim, Graph, NodeId, Op, ReduceOp, Shape, UnaryOp as U};
-use crate::passes::fusion::{Kernel, KernelKind};
+use crate::kernel::fusion::{Kernel, KernelKind};
 
 /// Why a kernel is not lowered (yet).
 pub fn unsupported(g: &Graph, k: &Kernel) -> Option<String> {
@@ -698,9 +698,12 @@ fn inner_loops(
     b.append_block_param(tail_head, types::I64);
     b.append_block_param(tail_head, types::F32);
     if vector {
-        // Splats of scalars, once per row.
+        // Splats of scalars, once per row, in node order (so the emitted
+        // code does not depend on a hash map's order).
         let mut splats = HashMap::new();
-        for (id, v) in frame.scalars.iter().chain(&frame.row_scalars) {
+        let mut scalars: Vec<(&NodeId, &Value)> = frame.scalars.iter().chain(&frame.row_scalars).collect();
+        scalars.sort_by_key(|(id, _)| **id);
+        for (id, v) in scalars {
             splats.insert(*id, b.ins().splat(VEC, *v));
         }
         let (head, body) = (b.create_block(), b.create_block());

@@ -29,8 +29,8 @@ use gemm::{gemm, Parallelism};
 use super::clif::{self, Jit, KernelFn};
 use crate::gradcheck::concrete;
 use crate::ir::{Dim, Graph, NodeId, Op, Shape};
-use crate::passes::fusion::{self, Kernel, KernelKind};
-use crate::passes::memory;
+use crate::kernel::fusion::{self, Kernel, KernelKind};
+use crate::kernel::memory;
 
 /// Matmuls `A·Bᵀ` of at least this many multiply-adds with fewer rows than
 /// columns are computed transposed (see `Call::Gemm::via`).

@@ -4,14 +4,12 @@
 //! each pass is idempotent, and that the optimized graph computes what the
 //! unoptimized one does (in the reference interpreter, to 1e-12).
 //!
-//! After the graph passes, [`fusion`] partitions the graph into kernels and
-//! [`memory`] plans one arena for the values they write.
+//! After the graph passes, the kernel stage ([`crate::kernel`]) partitions
+//! the graph into kernels and plans their memory.
 
 pub mod constant_fold;
 pub mod cse;
 pub mod dce;
-pub mod fusion;
-pub mod memory;
 pub mod simplify;
 pub mod transpose_fold;
 

@@ -1,0 +1,9 @@
+//! The kernel stage, shared by the backends: after the graph passes,
+//! [`fusion`] partitions the optimized graph into kernels (elementwise
+//! chains and reductions, matmuls, data movement) and [`memory`] plans one
+//! arena for the values they write. A backend (the CPU's `backend::cpu`
+//! today, PTX next) renders and runs these kernels; it does not decide
+//! them.
+
+pub mod fusion;
+pub mod memory;
