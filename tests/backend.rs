@@ -3,11 +3,12 @@
 
 use std::path::Path;
 
-use modelc_compiler::backend::clif::{unsupported, Jit};
+use modelc_compiler::backend::cpu::clif::Jit;
 use modelc_compiler::gradcheck::{concrete, random_inputs, Rng};
 use modelc_compiler::interp;
 use modelc_compiler::ir::Op;
 use modelc_compiler::kernel::fusion;
+use modelc_compiler::kernel::loops::unsupported;
 use modelc_compiler::passes;
 use modelc_compiler::step::{training_step, StepConfig};
 
@@ -38,9 +39,9 @@ fn lowered_kernels_match_the_interpreter() {
             for w in &k.writes {
                 bufs.push(vec![0.0; concrete(&g.ty(*w).shape, 3).iter().product()]);
             }
-            let shape = modelc_compiler::backend::clif::loop_shape(&g, k).expect("a loop");
+            let shape = modelc_compiler::kernel::loops::loop_shape(&g, k).expect("a loop");
             let n = concrete(&shape, 3).iter().product::<usize>() as i64;
-            if let Some((r, v)) = modelc_compiler::backend::clif::reduction_identity(&g, k) {
+            if let Some((r, v)) = modelc_compiler::kernel::loops::reduction_identity(&g, k) {
                 let j = k.reads.len() + k.writes.iter().position(|w| *w == r).expect("the reduction is written");
                 bufs[j].fill(v);
             }

@@ -1575,7 +1575,7 @@ fn emit(
     let (model, cfg) = select(&program, only)?;
     let g = build_graph(&model.name, &model, cfg.as_ref(), Stage::Optimized)?;
     let kernels = modelc_compiler::kernel::fusion::fuse(&g);
-    let mut jit = modelc_compiler::backend::clif::Jit::new()?;
+    let mut jit = modelc_compiler::backend::cpu::clif::Jit::new()?;
     let (mut lowered, mut gemms, mut copies) = (0, 0, 0);
     use modelc_compiler::kernel::fusion::KernelKind;
     for (k, kernel) in kernels.iter().enumerate() {

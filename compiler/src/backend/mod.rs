@@ -1,7 +1,6 @@
-//! Code generation for the CPU: `clif` lowers elementwise kernels to
-//! Cranelift and JIT-compiles them; `cpu` builds the compiled program
-//! (Cranelift kernels, `gemm` calls, copy loops) the runtime executes.
-//! There is no GPU (PTX) backend yet.
+//! Backends over the kernel stage ([`crate::kernel`]): `cpu` compiles a
+//! fused graph's kernels to native code (Cranelift for elementwise loops and
+//! reductions, the `gemm` crate for matmuls, copy loops for data movement)
+//! and runs them over one arena. A PTX backend will be its sibling.
 
-pub mod clif;
 pub mod cpu;

@@ -26,11 +26,13 @@ use std::collections::HashMap;
 
 use gemm::{gemm, Parallelism};
 
-use super::clif::{self, Jit, KernelFn};
+pub mod clif;
+
+use self::clif::{Jit, KernelFn};
 use crate::gradcheck::concrete;
 use crate::ir::{Dim, Graph, NodeId, Op, Shape};
 use crate::kernel::fusion::{self, Kernel, KernelKind};
-use crate::kernel::memory;
+use crate::kernel::{loops, memory};
 
 /// Matmuls `A·Bᵀ` of at least this many multiply-adds with fewer rows than
 /// columns are computed transposed (see `Call::Gemm::via`).
@@ -154,8 +156,8 @@ impl Program {
                         let ops: Vec<String> = k.nodes.iter().map(|n| g.node(*n).op.name()).collect();
                         format!("kernel {i} ({}) cannot be compiled: {why}", ops.join(", "))
                     })?;
-                    let identity = clif::reduction_identity(&g, k);
-                    let row = clif::loop_nest(&g, k).and_then(|l| l.inner).unwrap_or(1) as usize;
+                    let identity = loops::reduction_identity(&g, k);
+                    let row = loops::loop_nest(&g, k).and_then(|l| l.inner).unwrap_or(1) as usize;
                     Code::Clif { f, identity, row }
                 }
                 KernelKind::Gemm => match g.node(k.nodes[0]).op {
@@ -392,7 +394,7 @@ impl Program {
         for (kernel, code) in self.kernels.iter().zip(&self.code) {
             calls.push(match code {
                 Code::Clif { f, identity, row } => {
-                    let shape = clif::loop_shape(g, kernel).unwrap_or_else(Shape::scalar);
+                    let shape = loops::loop_shape(g, kernel).unwrap_or_else(Shape::scalar);
                     let n = elements(&shape, batch);
                     let args = kernel.reads.iter().chain(&kernel.writes).map(|v| addr[v]).collect();
                     let half = match identity {
