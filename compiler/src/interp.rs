@@ -186,7 +186,7 @@ fn eval(op: &Op, a: &[&Tensor], inputs: &HashMap<String, Tensor>) -> Result<Tens
         }
         Op::DropoutMask { rate, salt } => {
             let seed = a[1].data[0] as u64;
-            let keep = 1.0 / (1.0 - rate);
+            let keep = crate::kernel::consts::dropout_keep(*rate);
             let data = (0..a[0].len())
                 .map(|i| if dropout_uniform(seed, *salt, i as u64) < *rate { 0.0 } else { keep })
                 .collect();
@@ -198,12 +198,7 @@ fn eval(op: &Op, a: &[&Tensor], inputs: &HashMap<String, Tensor>) -> Result<Tens
 /// The uniform number in [0, 1) that decides whether element `index` is
 /// dropped: splitmix64 of the seed, salt and index. Backends use the same.
 pub fn dropout_uniform(seed: u64, salt: u64, index: u64) -> f64 {
-    let mut z = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ salt.wrapping_mul(0xBF58_476D_1CE4_E5B9) ^ index;
-    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^= z >> 31;
-    (z >> 11) as f64 / (1u64 << 53) as f64
+    crate::kernel::consts::dropout_bits(seed, salt, index) as f64 / (1u64 << 53) as f64
 }
 
 /// erf to double precision (Abramowitz–Stegun 7.1.26 is too coarse for an

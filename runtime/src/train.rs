@@ -381,7 +381,8 @@ pub fn evaluate(exec: &mut dyn Executor, d: &Dataset, batch: usize) -> Result<Ev
 /// The dropout seed of a step: new masks every step, the same for the same
 /// run seed. 24 bits, so that it is exact in the f32 the compiled code reads.
 pub fn dropout_seed(seed: u64, step: u64) -> u64 {
-    (seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ step.wrapping_mul(0xBF58_476D_1CE4_E5B9)) >> 40
+    use modelc_compiler::kernel::consts::{SPLITMIX_GAMMA, SPLITMIX_M1};
+    (seed.wrapping_mul(SPLITMIX_GAMMA) ^ step.wrapping_mul(SPLITMIX_M1)) >> 40
 }
 
 /// A step loss this many times above the run's first step loss (or above 1,

@@ -32,6 +32,7 @@ use cranelift_jit::{JITBuilder, JITModule};
 use cranelift_module::{default_libcall_names, Linkage, Module};
 
 use crate::ir::{BinaryOp as B, Graph, NodeId, Op, ReduceOp, UnaryOp as U};
+use crate::kernel::consts::*;
 use crate::kernel::fusion::Kernel;
 use crate::kernel::loops::{is_reduce, is_scalar, loop_nest, unsupported, walked};
 
@@ -104,23 +105,21 @@ fn horner(b: &mut FunctionBuilder, x: Value, coefficients: &[f32]) -> Value {
 /// exponent bits. Inputs are clamped to [−87.3, 88]: below, the result is 0
 /// (f32's subnormals are flushed); above, e⁸⁸ rather than ∞. NaN stays NaN.
 /// Scalar or four lanes.
-#[allow(clippy::excessive_precision)] // Cephes' coefficients as published; f32 rounds them.
 fn exp(b: &mut FunctionBuilder, x: Value) -> Value {
     let ty = b.func.dfg.value_type(x);
-    let (lo, hi) = (fk(b, ty, -87.336_54), fk(b, ty, 88.0));
+    let (lo, hi) = (fk(b, ty, EXP_MIN), fk(b, ty, EXP_MAX));
     let under = b.ins().fcmp(FloatCC::LessThan, x, lo);
     let x = b.ins().fmax(x, lo);
     let x = b.ins().fmin(x, hi);
     let log2e = fk(b, ty, std::f32::consts::LOG2_E);
     let t = b.ins().fmul(x, log2e);
     let n = b.ins().nearest(t);
-    let (c1, c2) = (fk(b, ty, 0.693_359_4), fk(b, ty, -2.121_944_4e-4));
+    let (c1, c2) = (fk(b, ty, LN2_HI), fk(b, ty, LN2_LO));
     let a = b.ins().fmul(n, c1);
     let r = b.ins().fsub(x, a);
     let a = b.ins().fmul(n, c2);
     let r = b.ins().fsub(r, a);
-    let p =
-        horner(b, r, &[1.987_569_1e-4, 1.398_199_9e-3, 8.333_452e-3, 4.166_579_6e-2, 1.666_666_5e-1, 5.000_000_1e-1]);
+    let p = horner(b, r, &EXP_P);
     let rr = b.ins().fmul(r, r);
     let y = b.ins().fmul(p, rr);
     let y = b.ins().fadd(y, r);
@@ -143,7 +142,6 @@ fn exp(b: &mut FunctionBuilder, x: Value) -> Value {
 /// polynomial in m − 1, plus e·ln2 (split in two). ln 0 = −∞, ln of a
 /// negative number or NaN is NaN, ln ∞ = ∞. Subnormal inputs are treated as
 /// their normalised neighbours' scale (not exact below 1e−38).
-#[allow(clippy::excessive_precision)] // Cephes' coefficients as published; f32 rounds them.
 fn log(b: &mut FunctionBuilder, x: Value) -> Value {
     let ty = b.func.dfg.value_type(x);
     let ity = int_of(ty);
@@ -171,31 +169,17 @@ fn log(b: &mut FunctionBuilder, x: Value) -> Value {
     let e = sel(b, small, e1, e);
     let ef = b.ins().fcvt_from_sint(ty, e);
     let z = b.ins().fmul(m, m);
-    let p = horner(
-        b,
-        m,
-        &[
-            7.037_683_6e-2,
-            -1.151_461_0e-1,
-            1.167_699_9e-1,
-            -1.242_014_1e-1,
-            1.424_932_3e-1,
-            -1.666_805_8e-1,
-            2.000_071_5e-1,
-            -2.499_999_4e-1,
-            3.333_333_1e-1,
-        ],
-    );
+    let p = horner(b, m, &LOG_P);
     let y = b.ins().fmul(p, m);
     let y = b.ins().fmul(y, z);
-    let q1 = fk(b, ty, -2.121_944_4e-4);
+    let q1 = fk(b, ty, LN2_LO);
     let t = b.ins().fmul(ef, q1);
     let y = b.ins().fadd(y, t);
     let half = fk(b, ty, 0.5);
     let hz = b.ins().fmul(z, half);
     let y = b.ins().fsub(y, hz);
     let r = b.ins().fadd(m, y);
-    let q2 = fk(b, ty, 0.693_359_4);
+    let q2 = fk(b, ty, LN2_HI);
     let t = b.ins().fmul(ef, q2);
     let r = b.ins().fadd(r, t);
     // Special values.
@@ -214,13 +198,12 @@ fn log(b: &mut FunctionBuilder, x: Value) -> Value {
 /// tanh x in f32 (Cephes' tanhf): an odd polynomial below |x| = 0.625,
 /// 1 − 2/(e^{2|x|} + 1) with the sign restored above (which saturates to ±1
 /// through `exp`'s clamp). NaN stays NaN.
-#[allow(clippy::excessive_precision)] // Cephes' coefficients as published; f32 rounds them.
 fn tanh(b: &mut FunctionBuilder, x: Value) -> Value {
     let ty = b.func.dfg.value_type(x);
     let ax = b.ins().fabs(x);
     // Small |x|: x + x·z·P(z), z = x².
     let z = b.ins().fmul(x, x);
-    let p = horner(b, z, &[-5.704_988_7e-3, 2.063_908_9e-2, -5.373_971_6e-2, 1.333_144_2e-1, -3.333_328_2e-1]);
+    let p = horner(b, z, &TANH_P);
     let pz = b.ins().fmul(p, z);
     let pzx = b.ins().fmul(pz, x);
     let small = b.ins().fadd(pzx, x);
@@ -236,7 +219,7 @@ fn tanh(b: &mut FunctionBuilder, x: Value) -> Value {
     let signbit = fk(b, ty, -0.0);
     let sign = b.ins().band(x, signbit);
     let large = b.ins().bor(mag, sign);
-    let limit = fk(b, ty, 0.625);
+    let limit = fk(b, ty, TANH_SMALL);
     let is_small = b.ins().fcmp(FloatCC::LessThan, ax, limit);
     let r = sel(b, is_small, small, large);
     // NaN: the comparison is false, so `large` was picked; keep the NaN.
@@ -246,28 +229,15 @@ fn tanh(b: &mut FunctionBuilder, x: Value) -> Value {
 
 /// erf x in f32 (the rational approximation of Eigen's and XLA's
 /// `erf` for f32): x clamped to [−4, 4], then x·P(x²)/Q(x²). NaN stays NaN.
-#[allow(clippy::excessive_precision)]
 fn erf(b: &mut FunctionBuilder, x: Value) -> Value {
     let ty = b.func.dfg.value_type(x);
-    let (lo, hi) = (fk(b, ty, -4.0), fk(b, ty, 4.0));
+    let (lo, hi) = (fk(b, ty, -ERF_CLAMP), fk(b, ty, ERF_CLAMP));
     let c = b.ins().fmax(x, lo);
     let c = b.ins().fmin(c, hi);
     let z = b.ins().fmul(c, c);
-    let p = horner(
-        b,
-        z,
-        &[
-            -2.726_142_3e-10,
-            2.770_681_4e-08,
-            -2.101_024_1e-06,
-            -5.692_506_4e-05,
-            -7.349_906_3e-04,
-            -2.954_600_0e-03,
-            -1.609_603_3e-02,
-        ],
-    );
+    let p = horner(b, z, &ERF_P);
     let p = b.ins().fmul(p, c);
-    let q = horner(b, z, &[-1.456_607_2e-05, -2.133_740_6e-04, -1.682_827_0e-03, -7.373_329_2e-03, -1.426_474_0e-02]);
+    let q = horner(b, z, &ERF_Q);
     let r = b.ins().fdiv(p, q);
     let is_nan = b.ins().fcmp(FloatCC::Unordered, x, x);
     sel(b, is_nan, x, r)
@@ -278,22 +248,22 @@ fn erf(b: &mut FunctionBuilder, x: Value) -> Value {
 fn dropout(b: &mut FunctionBuilder, seed: Value, i: Value, rate: f64, salt: u64) -> Value {
     use cranelift_codegen::ir::condcodes::IntCC;
     let s = b.ins().fcvt_to_uint_sat(types::I64, seed);
-    let s = b.ins().imul_imm_s(s, 0x9E37_79B9_7F4A_7C15_u64 as i64);
-    let s = b.ins().bxor_imm_u(s, salt.wrapping_mul(0xBF58_476D_1CE4_E5B9) as i64);
+    let s = b.ins().imul_imm_s(s, SPLITMIX_GAMMA as i64);
+    let s = b.ins().bxor_imm_u(s, salt.wrapping_mul(SPLITMIX_M1) as i64);
     let z = b.ins().bxor(s, i);
-    let z = b.ins().iadd_imm_s(z, 0x9E37_79B9_7F4A_7C15_u64 as i64);
+    let z = b.ins().iadd_imm_s(z, SPLITMIX_GAMMA as i64);
     let t = b.ins().ushr_imm_u(z, 30);
     let z = b.ins().bxor(z, t);
-    let z = b.ins().imul_imm_s(z, 0xBF58_476D_1CE4_E5B9_u64 as i64);
+    let z = b.ins().imul_imm_s(z, SPLITMIX_M1 as i64);
     let t = b.ins().ushr_imm_u(z, 27);
     let z = b.ins().bxor(z, t);
-    let z = b.ins().imul_imm_s(z, 0x94D0_49BB_1331_11EB_u64 as i64);
+    let z = b.ins().imul_imm_s(z, SPLITMIX_M2 as i64);
     let t = b.ins().ushr_imm_u(z, 31);
     let z = b.ins().bxor(z, t);
     let u = b.ins().ushr_imm_u(z, 11);
-    let threshold = (rate * (1u64 << 53) as f64).ceil() as i64;
+    let threshold = dropout_threshold(rate) as i64;
     let dropped = b.ins().icmp_imm_u(IntCC::UnsignedLessThan, u, threshold);
-    let keep = b.ins().f32const((1.0 / (1.0 - rate)) as f32);
+    let keep = b.ins().f32const(dropout_keep(rate) as f32);
     let zero = b.ins().f32const(0.0);
     b.ins().select(dropped, zero, keep)
 }
