@@ -7,8 +7,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use modelc_compiler::passes;
-use modelc_compiler::step::{training_step, StepConfig};
+use modelc_compiler::step::StepConfig;
 
 fn compile(path: &Path) -> usize {
     let (_, program, errors) = modelc_compiler::check_path(path).expect("readable");
@@ -20,8 +19,7 @@ fn compile(path: &Path) -> usize {
             (program.model(&t.model).expect("model").clone(), StepConfig::from_train(t).expect("optimizer"))
         }
     };
-    let mut g = training_step(&model, &cfg).expect("builds");
-    passes::optimize(&mut g);
+    let g = modelc_compiler::pipeline::train_step(&model, &cfg).expect("builds");
     let kernels = modelc_compiler::kernel::fusion::fuse(&g);
     let plan = modelc_compiler::kernel::memory::plan(&g, &kernels, 64);
     assert!(plan.arena_bytes > 0);

@@ -9,8 +9,7 @@ use modelc_compiler::interp;
 use modelc_compiler::ir::Op;
 use modelc_compiler::kernel::fusion;
 use modelc_compiler::kernel::loops::unsupported;
-use modelc_compiler::passes;
-use modelc_compiler::step::{training_step, StepConfig};
+use modelc_compiler::step::StepConfig;
 
 use crate::check_spec;
 
@@ -22,8 +21,7 @@ fn lowered_kernels_match_the_interpreter() {
         assert!(errors.is_empty());
         let model = &program.models[0];
         let cfg = StepConfig::from_train(&program.trains[0]).expect("optimizer");
-        let mut g = training_step(model, &cfg).expect("builds");
-        passes::optimize(&mut g);
+        let g = modelc_compiler::pipeline::train_step(model, &cfg).expect("builds");
         let kernels = fusion::fuse(&g);
         let inputs = random_inputs(&g, 3, &mut Rng::new(1));
         let values = interp::run(&g, &inputs).expect("runs");
@@ -182,7 +180,7 @@ fn permutes_split_between_threads_match_the_interpreter() {
         g.outputs.push(("y".into(), y));
         let inputs = modelc_compiler::gradcheck::random_inputs(&g, 4, &mut modelc_compiler::rng::Rng::new(2));
         let want = modelc_compiler::interp::outputs(&g, &inputs).expect("runs")["y"].data.clone();
-        let mut p = Program::new(g).expect("compiles");
+        let mut p = Program::new(modelc_compiler::ir::verify::verify(g).expect("verifies")).expect("compiles");
         let buf = p.input_mut("x", 4).expect("input");
         for (b, v) in buf.iter_mut().zip(&inputs["x"].data) {
             *b = *v as f32;

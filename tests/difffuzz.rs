@@ -110,9 +110,8 @@ use modelc_compiler::gradcheck::{concrete, random_inputs};
 use modelc_compiler::interp::{self, Tensor};
 use modelc_compiler::ir::lower::{self, Mode};
 use modelc_compiler::ir::{BinaryOp, DType as IrDType, Graph, NodeId, Op, ReduceOp, Role, UnaryOp};
-use modelc_compiler::passes;
 use modelc_compiler::rng::Rng;
-use modelc_compiler::step::{training_step, StepConfig};
+use modelc_compiler::step::StepConfig;
 use modelc_compiler::Loader;
 
 /// Cases of the short run (about 20 s in the debug profile).
@@ -1647,10 +1646,9 @@ fn noisy_trace(
     binary: bool,
     k: u64,
 ) -> Result<Trace, String> {
-    let mut step = training_step(model, cfg).map_err(|e| e.to_string())?;
-    passes::optimize(&mut step);
-    let mut eval = lower::forward(model, Mode::Eval).map_err(|e| e.to_string())?;
-    passes::optimize(&mut eval);
+    // The graphs the compiled executor runs (the one pipeline driver).
+    let step = modelc_compiler::pipeline::train_step(model, cfg)?.into_graph();
+    let eval = modelc_compiler::pipeline::eval(model)?.into_graph();
     let name_of = |r: Role| eval.inputs_of(r).first().map(|(n, _)| n.clone()).ok_or("no input of a role");
     let (data, target) = (name_of(Role::Data)?, name_of(Role::Target)?);
     let mut values: HashMap<String, Tensor> = HashMap::new();

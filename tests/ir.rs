@@ -39,9 +39,9 @@ fn check_rule_on(name: &str, shapes: &[Shape], positive: bool, f: impl Fn(&mut B
     let loss = b.sum_all(yw).expect("typed");
     b.g.outputs.push(("loss".into(), loss));
     let fwd = b.g;
-    verify::verify(&fwd).expect("forward verifies");
+    verify::check(&fwd).expect("forward verifies");
     let (with, grads) = autodiff::grad(fwd.clone(), loss, &xs).expect("differentiates");
-    verify::verify(&with).expect("gradient graph verifies");
+    verify::check(&with).expect("gradient graph verifies");
     let mut rng = Rng::new(name.len() as u64);
     // Every input gets a random value (indices in range); operands of log,
     // sqrt, 1/x and division are kept positive.
@@ -287,7 +287,7 @@ fn graphs_of_every_spec_are_stable_snapshots() {
     insta::glob!("../specs", "*.model", |abs| {
         let m = spec_model(&relative(abs).to_string_lossy());
         let fwd = lower::forward(&m, Mode::Train).expect("lowers");
-        verify::verify(&fwd).expect("verifies");
+        verify::check(&fwd).expect("verifies");
         let text = print::text(&fwd);
         assert!(!text.contains("NodeIndex"), "no raw petgraph indices");
         // Printing twice gives the same text.

@@ -26,7 +26,7 @@ fn step_graph(spec: &str) -> Graph {
         }
     };
     let g = training_step(&model, &cfg).expect("builds");
-    verify::verify(&g).expect("verifies");
+    verify::check(&g).expect("verifies");
     g
 }
 
@@ -55,7 +55,7 @@ fn optimized_step_computes_what_the_raw_step_does() {
         let raw = step_graph(spec);
         let mut opt = raw.clone();
         passes::optimize(&mut opt);
-        verify::verify(&opt).expect("optimized graph verifies");
+        verify::check(&opt).expect("optimized graph verifies");
         assert!(opt.len() < raw.len(), "{spec}: optimization removed nothing");
         for seed in 0..2 {
             let inputs = random_inputs(&raw, 3, &mut Rng::new(seed));
@@ -71,7 +71,7 @@ fn every_pass_keeps_the_graph_valid_and_is_idempotent() {
         for (name, pass) in passes::PASSES {
             let mut g = raw.clone();
             pass(&mut g);
-            verify::verify(&g).unwrap_or_else(|e| panic!("{spec}: after {name}: {e}"));
+            verify::check(&g).unwrap_or_else(|e| panic!("{spec}: after {name}: {e}"));
             assert!(!pass(&mut g), "{spec}: {name} changed the graph a second time");
         }
         let mut g = raw.clone();
@@ -184,7 +184,7 @@ fn char_gpt_tiny_optimized_step_computes_what_the_raw_step_does() {
     let raw = step_graph("specs/char_gpt_tiny.model");
     let mut opt = raw.clone();
     passes::optimize(&mut opt);
-    verify::verify(&opt).expect("optimized graph verifies");
+    verify::check(&opt).expect("optimized graph verifies");
     let inputs = random_inputs(&raw, 2, &mut Rng::new(0));
     assert_close(&outputs(&raw, &inputs), &outputs(&opt, &inputs), "char_gpt_tiny");
 }
@@ -195,7 +195,7 @@ fn char_gpt_optimized_step_computes_what_the_raw_step_does() {
     let raw = step_graph("specs/char_gpt.model");
     let mut opt = raw.clone();
     passes::optimize(&mut opt);
-    verify::verify(&opt).expect("optimized graph verifies");
+    verify::check(&opt).expect("optimized graph verifies");
     let inputs = random_inputs(&raw, 1, &mut Rng::new(0));
     assert_close(&outputs(&raw, &inputs), &outputs(&opt, &inputs), "char_gpt");
 }

@@ -111,7 +111,7 @@ pub fn check(
         fwd.inputs_of(Role::Param).into_iter().filter(|(n, _)| trainable.is_none_or(|t| t.contains(n))).collect();
     let wrt: Vec<NodeId> = params.iter().map(|(_, id)| *id).collect();
     let (with_grads, grads) = autodiff::grad(fwd.clone(), loss, &wrt).map_err(|e| e.to_string())?;
-    crate::ir::verify::verify(&with_grads)?;
+    crate::ir::verify::check(&with_grads)?;
     let mut rng = Rng::new(seed);
     let inputs = random_inputs(&fwd, batch, &mut rng);
     let values = interp::run(&with_grads, &inputs)?;

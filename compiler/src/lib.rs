@@ -16,6 +16,7 @@ pub mod interp;
 pub mod ir;
 pub mod kernel;
 pub mod passes;
+pub mod pipeline;
 pub mod rng;
 pub mod source;
 pub mod step;

@@ -13,7 +13,6 @@ use modelc_compiler::check::train::{FinetuneInfo, TrainInfo};
 use modelc_compiler::check::ModelInfo;
 use modelc_compiler::ir::lower::{self, Mode};
 use modelc_compiler::ir::{print, verify, Graph};
-use modelc_compiler::passes;
 use modelc_compiler::step::{self, StepConfig};
 use modelc_compiler::summary::{summarize, Summary};
 use modelc_compiler::{Program, Sources};
@@ -673,11 +672,10 @@ fn build_graph(name_for_errors: &str, model: &ModelInfo, cfg: Option<&StepConfig
     let cfg = cfg.ok_or_else(|| {
         format!("`{name_for_errors}` has no train block with an optimizer, which the training step needs")
     })?;
-    let mut g = step::training_step(model, cfg).map_err(|e| e.to_string())?;
     if matches!(stage, Stage::Optimized | Stage::Kernels) {
-        passes::optimize(&mut g);
+        return Ok(modelc_compiler::pipeline::train_step(model, cfg)?.into_graph());
     }
-    Ok(g)
+    step::training_step(model, cfg).map_err(|e| e.to_string())
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -693,8 +691,7 @@ fn graph(
 ) -> Result<i32> {
     let Some((_, program)) = load(path, err, color)? else { return Ok(1) };
     let (model, cfg) = select(&program, only)?;
-    let g = build_graph(&model.name, &model, cfg.as_ref(), stage)?;
-    verify::verify(&g)?;
+    let g = verify::verify(build_graph(&model.name, &model, cfg.as_ref(), stage)?)?;
     if stage == Stage::Kernels {
         let kernels = modelc_compiler::kernel::fusion::fuse(&g);
         let plan = modelc_compiler::kernel::memory::plan(&g, &kernels, batch);
@@ -1573,7 +1570,7 @@ fn emit(
 ) -> Result<i32> {
     let Some((_, program)) = load(path, err, color)? else { return Ok(1) };
     let (model, cfg) = select(&program, only)?;
-    let g = build_graph(&model.name, &model, cfg.as_ref(), Stage::Optimized)?;
+    let g = verify::verify(build_graph(&model.name, &model, cfg.as_ref(), Stage::Optimized)?)?;
     let kernels = modelc_compiler::kernel::fusion::fuse(&g);
     let mut jit = modelc_compiler::backend::cpu::clif::Jit::new()?;
     let (mut lowered, mut gemms, mut copies) = (0, 0, 0);

@@ -8,10 +8,10 @@ use std::collections::HashMap;
 use modelc_compiler::backend::cpu::Program;
 use modelc_compiler::check::ModelInfo;
 use modelc_compiler::interp::{self, Tensor};
-use modelc_compiler::ir::lower::{self, Mode};
+use modelc_compiler::ir::verify::VerifiedGraph;
 use modelc_compiler::ir::{Dim, Graph, Role};
-use modelc_compiler::passes;
-use modelc_compiler::step::{training_step, StepConfig};
+use modelc_compiler::pipeline;
+use modelc_compiler::step::StepConfig;
 
 use crate::checkpoint::Tensors;
 
@@ -84,11 +84,9 @@ fn concrete(dims: &[Dim], n: usize) -> Vec<usize> {
 fn graphs(
     model: &ModelInfo,
     cfg: &StepConfig,
-) -> Result<(Graph, Graph, (String, Vec<Dim>), (String, Vec<Dim>)), String> {
-    let mut step = training_step(model, cfg).map_err(|e| e.to_string())?;
-    passes::optimize(&mut step);
-    let mut eval = lower::forward(model, Mode::Eval).map_err(|e| e.to_string())?;
-    passes::optimize(&mut eval);
+) -> Result<(VerifiedGraph, VerifiedGraph, (String, Vec<Dim>), (String, Vec<Dim>)), String> {
+    let step = pipeline::train_step(model, cfg)?;
+    let eval = pipeline::eval(model)?;
     let role = |r: Role| -> Result<(String, Vec<Dim>), String> {
         let v = eval.inputs_of(r);
         match v.as_slice() {
@@ -113,6 +111,7 @@ impl Interpreter {
             values.insert(name, Tensor::zeros(concrete(&step.ty(id).shape.0, 1)));
         }
         let params = model.params.iter().map(|p| p.name.clone()).collect();
+        let (step, eval) = (step.into_graph(), eval.into_graph());
         Ok(Interpreter { step, eval, data, target, values, params, accuracy: accuracy_output(model) })
     }
 

@@ -10,7 +10,6 @@
 use modelc_compiler::check::ModelInfo;
 use modelc_compiler::ir::lower::{self, Mode};
 use modelc_compiler::ir::{Dim, Graph, Role};
-use modelc_compiler::passes;
 use modelc_compiler::step::{training_step, StepConfig};
 
 use crate::render;
@@ -39,10 +38,10 @@ fn bytes_at(g: &Graph, id: modelc_compiler::ir::NodeId, batch: u64) -> u64 {
 }
 
 /// The arena of `g`, optimized and fused, at `batch`.
-fn arena(mut g: Graph, batch: u64) -> u64 {
-    passes::optimize(&mut g);
+fn arena(g: Graph, batch: u64) -> Result<u64, String> {
+    let g = modelc_compiler::pipeline::optimized(g)?;
     let kernels = modelc_compiler::kernel::fusion::fuse(&g);
-    modelc_compiler::kernel::memory::plan(&g, &kernels, batch).arena_bytes
+    Ok(modelc_compiler::kernel::memory::plan(&g, &kernels, batch).arena_bytes)
 }
 
 /// What training `model` with `cfg` at `batch` needs (f32, the compiled
@@ -76,8 +75,8 @@ pub fn estimate(model: &ModelInfo, cfg: &StepConfig, batch: u64) -> Result<Estim
         parameters,
         optimizer_state,
         batch_buffers,
-        step_arena: arena(step, batch),
-        eval_arena: arena(eval, batch),
+        step_arena: arena(step, batch)?,
+        eval_arena: arena(eval, batch)?,
         largest,
     })
 }

@@ -19,7 +19,7 @@ use modelc_compiler::check::layers::Loss;
 use modelc_compiler::check::{ModelInfo, Op as CheckOp};
 use modelc_compiler::ir::decode::{decode, DecodeInfo};
 use modelc_compiler::ir::lower::{self, Mode};
-use modelc_compiler::passes;
+use modelc_compiler::pipeline;
 use modelc_compiler::rng::Rng;
 
 use crate::checkpoint::Tensors;
@@ -58,9 +58,9 @@ fn load_params(program: &mut Program, weights: &Tensors) -> Result<(), String> {
 impl Engine {
     /// The engine with a key/value cache.
     pub fn cached(model: &ModelInfo, weights: &Tensors) -> Result<Engine, String> {
-        let (mut g, info) = decode(model)?;
-        passes::optimize(&mut g);
-        let mut program = Program::new(g).map_err(|e| format!("compiling the decode step: {e}"))?;
+        let (g, info) = decode(model)?;
+        let mut program =
+            Program::new(pipeline::optimized(g)?).map_err(|e| format!("compiling the decode step: {e}"))?;
         load_params(&mut program, weights)?;
         Ok(Engine::Cached { program, info, filled: 0 })
     }
@@ -82,8 +82,8 @@ impl Engine {
             .find(|n| g.node(*n).label.as_deref() == Some(path.as_str()))
             .ok_or_else(|| format!("the prediction `{path}` is not in the graph"))?;
         g.outputs.push(("logits".into(), id));
-        passes::optimize(&mut g);
-        let mut program = Program::new(g).map_err(|e| format!("compiling the evaluation graph: {e}"))?;
+        let mut program =
+            Program::new(pipeline::optimized(g)?).map_err(|e| format!("compiling the evaluation graph: {e}"))?;
         load_params(&mut program, weights)?;
         Ok(Engine::Window {
             program,

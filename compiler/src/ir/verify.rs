@@ -1,11 +1,42 @@
 //! Verification: every node's stored type is what its op gives its operands,
 //! the graph is acyclic, and every output exists. A failure is a compiler bug
 //! and names the node.
+//!
+//! [`verify`] returns a [`VerifiedGraph`], the token a backend requires
+//! (`backend::cpu::Program::new` takes nothing else): a graph no one
+//! verified cannot be compiled. [`check`] verifies a graph its caller goes
+//! on changing (tests after each pass, gradcheck).
 
 use super::{infer, Graph, Op};
 
+/// A graph [`verify`] accepted. `verify` is its only constructor; it gives
+/// the graph to read (`Deref`) but not to change, so what a backend gets
+/// is what was verified. [`VerifiedGraph::into_graph`] gives the graph back
+/// and the proof up.
+#[derive(Clone, Debug)]
+pub struct VerifiedGraph(Graph);
+
+impl std::ops::Deref for VerifiedGraph {
+    type Target = Graph;
+    fn deref(&self) -> &Graph {
+        &self.0
+    }
+}
+
+impl VerifiedGraph {
+    pub fn into_graph(self) -> Graph {
+        self.0
+    }
+}
+
+/// Verifies `g` and wraps it as the token backends take.
+pub fn verify(g: Graph) -> Result<VerifiedGraph, String> {
+    check(&g)?;
+    Ok(VerifiedGraph(g))
+}
+
 /// The first inconsistency found, as a message naming the node.
-pub fn verify(g: &Graph) -> Result<(), String> {
+pub fn check(g: &Graph) -> Result<(), String> {
     let order = g.topo_order();
     if order.len() != g.len() {
         return Err("compiler bug: the graph has a cycle".into());

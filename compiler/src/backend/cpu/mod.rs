@@ -30,6 +30,7 @@ pub mod clif;
 
 use self::clif::{Jit, KernelFn};
 use crate::gradcheck::concrete;
+use crate::ir::verify::VerifiedGraph;
 use crate::ir::{Dim, Graph, NodeId, Op, Shape};
 use crate::kernel::fusion::{self, Kernel, KernelKind};
 use crate::kernel::{loops, memory};
@@ -144,8 +145,10 @@ fn elements(shape: &Shape, batch: usize) -> usize {
 }
 
 impl Program {
-    /// Compiles `g` (already optimized). Inputs start as zeros.
-    pub fn new(g: Graph) -> Result<Program, String> {
+    /// Compiles `g` (optimized and verified: `pipeline`). Inputs start as
+    /// zeros.
+    pub fn new(g: VerifiedGraph) -> Result<Program, String> {
+        let g = g.into_graph();
         let kernels = fusion::fuse(&g);
         let mut jit = Jit::new()?;
         let mut code = Vec::with_capacity(kernels.len());
