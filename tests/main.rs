@@ -13,6 +13,7 @@ mod metrics;
 mod optim;
 mod passes;
 mod props;
+mod ptx;
 mod runs;
 mod sample;
 mod specs;

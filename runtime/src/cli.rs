@@ -153,9 +153,12 @@ enum Command {
         /// The model when the file holds several.
         #[arg(long)]
         model: Option<String>,
-        /// What to print: Cranelift IR (the one target today).
+        /// What to print: Cranelift IR (the CPU backend), or PTX (NVIDIA GPUs; elementwise kernels today).
         #[arg(long, value_enum, default_value_t = Target::Clif)]
         target: Target,
+        /// For PTX: the compute capability the module targets (80: A100, 90: H100).
+        #[arg(long, default_value_t = 80)]
+        sm: u32,
     },
     /// Print the learning rate of every parameter group at every step of a run (CSV), across stages; draw it (SVG).
     Schedule {
@@ -278,6 +281,7 @@ fn executor(
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Target {
     Clif,
+    Ptx,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -349,7 +353,10 @@ pub fn run(args: impl IntoIterator<Item = OsString>, out: &mut dyn Write, err: &
         Command::Predict { file, model, weights, input, limit, executor } => {
             predict(&file, model.as_deref(), &weights, &input, limit, executor, out, err, color)
         }
-        Command::Emit { file, model, target: Target::Clif } => emit(&file, model.as_deref(), out, err, color),
+        Command::Emit { file, model, target: Target::Clif, .. } => emit(&file, model.as_deref(), out, err, color),
+        Command::Emit { file, model, target: Target::Ptx, sm } => {
+            emit_ptx(&file, model.as_deref(), sm, out, err, color)
+        }
         Command::Schedule { file, model, steps_per_epoch, limit, svg } => {
             schedule(&file, model.as_deref(), steps_per_epoch, limit, svg.as_deref(), out, err, color)
         }
@@ -1599,6 +1606,39 @@ fn emit(
         "; {} kernels: {lowered} Cranelift functions, {gemms} gemm calls, {copies} copy loops",
         kernels.len()
     );
+    Ok(0)
+}
+
+/// `modelc emit --target ptx`: the PTX module of the optimized training
+/// step's elementwise kernels, then a line per kernel not rendered and why.
+fn emit_ptx(
+    path: &std::path::Path,
+    only: Option<&str>,
+    sm: u32,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+    color: bool,
+) -> Result<i32> {
+    if !(50..=120).contains(&sm) {
+        return Err(format!("--sm {sm} is not a compute capability (80 for A100, 90 for H100)"));
+    }
+    let Some((_, program)) = load(path, err, color)? else { return Ok(1) };
+    let (model, cfg) = select(&program, only)?;
+    let g = verify::verify(build_graph(&model.name, &model, cfg.as_ref(), Stage::Optimized)?)?;
+    let kernels = modelc_compiler::kernel::fusion::fuse(&g);
+    let (text, each) = modelc_compiler::backend::ptx::module(&g, &kernels, sm);
+    let _ = write!(out, "{text}");
+    let rendered = each.iter().filter(|r| r.is_ok()).count();
+    for (k, r) in each.iter().enumerate() {
+        if let Err(why) = r {
+            let ops: Vec<String> =
+                kernels[k].nodes.iter().map(|n| modelc_compiler::ir::print::op_text(&g.node(*n).op)).collect();
+            // ptxas reads ASCII only: matmul[abᵀ] becomes matmul[ab^T].
+            let ops = ops.join(", ").replace('ᵀ', "^T").replace(|c: char| !c.is_ascii(), "?");
+            let _ = writeln!(out, "// kernel {k} ({ops}): {why}");
+        }
+    }
+    let _ = writeln!(out, "// {} kernels: {rendered} rendered to PTX", kernels.len());
     Ok(0)
 }
 
