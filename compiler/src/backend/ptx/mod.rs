@@ -1,7 +1,8 @@
 //! PTX rendering of the kernel stage's elementwise kernels (the CPU
 //! backend's Cranelift functions, for NVIDIA GPUs). Rendering needs no CUDA:
-//! it is text, checked by NVIDIA's `ptxas` in the tests when it is
-//! installed.
+//! it is text, assembled by NVIDIA's `ptxas` in the tests (sm_80, sm_90)
+//! and run there by an emulator of the PTX subset written here, against the
+//! reference interpreter (`tests/ptx.rs`), until a GPU runs it.
 //!
 //! A kernel becomes one `.entry` whose parameters are its operands' device
 //! pointers (reads, then writes) and the loop's element count `n`. Threads
