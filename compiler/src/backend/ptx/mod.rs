@@ -21,9 +21,16 @@
 //! not yet fast: tree reductions with warp shuffles come with the CUDA
 //! runtime that can measure them.
 //!
+//! Data-movement kernels ([`render_copy`]) take the batch size as their
+//! last parameter instead of `n` and run one thread per output element
+//! (permute, slice, pad, concat, one-hot, gather, argmax) or per source
+//! element (scatter-add, into a zero-filled output by `red.global.add`); an
+//! index out of range (a label, a token id) stops the kernel with `trap`,
+//! where the CPU returns an error.
+//!
 //! Not rendered (and said so by [`render`]): gemm kernels (cuBLAS calls, not
-//! PTX) and data-movement kernels (im2col/col2im, permutes, gathers…), which
-//! come next.
+//! PTX) and the convolution kernels (im2col/col2im, max-pool and its
+//! gradient), which come next.
 
 use std::fmt::Write;
 
@@ -293,11 +300,10 @@ fn dropout(e: &mut Emit, seed: &str, i: &str, rate: f64, salt: u64) -> String {
 /// The PTX `.entry` of elementwise kernel `k` named `name`, or why it is
 /// not rendered.
 pub fn render(g: &Graph, k: &Kernel, name: &str) -> Result<String, String> {
-    if k.kind != KernelKind::Elementwise {
-        return Err(match k.kind {
-            KernelKind::Gemm => "a gemm: a cuBLAS call, not PTX".into(),
-            _ => "data movement: not rendered to PTX yet".into(),
-        });
+    match k.kind {
+        KernelKind::Gemm => return Err("a gemm: a cuBLAS call, not PTX".into()),
+        KernelKind::Copy => return render_copy(g, k, name),
+        KernelKind::Elementwise => {}
     }
     if let Some(why) = unsupported(g, k) {
         return Err(why);
@@ -500,17 +506,7 @@ pub fn render(g: &Graph, k: &Kernel, name: &str) -> Result<String, String> {
     e.label(&done);
     e.line("ret;");
 
-    let mut out = String::new();
-    let params: Vec<String> = (0..=slots.len()).map(|i| format!("    .param .u64 {name}_param_{i}")).collect();
-    let _ = writeln!(out, ".visible .entry {name}(\n{}\n)\n{{", params.join(",\n"));
-    for (ty, count, stem) in [(".f32", e.f, "%f"), (".b32", e.r, "%r"), (".b64", e.rd, "%rd"), (".pred", e.p, "%p")] {
-        if count > 0 {
-            let _ = writeln!(out, "    .reg {ty} {stem}<{}>;", count + 1);
-        }
-    }
-    out.push_str(&e.body);
-    out.push_str("}\n");
-    Ok(out)
+    Ok(entry(name, slots.len(), &e))
 }
 
 /// Every kernel of a fused graph: the module (header and every rendered
@@ -531,4 +527,295 @@ pub fn module(g: &Graph, kernels: &[Kernel], sm: u32) -> (String, Vec<Result<Str
         }
     }
     (text, each)
+}
+
+/// A dimension of a shape as an operand: its size, or the batch register.
+fn dim_of(d: &crate::ir::Dim, batch: &str) -> String {
+    match d {
+        crate::ir::Dim::Fixed(n) => n.to_string(),
+        crate::ir::Dim::Batch => batch.to_string(),
+    }
+}
+
+/// Row-major strides of `dims` (operands), as registers.
+fn strides(e: &mut Emit, dims: &[String]) -> Vec<String> {
+    let mut out = vec![String::new(); dims.len()];
+    let mut acc = e.rd();
+    e.line(format!("mov.u64 {acc}, 1;"));
+    for d in (0..dims.len()).rev() {
+        out[d] = acc.clone();
+        let next = e.rd();
+        e.line(format!("mul.lo.u64 {next}, {acc}, {};", dims[d]));
+        acc = next;
+    }
+    out
+}
+
+/// The product of `dims`, in a register.
+fn product(e: &mut Emit, dims: &[String]) -> String {
+    let acc = e.rd();
+    e.line(format!("mov.u64 {acc}, 1;"));
+    for d in dims {
+        e.line(format!("mul.lo.u64 {acc}, {acc}, {d};"));
+    }
+    acc
+}
+
+/// Coordinates of flat index `idx` in `dims` (row-major), as registers.
+fn coords(e: &mut Emit, idx: &str, dims: &[String]) -> Vec<String> {
+    let mut c = vec![String::new(); dims.len()];
+    let rest = e.rd();
+    e.line(format!("mov.u64 {rest}, {idx};"));
+    for d in (0..dims.len()).rev() {
+        let r = e.rd();
+        e.line(format!("rem.u64 {r}, {rest}, {};", dims[d]));
+        e.line(format!("div.u64 {rest}, {rest}, {};", dims[d]));
+        c[d] = r;
+    }
+    c
+}
+
+/// `Σ c[d]·stride[d]`, in a register.
+fn offset(e: &mut Emit, c: &[String], st: &[String]) -> String {
+    let o = e.rd();
+    e.line(format!("mov.u64 {o}, 0;"));
+    for (x, s) in c.iter().zip(st) {
+        e.line(format!("mad.lo.u64 {o}, {x}, {s}, {o};"));
+    }
+    o
+}
+
+/// A token id or label read as f32, checked to be a whole number in
+/// `0..limit` (else `trap`), as an index register.
+fn index(e: &mut Emit, v: &str, limit: &str) -> String {
+    let i = e.rd();
+    e.line(format!("cvt.rzi.u64.f32 {i}, {v};"));
+    let back = e.f();
+    e.line(format!("cvt.rn.f32.u64 {back}, {i};"));
+    let (bad, fine) = (e.p(), e.new_label("index_ok"));
+    e.line(format!("setp.neu.f32 {bad}, {back}, {v};"));
+    let over = e.p();
+    e.line(format!("setp.ge.u64 {over}, {i}, {limit};"));
+    e.line(format!("or.pred {bad}, {bad}, {over};"));
+    e.line(format!("@!{bad} bra {fine};"));
+    e.line("trap;");
+    e.label(&fine);
+    i
+}
+
+/// The PTX `.entry` of data-movement kernel `k`, or why it is not rendered.
+pub fn render_copy(g: &Graph, k: &Kernel, name: &str) -> Result<String, String> {
+    let node = *k.nodes.first().ok_or("an empty kernel")?;
+    let op = g.node(node).op.clone();
+    let slots: Vec<NodeId> = k.reads.iter().chain(&k.writes).copied().collect();
+    let mut e = Emit::default();
+    let mut ptr = Vec::new();
+    for (i, _) in slots.iter().enumerate() {
+        let p = e.rd();
+        e.line(format!("ld.param.u64 {p}, [{name}_param_{i}];"));
+        e.line(format!("cvta.to.global.u64 {p}, {p};"));
+        ptr.push(p);
+    }
+    let batch = e.rd();
+    e.line(format!("ld.param.u64 {batch}, [{name}_param_{}];", slots.len()));
+    let shape = |id: NodeId| -> Vec<String> { g.ty(id).shape.0.iter().map(|d| dim_of(d, &batch)).collect() };
+    let out = *k.writes.first().ok_or("a copy kernel writes")?;
+    let out_ptr = ptr[k.reads.len()].clone();
+    let (os, xs) = (shape(out), k.reads.first().map(|r| shape(*r)).unwrap_or_default());
+    // The loop runs over output elements, or (scatter-add) source elements.
+    let total = match &op {
+        Op::ScatterAdd { .. } => product(&mut e, &shape(k.reads[1])),
+        _ => product(&mut e, &os),
+    };
+    let (ctaid, ntid, tid, nctaid) = (e.r(), e.r(), e.r(), e.r());
+    e.line(format!("mov.u32 {ctaid}, %ctaid.x;"));
+    e.line(format!("mov.u32 {ntid}, %ntid.x;"));
+    e.line(format!("mov.u32 {tid}, %tid.x;"));
+    e.line(format!("mov.u32 {nctaid}, %nctaid.x;"));
+    let idx = e.rd();
+    e.line(format!("mul.wide.u32 {idx}, {ctaid}, {ntid};"));
+    let t = e.rd();
+    e.line(format!("cvt.u64.u32 {t}, {tid};"));
+    e.line(format!("add.u64 {idx}, {idx}, {t};"));
+    let stride = e.rd();
+    e.line(format!("mul.wide.u32 {stride}, {nctaid}, {ntid};"));
+    let (top, done) = (e.new_label("loop"), e.new_label("done"));
+    e.label(&top);
+    let end = e.p();
+    e.line(format!("setp.ge.u64 {end}, {idx}, {total};"));
+    e.line(format!("@{end} bra {done};"));
+    let load = |e: &mut Emit, base: &str, off: &str| -> String {
+        let a = e.rd();
+        e.line(format!("mad.lo.u64 {a}, {off}, 4, {base};"));
+        let v = e.f();
+        e.line(format!("ld.global.f32 {v}, [{a}];"));
+        v
+    };
+    let store = |e: &mut Emit, base: &str, off: &str, v: &str| {
+        let a = e.rd();
+        e.line(format!("mad.lo.u64 {a}, {off}, 4, {base};"));
+        e.line(format!("st.global.f32 [{a}], {v};"));
+    };
+    match &op {
+        Op::Permute { perm } => {
+            let c = coords(&mut e, &idx, &os);
+            let sx = strides(&mut e, &xs);
+            let st: Vec<String> = perm.iter().map(|p| sx[*p].clone()).collect();
+            let o = offset(&mut e, &c, &st);
+            let v = load(&mut e, &ptr[0], &o);
+            store(&mut e, &out_ptr, &idx, &v);
+        }
+        Op::Slice { axis, start, .. } => {
+            let mut c = coords(&mut e, &idx, &os);
+            let moved = e.rd();
+            e.line(format!("add.u64 {moved}, {}, {start};", c[*axis]));
+            c[*axis] = moved;
+            let sx = strides(&mut e, &xs);
+            let o = offset(&mut e, &c, &sx);
+            let v = load(&mut e, &ptr[0], &o);
+            store(&mut e, &out_ptr, &idx, &v);
+        }
+        Op::Pad { axis, before, .. } => {
+            let mut c = coords(&mut e, &idx, &os);
+            let zero = e.fk(0.0);
+            let (outside, write) = (e.p(), e.new_label("write"));
+            let v = e.f();
+            e.line(format!("mov.f32 {v}, {zero};"));
+            e.line(format!("setp.lt.u64 {outside}, {}, {before};", c[*axis]));
+            e.line(format!("@{outside} bra {write};"));
+            let moved = e.rd();
+            e.line(format!("sub.u64 {moved}, {}, {before};", c[*axis]));
+            e.line(format!("setp.ge.u64 {outside}, {moved}, {};", xs[*axis]));
+            e.line(format!("@{outside} bra {write};"));
+            c[*axis] = moved;
+            let sx = strides(&mut e, &xs);
+            let o = offset(&mut e, &c, &sx);
+            let x = load(&mut e, &ptr[0], &o);
+            e.line(format!("mov.f32 {v}, {x};"));
+            e.label(&write);
+            store(&mut e, &out_ptr, &idx, &v);
+        }
+        Op::Concat { axis } => {
+            let c = coords(&mut e, &idx, &os);
+            let write = e.new_label("write");
+            let v = e.f();
+            let mut at = e.rd();
+            e.line(format!("mov.u64 {at}, 0;"));
+            for (i, r) in k.reads.iter().enumerate() {
+                let s = shape(*r);
+                let next = e.rd();
+                e.line(format!("add.u64 {next}, {at}, {};", s[*axis]));
+                let skip = e.new_label("next_input");
+                let p = e.p();
+                e.line(format!("setp.ge.u64 {p}, {}, {next};", c[*axis]));
+                e.line(format!("@{p} bra {skip};"));
+                let mut ci = c.clone();
+                let local = e.rd();
+                e.line(format!("sub.u64 {local}, {}, {at};", c[*axis]));
+                ci[*axis] = local;
+                let sx = strides(&mut e, &s);
+                let o = offset(&mut e, &ci, &sx);
+                let x = load(&mut e, &ptr[i], &o);
+                e.line(format!("mov.f32 {v}, {x};"));
+                e.line(format!("bra.uni {write};"));
+                e.label(&skip);
+                at = next;
+            }
+            e.line("trap;");
+            e.label(&write);
+            store(&mut e, &out_ptr, &idx, &v);
+        }
+        Op::OneHot { classes } => {
+            let (row, col) = (e.rd(), e.rd());
+            e.line(format!("div.u64 {row}, {idx}, {classes};"));
+            e.line(format!("rem.u64 {col}, {idx}, {classes};"));
+            let label = load(&mut e, &ptr[0], &row);
+            let c = index(&mut e, &label, &classes.to_string());
+            let hit = e.p();
+            e.line(format!("setp.eq.u64 {hit}, {c}, {col};"));
+            let (one, zero) = (e.fk(1.0), e.fk(0.0));
+            let v = e.sel(&hit, &one, &zero);
+            store(&mut e, &out_ptr, &idx, &v);
+        }
+        Op::Gather => {
+            let (v_rows, d) = (xs[0].clone(), xs[1].clone());
+            let (row, j) = (e.rd(), e.rd());
+            e.line(format!("div.u64 {row}, {idx}, {d};"));
+            e.line(format!("rem.u64 {j}, {idx}, {d};"));
+            let id = load(&mut e, &ptr[1], &row);
+            let r = index(&mut e, &id, &v_rows);
+            let o = e.rd();
+            e.line(format!("mad.lo.u64 {o}, {r}, {d}, {j};"));
+            let v = load(&mut e, &ptr[0], &o);
+            store(&mut e, &out_ptr, &idx, &v);
+        }
+        Op::ScatterAdd { rows } => {
+            let d = shape(k.reads[1]).last().cloned().unwrap_or_else(|| "1".into());
+            let (row, j) = (e.rd(), e.rd());
+            e.line(format!("div.u64 {row}, {idx}, {d};"));
+            e.line(format!("rem.u64 {j}, {idx}, {d};"));
+            let id = load(&mut e, &ptr[0], &row);
+            let r = index(&mut e, &id, &rows.to_string());
+            let x = load(&mut e, &ptr[1], &idx);
+            let o = e.rd();
+            e.line(format!("mad.lo.u64 {o}, {r}, {d}, {j};"));
+            let a = e.rd();
+            e.line(format!("mad.lo.u64 {a}, {o}, 4, {out_ptr};"));
+            e.line(format!("red.global.add.f32 [{a}], {x};"));
+        }
+        Op::ArgMax { axis } => {
+            let n = xs[*axis].clone();
+            let inner = product(&mut e, &xs[axis + 1..]);
+            let (o, i) = (e.rd(), e.rd());
+            e.line(format!("div.u64 {o}, {idx}, {inner};"));
+            e.line(format!("rem.u64 {i}, {idx}, {inner};"));
+            // a[(o·n + k)·inner + i] for k in 0..n; the first largest wins.
+            let base = e.rd();
+            e.line(format!("mul.lo.u64 {base}, {o}, {n};"));
+            e.line(format!("mul.lo.u64 {base}, {base}, {inner};"));
+            e.line(format!("add.u64 {base}, {base}, {i};"));
+            let best_v = load(&mut e, &ptr[0], &base);
+            let (best, kk) = (e.rd(), e.rd());
+            e.line(format!("mov.u64 {best}, 0;"));
+            e.line(format!("mov.u64 {kk}, 1;"));
+            let (scan, scanned) = (e.new_label("scan"), e.new_label("scanned"));
+            e.label(&scan);
+            let over = e.p();
+            e.line(format!("setp.ge.u64 {over}, {kk}, {n};"));
+            e.line(format!("@{over} bra {scanned};"));
+            let off = e.rd();
+            e.line(format!("mad.lo.u64 {off}, {kk}, {inner}, {base};"));
+            let x = load(&mut e, &ptr[0], &off);
+            let better = e.cmp("gt", &x, &best_v);
+            e.line(format!("selp.f32 {best_v}, {x}, {best_v}, {better};"));
+            e.line(format!("selp.b64 {best}, {kk}, {best}, {better};"));
+            e.line(format!("add.u64 {kk}, {kk}, 1;"));
+            e.line(format!("bra.uni {scan};"));
+            e.label(&scanned);
+            let v = e.f();
+            e.line(format!("cvt.rn.f32.u64 {v}, {best};"));
+            store(&mut e, &out_ptr, &idx, &v);
+        }
+        other => return Err(format!("`{}`: not rendered to PTX yet", other.name())),
+    }
+    e.line(format!("add.u64 {idx}, {idx}, {stride};"));
+    e.line(format!("bra.uni {top};"));
+    e.label(&done);
+    e.line("ret;");
+    Ok(entry(name, slots.len(), &e))
+}
+
+/// The `.entry` text around an emitted body: `params` pointers and one count.
+fn entry(name: &str, pointers: usize, e: &Emit) -> String {
+    let mut out = String::new();
+    let params: Vec<String> = (0..=pointers).map(|i| format!("    .param .u64 {name}_param_{i}")).collect();
+    let _ = writeln!(out, ".visible .entry {name}(\n{}\n)\n{{", params.join(",\n"));
+    for (ty, count, stem) in [(".f32", e.f, "%f"), (".b32", e.r, "%r"), (".b64", e.rd, "%rd"), (".pred", e.p, "%p")] {
+        if count > 0 {
+            let _ = writeln!(out, "    .reg {ty} {stem}<{}>;", count + 1);
+        }
+    }
+    out.push_str(&e.body);
+    out.push_str("}\n");
+    out
 }
