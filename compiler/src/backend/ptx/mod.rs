@@ -28,9 +28,14 @@
 //! index out of range (a label, a token id) stops the kernel with `trap`,
 //! where the CPU returns an error.
 //!
+//! The convolution kernels: im2col one thread per column element (0
+//! outside the image), col2im one per column element adding into a
+//! zero-filled image, max-pool one per output, and its gradient one per
+//! input pixel summing, over the windows that hold it in the CPU's order,
+//! dy/ties where it equals the window's maximum.
+//!
 //! Not rendered (and said so by [`render`]): gemm kernels (cuBLAS calls, not
-//! PTX) and the convolution kernels (im2col/col2im, max-pool and its
-//! gradient), which come next.
+//! PTX).
 
 use std::fmt::Write;
 
@@ -625,6 +630,7 @@ pub fn render_copy(g: &Graph, k: &Kernel, name: &str) -> Result<String, String> 
     // The loop runs over output elements, or (scatter-add) source elements.
     let total = match &op {
         Op::ScatterAdd { .. } => product(&mut e, &shape(k.reads[1])),
+        Op::Col2Im { .. } => product(&mut e, &xs),
         _ => product(&mut e, &os),
     };
     let (ctaid, ntid, tid, nctaid) = (e.r(), e.r(), e.r(), e.r());
@@ -795,6 +801,170 @@ pub fn render_copy(g: &Graph, k: &Kernel, name: &str) -> Result<String, String> 
             let v = e.f();
             e.line(format!("cvt.rn.f32.u64 {v}, {best};"));
             store(&mut e, &out_ptr, &idx, &v);
+        }
+        Op::Im2Col { kernel, stride: st, padding } | Op::Col2Im { kernel, stride: st, padding, .. } => {
+            // Columns [N, C·kh·kw, oh·ow]: element (b, (ch·kh + i)·kw + j, y·ow + x)
+            // is pixel (b, ch, y·sh + i − ph, x·sw + j − pw), or 0 outside.
+            let col2im = matches!(op, Op::Col2Im { .. });
+            let image = if col2im { os.clone() } else { xs.clone() };
+            let (c, h, w) = (image[1].clone(), image[2].clone(), image[3].clone());
+            let (kh, kw) = *kernel;
+            let dims = &g.ty(if col2im { out } else { k.reads[0] }).shape.0;
+            let (hh, ww) = (dims[2], dims[3]);
+            let (hn, wn) = match (hh, ww) {
+                (crate::ir::Dim::Fixed(a), crate::ir::Dim::Fixed(b)) => (a, b),
+                _ => return Err("an image of unknown size".into()),
+            };
+            let oh = (hn + 2 * padding.0 - kh) / st.0 + 1;
+            let ow = (wn + 2 * padding.1 - kw) / st.1 + 1;
+            let cd: Vec<String> =
+                vec![image[0].clone(), c.clone(), kh.to_string(), kw.to_string(), oh.to_string(), ow.to_string()];
+            let q = coords(&mut e, &idx, &cd);
+            let (b, ch, i, j, y, x) = (&q[0], &q[1], &q[2], &q[3], &q[4], &q[5]);
+            // iy = y·sh + i − ph (unsigned: below 0 wraps above h).
+            let (iy, ix) = (e.rd(), e.rd());
+            e.line(format!("mad.lo.u64 {iy}, {y}, {}, {i};", st.0));
+            e.line(format!("sub.u64 {iy}, {iy}, {};", padding.0));
+            e.line(format!("mad.lo.u64 {ix}, {x}, {}, {j};", st.1));
+            e.line(format!("sub.u64 {ix}, {ix}, {};", padding.1));
+            let (outside, p2) = (e.p(), e.p());
+            e.line(format!("setp.ge.u64 {outside}, {iy}, {h};"));
+            e.line(format!("setp.ge.u64 {p2}, {ix}, {w};"));
+            e.line(format!("or.pred {outside}, {outside}, {p2};"));
+            let pix = e.rd();
+            e.line(format!("mad.lo.u64 {pix}, {b}, {c}, {ch};"));
+            e.line(format!("mad.lo.u64 {pix}, {pix}, {h}, {iy};"));
+            e.line(format!("mad.lo.u64 {pix}, {pix}, {w}, {ix};"));
+            let skip = e.new_label("outside");
+            if col2im {
+                // image[pixel] += columns[e], into a zero-filled image.
+                e.line(format!("@{outside} bra {skip};"));
+                let v = load(&mut e, &ptr[0], &idx);
+                let a = e.rd();
+                e.line(format!("mad.lo.u64 {a}, {pix}, 4, {out_ptr};"));
+                e.line(format!("red.global.add.f32 [{a}], {v};"));
+                e.label(&skip);
+            } else {
+                let v = e.fk(0.0);
+                e.line(format!("@{outside} bra {skip};"));
+                let x = load(&mut e, &ptr[0], &pix);
+                e.line(format!("mov.f32 {v}, {x};"));
+                e.label(&skip);
+                store(&mut e, &out_ptr, &idx, &v);
+            }
+        }
+        Op::MaxPool { size, stride: st } => {
+            // One output [N, C, oh, ow] per thread: the window's maximum (a
+            // larger value or a NaN wins, as the CPU).
+            let q = coords(&mut e, &idx, &os);
+            let (h, w) = (xs[2].clone(), xs[3].clone());
+            let base = e.rd();
+            e.line(format!("mad.lo.u64 {base}, {}, {}, {};", q[0], xs[1], q[1]));
+            e.line(format!("mul.lo.u64 {base}, {base}, {h};"));
+            let r0 = e.rd();
+            e.line(format!("mul.lo.u64 {r0}, {}, {};", q[2], st.0));
+            e.line(format!("add.u64 {base}, {base}, {r0};"));
+            e.line(format!("mul.lo.u64 {base}, {base}, {w};"));
+            e.line(format!("mad.lo.u64 {base}, {}, {}, {base};", q[3], st.1));
+            let m = e.fk(f32::NEG_INFINITY);
+            for i in 0..size.0 {
+                for j in 0..size.1 {
+                    let off = e.rd();
+                    e.line(format!("mad.lo.u64 {off}, {i}, {w}, {base};"));
+                    e.line(format!("add.u64 {off}, {off}, {j};"));
+                    let v = load(&mut e, &ptr[0], &off);
+                    let (gt, nan) = (e.cmp("gt", &v, &m), e.cmp("nan", &v, &v));
+                    e.line(format!("or.pred {gt}, {gt}, {nan};"));
+                    e.line(format!("selp.f32 {m}, {v}, {m}, {gt};"));
+                }
+            }
+            store(&mut e, &out_ptr, &idx, &m);
+        }
+        Op::MaxPoolGrad { size, stride: st } => {
+            // One input pixel per thread: the sum, over the windows that hold
+            // it (in the CPU's order), of dy/ties where it equals the
+            // window's maximum.
+            let q = coords(&mut e, &idx, &os);
+            let (h, w) = (xs[2].clone(), xs[3].clone());
+            let ms = shape(k.reads[1]);
+            let (oh, ow) = (ms[2].clone(), ms[3].clone());
+            let (kh, kw, sh, sw) = (size.0, size.1, st.0, st.1);
+            let plane_x = e.rd();
+            e.line(format!("mad.lo.u64 {plane_x}, {}, {}, {};", q[0], xs[1], q[1]));
+            let plane_y = e.rd();
+            e.line(format!("mul.lo.u64 {plane_y}, {plane_x}, {oh};"));
+            e.line(format!("mul.lo.u64 {plane_y}, {plane_y}, {ow};"));
+            e.line(format!("mul.lo.u64 {plane_x}, {plane_x}, {h};"));
+            e.line(format!("mul.lo.u64 {plane_x}, {plane_x}, {w};"));
+            let (py, px) = (q[2].clone(), q[3].clone());
+            let me = load(&mut e, &ptr[0], &idx);
+            let acc = e.fk(0.0);
+            // Window rows r with r·sh ≤ py < r·sh + kh, r < oh; likewise q.
+            let range = |e: &mut Emit, p: &str, k: u64, s: u64, count: &str| -> (String, String) {
+                // lo = ⌈(p − k + 1) / s⌉ when p ≥ k − 1, else 0; hi = min(p / s + 1, count).
+                let lo = e.rd();
+                e.line(format!("sub.u64 {lo}, {p}, {};", k - 1));
+                e.line(format!("add.u64 {lo}, {lo}, {};", s - 1));
+                e.line(format!("div.u64 {lo}, {lo}, {s};"));
+                let small = e.p();
+                e.line(format!("setp.lt.u64 {small}, {p}, {};", k - 1));
+                e.line(format!("selp.b64 {lo}, 0, {lo}, {small};"));
+                let hi = e.rd();
+                e.line(format!("div.u64 {hi}, {p}, {s};"));
+                e.line(format!("add.u64 {hi}, {hi}, 1;"));
+                e.line(format!("min.u64 {hi}, {hi}, {count};"));
+                (lo, hi)
+            };
+            let (r_lo, r_hi) = range(&mut e, &py, kh, sh, &oh);
+            let (c_lo, c_hi) = range(&mut e, &px, kw, sw, &ow);
+            let (r, cq) = (e.rd(), e.rd());
+            let (rows, rows_done, cols, cols_done) =
+                (e.new_label("win_r"), e.new_label("win_r_done"), e.new_label("win_c"), e.new_label("win_c_done"));
+            e.line(format!("mov.u64 {r}, {r_lo};"));
+            e.label(&rows);
+            let pr = e.p();
+            e.line(format!("setp.ge.u64 {pr}, {r}, {r_hi};"));
+            e.line(format!("@{pr} bra {rows_done};"));
+            e.line(format!("mov.u64 {cq}, {c_lo};"));
+            e.label(&cols);
+            let pc = e.p();
+            e.line(format!("setp.ge.u64 {pc}, {cq}, {c_hi};"));
+            e.line(format!("@{pc} bra {cols_done};"));
+            // The window (r, cq): its maximum, dy, and ties.
+            let wy = e.rd();
+            e.line(format!("mad.lo.u64 {wy}, {r}, {ow}, {cq};"));
+            e.line(format!("add.u64 {wy}, {wy}, {plane_y};"));
+            let top = load(&mut e, &ptr[1], &wy);
+            let dy = load(&mut e, &ptr[2], &wy);
+            let origin = e.rd();
+            e.line(format!("mul.lo.u64 {origin}, {r}, {sh};"));
+            e.line(format!("mul.lo.u64 {origin}, {origin}, {w};"));
+            e.line(format!("mad.lo.u64 {origin}, {cq}, {sw}, {origin};"));
+            e.line(format!("add.u64 {origin}, {origin}, {plane_x};"));
+            let ties = e.fk(0.0);
+            let one = e.fk(1.0);
+            for i in 0..kh {
+                for j in 0..kw {
+                    let off = e.rd();
+                    e.line(format!("mad.lo.u64 {off}, {i}, {w}, {origin};"));
+                    e.line(format!("add.u64 {off}, {off}, {j};"));
+                    let v = load(&mut e, &ptr[0], &off);
+                    let eq = e.cmp("eq", &v, &top);
+                    let inc = e.bin("add.rn", &ties, &one);
+                    e.line(format!("selp.f32 {ties}, {inc}, {ties}, {eq};"));
+                }
+            }
+            let hit = e.cmp("eq", &me, &top);
+            let share = e.bin("div.rn", &dy, &ties);
+            let add = e.bin("add.rn", &acc, &share);
+            e.line(format!("selp.f32 {acc}, {add}, {acc}, {hit};"));
+            e.line(format!("add.u64 {cq}, {cq}, 1;"));
+            e.line(format!("bra.uni {cols};"));
+            e.label(&cols_done);
+            e.line(format!("add.u64 {r}, {r}, 1;"));
+            e.line(format!("bra.uni {rows};"));
+            e.label(&rows_done);
+            store(&mut e, &out_ptr, &idx, &acc);
         }
         other => return Err(format!("`{}`: not rendered to PTX yet", other.name())),
     }
