@@ -1,0 +1,61 @@
+#!/usr/bin/env python3
+"""What users see: `modelc train`'s own logged samples/s against PyTorch eager
+(and JAX jit when installed), on the same workloads, in one run.
+
+Usage (PyTorch, and optionally JAX, in a virtual environment outside the
+repository):
+
+    /path/to/venv/bin/python benches/train_vs_pytorch.py
+
+modelc: `modelc train SPEC --set epochs=4 --test-limit 1000` (release build,
+RAYON_NUM_THREADS=2); the figure is the median of epochs 2-4 of the log's
+`samples_per_second`, which times each epoch's training loop as the trainer
+runs it (shuffle, batch gathering, steps; not the evaluation after it).
+PyTorch: benches/vs_pytorch.py's protocol (a warm-up epoch, then three timed,
+the median; 2 threads). The batch sizes and optimizers are the specs'.
+"""
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from vs_pytorch import CONFIGS, THREADS, torch_speed  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def modelc_train(name):
+    env = dict(os.environ, RAYON_NUM_THREADS=str(THREADS))
+    with tempfile.TemporaryDirectory() as out:
+        subprocess.run(
+            [os.path.join(ROOT, "target/release/modelc"), "train", f"specs/{name}.model",
+             "--set", "epochs=4", "--test-limit", "1000", "--out", out],
+            cwd=ROOT, env=env, check=True, capture_output=True, text=True)
+        lines = [json.loads(l) for l in open(os.path.join(out, "log.jsonl"))]
+    return statistics.median(l["samples_per_second"] for l in lines[1:])
+
+
+def main():
+    torch.set_num_threads(THREADS)
+    subprocess.run(["cargo", "build", "--release", "-q"], cwd=ROOT, check=True)
+    rows = []
+    for name in CONFIGS:
+        ours = modelc_train(name)
+        theirs = torch_speed(name)["samples_per_s"]
+        rows.append((name, CONFIGS[name][1], ours, theirs))
+        print(f"  {name}: modelc train {ours:,.0f}/s, PyTorch eager {theirs:,.0f}/s", flush=True)
+    print(f"\n`modelc train` (its log, median of epochs 2-4) vs PyTorch {torch.__version__} eager, "
+          f"{THREADS} threads each, samples/s")
+    print("| workload | modelc train | PyTorch eager | ratio |")
+    print("| --- | ---: | ---: | ---: |")
+    for name, batch, ours, theirs in rows:
+        print(f"| {name}, batch {batch} | {ours:,.0f} | {theirs:,.0f} | {ours / theirs:.2f}x |")
+
+
+if __name__ == "__main__":
+    main()
