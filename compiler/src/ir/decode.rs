@@ -30,7 +30,7 @@ use crate::check::model::{ModelInfo, Op as CheckOp};
 use crate::check::types::DType as CheckDType;
 
 use super::lower::{layer_op, Builder, Mode};
-use super::{BinaryOp as B, DType, Dim, Graph, NodeId, Op, Role, Shape, Ty};
+use super::{DType, Dim, Graph, NodeId, Op, Role, Shape, Ty};
 
 /// What a decode graph needs to know of its model.
 #[derive(Clone, Debug)]
@@ -110,14 +110,7 @@ pub fn decode(model: &ModelInfo) -> Result<(Graph, DecodeInfo), String> {
             CheckOp::Target { .. } | CheckOp::Loss { .. } | CheckOp::Metric { .. } => continue,
             CheckOp::Const { value } => b.c(*value).map_err(|e| e.to_string())?,
             CheckOp::Neg => b.un(super::UnaryOp::Neg, ins[0]).map_err(|e| e.to_string())?,
-            CheckOp::Binary { op } => {
-                let op = match *op {
-                    "+" => B::Add,
-                    "-" => B::Sub,
-                    _ => B::Mul,
-                };
-                b.bin(op, ins[0], ins[1]).map_err(|e| e.to_string())?
-            }
+            CheckOp::Binary { op } => b.bin(super::lower::binary_op(op), ins[0], ins[1]).map_err(|e| e.to_string())?,
             CheckOp::Layer { layer } => {
                 let params: Vec<NodeId> = model
                     .params

@@ -124,6 +124,15 @@ impl Builder {
     }
 }
 
+/// The IR op of a model's `+ - *`.
+pub(crate) fn binary_op(op: &str) -> B {
+    match op {
+        "+" => B::Add,
+        "-" => B::Sub,
+        _ => B::Mul,
+    }
+}
+
 fn shape_of(dims: &[u64]) -> Shape {
     Shape(dims.iter().map(|d| Dim::Fixed(*d)).collect())
 }
@@ -147,14 +156,7 @@ pub fn forward(model: &ModelInfo, mode: Mode) -> R<Graph> {
             }
             CheckOp::Const { value } => b.c(*value)?,
             CheckOp::Neg => b.un(U::Neg, ins[0])?,
-            CheckOp::Binary { op } => {
-                let op = match *op {
-                    "+" => B::Add,
-                    "-" => B::Sub,
-                    _ => B::Mul,
-                };
-                b.bin(op, ins[0], ins[1])?
-            }
+            CheckOp::Binary { op } => b.bin(binary_op(op), ins[0], ins[1])?,
             CheckOp::Layer { layer } => {
                 let params: Vec<NodeId> = model
                     .params

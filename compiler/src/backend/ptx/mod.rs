@@ -135,6 +135,47 @@ impl Emit {
     }
 }
 
+/// A grid-stride loop's registers and labels.
+struct GridLoop {
+    idx: String,
+    stride: String,
+    top: String,
+    done: String,
+}
+
+impl Emit {
+    /// Opens a grid-stride loop over `0..total`: each thread starts at its
+    /// global index and steps by the grid's thread count.
+    fn grid_loop(&mut self, total: &str) -> GridLoop {
+        let (ctaid, ntid, tid, nctaid) = (self.r(), self.r(), self.r(), self.r());
+        self.line(format!("mov.u32 {ctaid}, %ctaid.x;"));
+        self.line(format!("mov.u32 {ntid}, %ntid.x;"));
+        self.line(format!("mov.u32 {tid}, %tid.x;"));
+        self.line(format!("mov.u32 {nctaid}, %nctaid.x;"));
+        let idx = self.rd();
+        self.line(format!("mul.wide.u32 {idx}, {ctaid}, {ntid};"));
+        let t = self.rd();
+        self.line(format!("cvt.u64.u32 {t}, {tid};"));
+        self.line(format!("add.u64 {idx}, {idx}, {t};"));
+        let stride = self.rd();
+        self.line(format!("mul.wide.u32 {stride}, {nctaid}, {ntid};"));
+        let (top, done) = (self.new_label("loop"), self.new_label("done"));
+        self.label(&top);
+        let end = self.p();
+        self.line(format!("setp.ge.u64 {end}, {idx}, {total};"));
+        self.line(format!("@{end} bra {done};"));
+        GridLoop { idx, stride, top, done }
+    }
+
+    /// Closes the loop and the kernel.
+    fn end_loop(&mut self, lp: &GridLoop) {
+        self.line(format!("add.u64 {}, {}, {};", lp.idx, lp.idx, lp.stride));
+        self.line(format!("bra.uni {};", lp.top));
+        self.label(&lp.done);
+        self.line("ret;");
+    }
+}
+
 /// An f32 literal as PTX writes it exactly.
 fn hex(v: f32) -> String {
     format!("0f{:08X}", v.to_bits())
@@ -333,24 +374,8 @@ pub fn render(g: &Graph, k: &Kernel, name: &str) -> Result<String, String> {
     }
     let n = e.rd();
     e.line(format!("ld.param.u64 {n}, [{name}_param_{}];", slots.len()));
-    // Element index and grid stride.
-    let (ctaid, ntid, tid, nctaid) = (e.r(), e.r(), e.r(), e.r());
-    e.line(format!("mov.u32 {ctaid}, %ctaid.x;"));
-    e.line(format!("mov.u32 {ntid}, %ntid.x;"));
-    e.line(format!("mov.u32 {tid}, %tid.x;"));
-    e.line(format!("mov.u32 {nctaid}, %nctaid.x;"));
-    let idx = e.rd();
-    e.line(format!("mul.wide.u32 {idx}, {ctaid}, {ntid};"));
-    let t = e.rd();
-    e.line(format!("cvt.u64.u32 {t}, {tid};"));
-    e.line(format!("add.u64 {idx}, {idx}, {t};"));
-    let stride = e.rd();
-    e.line(format!("mul.wide.u32 {stride}, {nctaid}, {ntid};"));
-    let (top, done) = (e.new_label("loop"), e.new_label("done"));
-    e.label(&top);
-    let out_of_range = e.p();
-    e.line(format!("setp.ge.u64 {out_of_range}, {idx}, {n};"));
-    e.line(format!("@{out_of_range} bra {done};"));
+    let lp = e.grid_loop(&n);
+    let idx = lp.idx.clone();
     // Offsets of the walked operands at this element.
     let mut offsets: Vec<String> = Vec::with_capacity(walked.len());
     match nest.inner {
@@ -506,10 +531,7 @@ pub fn render(g: &Graph, k: &Kernel, name: &str) -> Result<String, String> {
         let a = addr(&mut e, w, &offsets);
         e.line(format!("st.global.f32 [{a}], {};", vals[w]));
     }
-    e.line(format!("add.u64 {idx}, {idx}, {stride};"));
-    e.line(format!("bra.uni {top};"));
-    e.label(&done);
-    e.line("ret;");
+    e.end_loop(&lp);
 
     Ok(entry(name, slots.len(), &e))
 }
@@ -633,23 +655,8 @@ pub fn render_copy(g: &Graph, k: &Kernel, name: &str) -> Result<String, String> 
         Op::Col2Im { .. } => product(&mut e, &xs),
         _ => product(&mut e, &os),
     };
-    let (ctaid, ntid, tid, nctaid) = (e.r(), e.r(), e.r(), e.r());
-    e.line(format!("mov.u32 {ctaid}, %ctaid.x;"));
-    e.line(format!("mov.u32 {ntid}, %ntid.x;"));
-    e.line(format!("mov.u32 {tid}, %tid.x;"));
-    e.line(format!("mov.u32 {nctaid}, %nctaid.x;"));
-    let idx = e.rd();
-    e.line(format!("mul.wide.u32 {idx}, {ctaid}, {ntid};"));
-    let t = e.rd();
-    e.line(format!("cvt.u64.u32 {t}, {tid};"));
-    e.line(format!("add.u64 {idx}, {idx}, {t};"));
-    let stride = e.rd();
-    e.line(format!("mul.wide.u32 {stride}, {nctaid}, {ntid};"));
-    let (top, done) = (e.new_label("loop"), e.new_label("done"));
-    e.label(&top);
-    let end = e.p();
-    e.line(format!("setp.ge.u64 {end}, {idx}, {total};"));
-    e.line(format!("@{end} bra {done};"));
+    let lp = e.grid_loop(&total);
+    let idx = lp.idx.clone();
     let load = |e: &mut Emit, base: &str, off: &str| -> String {
         let a = e.rd();
         e.line(format!("mad.lo.u64 {a}, {off}, 4, {base};"));
@@ -968,10 +975,7 @@ pub fn render_copy(g: &Graph, k: &Kernel, name: &str) -> Result<String, String> 
         }
         other => return Err(format!("`{}`: not rendered to PTX yet", other.name())),
     }
-    e.line(format!("add.u64 {idx}, {idx}, {stride};"));
-    e.line(format!("bra.uni {top};"));
-    e.label(&done);
-    e.line("ret;");
+    e.end_loop(&lp);
     Ok(entry(name, slots.len(), &e))
 }
 
