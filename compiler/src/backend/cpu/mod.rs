@@ -33,6 +33,7 @@ use crate::gradcheck::concrete;
 use crate::ir::verify::VerifiedGraph;
 use crate::ir::{Dim, Graph, NodeId, Op, Shape};
 use crate::kernel::fusion::{self, Kernel, KernelKind};
+use crate::kernel::layout::{self, Place};
 use crate::kernel::{loops, memory};
 
 /// Matmuls `A·Bᵀ` of at least this many multiply-adds with fewer rows than
@@ -303,45 +304,12 @@ impl Program {
     }
 
     fn make_layout(&mut self, batch: usize, plan: &memory::Plan) -> Layout {
+        // The kernel stage decides where values live; this resolves it to
+        // pointers into this program's buffers.
         let g = &self.g;
-        // Which kernel writes a value, and the last kernel reading each value
-        // (through views).
-        let mut writer: HashMap<NodeId, usize> = HashMap::new();
-        for (k, kernel) in self.kernels.iter().enumerate() {
-            for w in &kernel.writes {
-                writer.insert(*w, k);
-            }
-        }
-        let root = |mut id: NodeId| {
-            while let Op::Reshape { .. } | Op::StopGradient = g.node(id).op {
-                id = g.inputs(id)[0];
-            }
-            id
-        };
-        let mut last_read: HashMap<NodeId, usize> = HashMap::new();
-        for (k, kernel) in self.kernels.iter().enumerate() {
-            for r in &kernel.reads {
-                last_read.insert(root(*r), k);
-            }
-        }
-        // Feedback written in place: the writer is an elementwise kernel no
-        // earlier than the last reader of the input.
-        let mut redirect: HashMap<NodeId, NodeId> = HashMap::new();
-        let mut copy_back_ids = Vec::new();
-        for (v, x) in &self.feedback {
-            let xin = self.inputs[x].node;
-            let ok = writer.get(v).is_some_and(|k| {
-                self.kernels[*k].kind == KernelKind::Elementwise
-                    && !matches!(g.node(*v).op, Op::Reduce { .. })
-                    && last_read.get(&xin).is_none_or(|r| r <= k)
-                    && g.ty(*v).shape == g.ty(xin).shape
-            }) && !redirect.contains_key(v);
-            if ok {
-                redirect.insert(*v, xin);
-            } else if root(*v) != xin {
-                copy_back_ids.push((*v, xin));
-            }
-        }
+        let pairs: Vec<(NodeId, NodeId)> = self.feedback.iter().map(|(v, x)| (*v, self.inputs[x].node)).collect();
+        let fb = layout::feedback(g, &self.kernels, &pairs);
+        let places = layout::places(g, plan, &fb);
         let arena = P(self.arena.as_mut_ptr());
         let mut sizes: Vec<Box<[f32]>> = Vec::new();
         let mut addr: HashMap<NodeId, P> = HashMap::new();
@@ -352,27 +320,20 @@ impl Program {
             input_ptrs.insert(id, p);
         }
         let g = &self.g;
-        for id in g.topo_order() {
-            let p = match &g.node(id).op {
-                Op::Input { .. } => input_ptrs[&id],
-                Op::Const { .. } => P(self.consts.get_mut(&id).expect("a constant's buffer").as_mut_ptr()),
-                Op::SizeOf { axis } => {
-                    let x = g.inputs(id)[0];
-                    let mut b = vec![concrete(&g.ty(x).shape, batch)[*axis] as f32].into_boxed_slice();
+        for (id, place) in places {
+            let p = match place {
+                Place::Input(x) | Place::Into(x) => input_ptrs[&x],
+                Place::Const(c) => P(self.consts.get_mut(&c).expect("a constant's buffer").as_mut_ptr()),
+                Place::Size(v) => {
+                    let mut b = vec![v].into_boxed_slice();
                     let p = P(b.as_mut_ptr());
                     sizes.push(b);
                     p
                 }
-                Op::Reshape { .. } | Op::StopGradient => addr[&g.inputs(id)[0]],
-                _ => match redirect.get(&id) {
-                    Some(x) => input_ptrs[x],
-                    None => match plan.offsets.get(&id) {
-                        // SAFETY: the plan keeps every buffer inside the arena.
-                        Some(off) => P(unsafe { arena.0.add(*off as usize / 4) }),
-                        // Computed inside a kernel, never stored.
-                        None => P(std::ptr::null_mut()),
-                    },
-                },
+                Place::View(x) => addr[&x],
+                // SAFETY: the plan keeps every buffer inside the arena.
+                Place::Arena(off) => P(unsafe { arena.0.add(off as usize / 4) }),
+                Place::Unstored => P(std::ptr::null_mut()),
             };
             addr.insert(id, p);
         }
@@ -415,27 +376,16 @@ impl Program {
                 Code::Gemm { ta, tb } => {
                     let id = kernel.nodes[0];
                     let ins = g.inputs(id);
-                    let (sa, sb) = (concrete(&g.ty(ins[0]).shape, batch), concrete(&g.ty(ins[1]).shape, batch));
-                    let so = concrete(&g.ty(id).shape, batch);
-                    let (ra, rb, ro) = (sa.len(), sb.len(), so.len());
-                    let (m, n) = (so[ro - 2], so[ro - 1]);
-                    let k = if *ta { sa[ra - 2] } else { sa[ra - 1] };
-                    // Stored [m, k] (or [k, m] when transposed): (row, column) strides.
-                    let lhs = if *ta { (1, m as isize) } else { (k as isize, 1) };
-                    let rhs = if *tb { (1, k as isize) } else { (n as isize, 1) };
-                    let lead = &so[..ro - 2];
-                    let count: usize = lead.iter().product();
+                    let d = layout::gemm_dims(g, id, *ta, *tb, batch);
                     let (pa, pb, po) = (addr[&ins[0]], addr[&ins[1]], addr[&id]);
-                    let each = (0..count)
-                        .map(|i| {
-                            let oa = lead_offset(i, lead, &sa[..ra - 2]) * m * k;
-                            let ob = lead_offset(i, lead, &sb[..rb - 2]) * k * n;
-                            // SAFETY: offsets of matrices inside their tensors.
-                            unsafe { (P(pa.0.add(oa)), P(pb.0.add(ob)), P(po.0.add(i * m * n))) }
-                        })
+                    // SAFETY: offsets of matrices inside their tensors.
+                    let each = d
+                        .each
+                        .iter()
+                        .map(|(a, b, o)| unsafe { (P(pa.0.add(*a)), P(pb.0.add(*b)), P(po.0.add(*o))) })
                         .collect();
                     let via = transposed(id).map(|_| scratch_ptr);
-                    Call::Gemm { m, n, k, lhs, rhs, each, via }
+                    Call::Gemm { m: d.m, n: d.n, k: d.k, lhs: d.lhs, rhs: d.rhs, each, via }
                 }
                 Code::Copy => {
                     let id = kernel.nodes[0];
@@ -447,7 +397,7 @@ impl Program {
         let outputs =
             g.outputs.iter().map(|(name, id)| (name.clone(), (addr[id], elements(&g.ty(*id).shape, batch)))).collect();
         let copy_back =
-            copy_back_ids.iter().map(|(v, x)| (addr[v], input_ptrs[x], elements(&g.ty(*x).shape, batch))).collect();
+            fb.copy_back.iter().map(|(v, x)| (addr[v], input_ptrs[x], elements(&g.ty(*x).shape, batch))).collect();
         Layout { calls, _sizes: sizes, outputs, copy_back, _scratch: scratch, arena_bytes: plan.arena_bytes }
     }
 
@@ -536,27 +486,6 @@ fn pool() -> &'static rayon::ThreadPool {
             .build()
             .unwrap_or_else(|_| rayon::ThreadPoolBuilder::new().num_threads(1).build().expect("a one-thread pool"))
     })
-}
-
-/// The element offset of the matrix for leading index `i` (over `lead`) in an
-/// operand with leading dimensions `own` (right-aligned, broadcast).
-fn lead_offset(i: usize, lead: &[usize], own: &[usize]) -> usize {
-    let mut rest = i;
-    let mut off = 0;
-    let mut stride = 1;
-    let shift = lead.len() - own.len();
-    for d in (0..lead.len()).rev() {
-        let idx = rest % lead[d];
-        rest /= lead[d];
-        if d >= shift {
-            let size = own[d - shift];
-            if size != 1 {
-                off += idx * stride;
-            }
-            stride *= size;
-        }
-    }
-    off
 }
 
 fn run_call(call: &Call) -> Result<(), String> {

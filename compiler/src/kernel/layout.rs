@@ -1,0 +1,169 @@
+//! Where values live when a fused graph runs: the backend-neutral half of a
+//! backend's layout. A backend (the CPU's `Program`, a CUDA device next)
+//! resolves these decisions to its own pointers.
+//!
+//! - [`feedback`]: each `new.X` output is written straight into input `X`
+//!   when that is safe (its writer is an elementwise kernel, not a
+//!   reduction, that runs no earlier than the last reader of `X`, and the
+//!   shapes agree), else copied back after the step.
+//! - [`places`]: per value, at a batch size: an input's buffer, a
+//!   constant's, a `size_of` value, a view of its operand (reshape,
+//!   stop-gradient), the feedback input it is written into, an arena offset
+//!   from the memory plan, or nowhere (computed inside a kernel).
+//! - [`gemm_dims`]: a matmul kernel as gemm calls: m, n, k, the operands'
+//!   (row, column) strides, and each call's element offsets.
+
+use std::collections::HashMap;
+
+use crate::gradcheck::concrete;
+use crate::ir::{Graph, NodeId, Op};
+use crate::kernel::fusion::{Kernel, KernelKind};
+use crate::kernel::memory;
+
+/// How feedback outputs reach their inputs.
+#[derive(Clone, Debug, Default)]
+pub struct Feedback {
+    /// Output values written straight into an input: value → input node.
+    pub in_place: HashMap<NodeId, NodeId>,
+    /// (output value, input node) copied back after each run.
+    pub copy_back: Vec<(NodeId, NodeId)>,
+}
+
+/// The operand a view (reshape, stop-gradient) reads through to.
+pub fn view_root(g: &Graph, mut id: NodeId) -> NodeId {
+    while let Op::Reshape { .. } | Op::StopGradient = g.node(id).op {
+        id = g.inputs(id)[0];
+    }
+    id
+}
+
+/// Decides, for every (output value, input node) pair of `new.X` feedback,
+/// whether it is written in place or copied back (see the module docs).
+pub fn feedback(g: &Graph, kernels: &[Kernel], pairs: &[(NodeId, NodeId)]) -> Feedback {
+    // Which kernel writes a value, and the last kernel reading each value
+    // (through views).
+    let mut writer: HashMap<NodeId, usize> = HashMap::new();
+    let mut last_read: HashMap<NodeId, usize> = HashMap::new();
+    for (k, kernel) in kernels.iter().enumerate() {
+        for w in &kernel.writes {
+            writer.insert(*w, k);
+        }
+        for r in &kernel.reads {
+            last_read.insert(view_root(g, *r), k);
+        }
+    }
+    let mut fb = Feedback::default();
+    for (v, xin) in pairs {
+        let ok = writer.get(v).is_some_and(|k| {
+            kernels[*k].kind == KernelKind::Elementwise
+                && !matches!(g.node(*v).op, Op::Reduce { .. })
+                && last_read.get(xin).is_none_or(|r| r <= k)
+                && g.ty(*v).shape == g.ty(*xin).shape
+        }) && !fb.in_place.contains_key(v);
+        if ok {
+            fb.in_place.insert(*v, *xin);
+        } else if view_root(g, *v) != *xin {
+            fb.copy_back.push((*v, *xin));
+        }
+    }
+    fb
+}
+
+/// Where a value lives at a batch size.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Place {
+    /// The buffer of an input (this node).
+    Input(NodeId),
+    /// The buffer of a constant (this node).
+    Const(NodeId),
+    /// A `size_of` value: one float.
+    Size(f32),
+    /// The same memory as this operand.
+    View(NodeId),
+    /// Written straight into this input's buffer (feedback in place).
+    Into(NodeId),
+    /// Bytes from the arena's start.
+    Arena(u64),
+    /// Computed inside a kernel, never stored.
+    Unstored,
+}
+
+/// Every value's place at `plan.batch`, in topological order (a view
+/// follows its operand).
+pub fn places(g: &Graph, plan: &memory::Plan, fb: &Feedback) -> Vec<(NodeId, Place)> {
+    let batch = plan.batch as usize;
+    g.topo_order()
+        .into_iter()
+        .map(|id| {
+            let place = match &g.node(id).op {
+                Op::Input { .. } => Place::Input(id),
+                Op::Const { .. } => Place::Const(id),
+                Op::SizeOf { axis } => Place::Size(concrete(&g.ty(g.inputs(id)[0]).shape, batch)[*axis] as f32),
+                Op::Reshape { .. } | Op::StopGradient => Place::View(g.inputs(id)[0]),
+                _ => match (fb.in_place.get(&id), plan.offsets.get(&id)) {
+                    (Some(x), _) => Place::Into(*x),
+                    (None, Some(off)) => Place::Arena(*off),
+                    (None, None) => Place::Unstored,
+                },
+            };
+            (id, place)
+        })
+        .collect()
+}
+
+/// A matmul kernel as gemm calls at a batch size.
+#[derive(Clone, Debug, PartialEq)]
+pub struct GemmDims {
+    pub m: usize,
+    pub n: usize,
+    pub k: usize,
+    /// (row, column) element strides of the stored operands.
+    pub lhs: (isize, isize),
+    pub rhs: (isize, isize),
+    /// Per call: element offsets into a, b and the output.
+    pub each: Vec<(usize, usize, usize)>,
+}
+
+/// The gemm calls of matmul `id` (`ta`, `tb`: operands read transposed) at `batch`.
+pub fn gemm_dims(g: &Graph, id: NodeId, ta: bool, tb: bool, batch: usize) -> GemmDims {
+    let ins = g.inputs(id);
+    let (sa, sb) = (concrete(&g.ty(ins[0]).shape, batch), concrete(&g.ty(ins[1]).shape, batch));
+    let so = concrete(&g.ty(id).shape, batch);
+    let (ra, rb, ro) = (sa.len(), sb.len(), so.len());
+    let (m, n) = (so[ro - 2], so[ro - 1]);
+    let k = if ta { sa[ra - 2] } else { sa[ra - 1] };
+    // Stored [m, k] (or [k, m] when transposed): (row, column) strides.
+    let lhs = if ta { (1, m as isize) } else { (k as isize, 1) };
+    let rhs = if tb { (1, k as isize) } else { (n as isize, 1) };
+    let lead = &so[..ro - 2];
+    let count: usize = lead.iter().product();
+    let each = (0..count)
+        .map(|i| {
+            let oa = lead_offset(i, lead, &sa[..ra - 2]) * m * k;
+            let ob = lead_offset(i, lead, &sb[..rb - 2]) * k * n;
+            (oa, ob, i * m * n)
+        })
+        .collect();
+    GemmDims { m, n, k, lhs, rhs, each }
+}
+
+/// The element offset of the matrix for leading index `i` (over `lead`) in an
+/// operand with leading dimensions `own` (right-aligned, broadcast).
+fn lead_offset(i: usize, lead: &[usize], own: &[usize]) -> usize {
+    let mut rest = i;
+    let mut off = 0;
+    let mut stride = 1;
+    let shift = lead.len() - own.len();
+    for d in (0..lead.len()).rev() {
+        let idx = rest % lead[d];
+        rest /= lead[d];
+        if d >= shift {
+            let size = own[d - shift];
+            if size != 1 {
+                off += idx * stride;
+            }
+            stride *= size;
+        }
+    }
+    off
+}
