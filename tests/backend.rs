@@ -191,3 +191,41 @@ fn permutes_split_between_threads_match_the_interpreter() {
         assert!(got.iter().zip(&want).all(|(a, b)| *a == *b as f32), "permute {perm:?} differs");
     }
 }
+
+/// Reductions over the batch large enough to be split between the threads
+/// (the second half into its own copy of the output, combined after) give
+/// the interpreter's sums and maxima.
+#[test]
+fn batch_reductions_split_between_threads_match_the_interpreter() {
+    use modelc_compiler::backend::cpu::Program;
+    use modelc_compiler::ir::{Graph, Op, ReduceOp, Role, Shape, Ty};
+    for op in [ReduceOp::Sum, ReduceOp::Max] {
+        let mut g = Graph::new();
+        // [N, 64, 32] at N = 40: 81,920 elements, reduced over N and 64.
+        let x = g.input("x", Role::Data, Ty::f32(Shape::batched(&[64, 32])));
+        let y = g.add(Op::Reduce { op, axes: vec![0, 1] }, &[x]).expect("types");
+        g.outputs.push(("y".into(), y));
+        let inputs = modelc_compiler::gradcheck::random_inputs(&g, 40, &mut modelc_compiler::rng::Rng::new(5));
+        let want = modelc_compiler::interp::outputs(&g, &inputs).expect("runs")["y"].data.clone();
+        // f32 rounding of a 2,560-term sum: bounded by 1e-6 of Σ|x| (ε·n ≈ 1.5e-4 would be the worst case).
+        let mut scale = vec![0.0f64; 32];
+        for (i, v) in inputs["x"].data.iter().enumerate() {
+            scale[i % 32] += v.abs();
+        }
+        let mut p = Program::new(modelc_compiler::ir::verify::verify(g).expect("verifies")).expect("compiles");
+        for _ in 0..2 {
+            // Twice: the private copy is refilled every run.
+            let buf = p.input_mut("x", 40).expect("input");
+            for (b, v) in buf.iter_mut().zip(&inputs["x"].data) {
+                *b = *v as f32;
+            }
+            p.run(40).expect("runs");
+            let got = p.output("y", 40).expect("output");
+            assert_eq!(got.len(), 32);
+            for ((a, b), s) in got.iter().zip(&want).zip(&scale) {
+                let tol = if op == ReduceOp::Max { 0.0 } else { 1e-6 * s };
+                assert!((*a as f64 - *b as f32 as f64).abs() <= tol, "{op:?}: {a} vs {b}");
+            }
+        }
+    }
+}

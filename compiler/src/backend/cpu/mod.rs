@@ -76,6 +76,16 @@ struct Input {
     storage: Storage,
 }
 
+/// The second thread's half of a split reduction (see `Call::Clif`).
+struct Partial {
+    /// The kernel's arguments with the reduction's output replaced by `scratch`.
+    args: Vec<P>,
+    out: P,
+    scratch: P,
+    len: usize,
+    max: bool,
+}
+
 /// One kernel call with everything resolved for a batch size.
 enum Call {
     Clif {
@@ -87,6 +97,10 @@ enum Call {
         split: Option<usize>,
         /// A reduction's output, its element count and identity, filled first.
         fill: Option<(P, usize, f32)>,
+        /// A reduction over the batch split between the threads: the
+        /// second half accumulates into its own copy of the output, added
+        /// (or max-combined) in after both halves.
+        partial: Option<Partial>,
     },
     Gemm {
         m: usize,
@@ -360,7 +374,7 @@ impl Program {
                 Code::Clif { f, identity, row } => {
                     let shape = loops::loop_shape(g, kernel).unwrap_or_else(Shape::scalar);
                     let n = elements(&shape, batch);
-                    let args = kernel.reads.iter().chain(&kernel.writes).map(|v| addr[v]).collect();
+                    let args: Vec<P> = kernel.reads.iter().chain(&kernel.writes).map(|v| addr[v]).collect();
                     let half = match identity {
                         // Split between samples when each keeps its own
                         // outputs (the batch axis is not reduced).
@@ -369,9 +383,27 @@ impl Program {
                             .filter(|h| h % row == 0),
                         None => Some((n / row).div_ceil(2) * row),
                     };
-                    let split = half.filter(|h| n >= PARALLEL_ELEMENTS && *h > 0 && *h < n);
+                    let mut split = half.filter(|h| n >= PARALLEL_ELEMENTS && *h > 0 && *h < n);
                     let fill = identity.map(|(r, v)| (addr[&r], elements(&g.ty(r).shape, batch), v));
-                    Call::Clif { f: *f, args, n, split, fill }
+                    // A reduction over the batch (a bias gradient): the
+                    // second half sums into a private copy of the output.
+                    let mut partial = None;
+                    if let (Some((r, _)), None) = (identity, split) {
+                        let h = (n / row).div_ceil(2) * row;
+                        if n >= PARALLEL_ELEMENTS && h > 0 && h < n {
+                            let len = elements(&g.ty(*r).shape, batch);
+                            let mut own = vec![0.0f32; len].into_boxed_slice();
+                            let scratch = P(own.as_mut_ptr());
+                            sizes.push(own);
+                            let slot = kernel.reads.len() + kernel.writes.iter().position(|w| w == r).expect("written");
+                            let mut args2: Vec<P> = args.clone();
+                            args2[slot] = scratch;
+                            let max = matches!(g.node(*r).op, Op::Reduce { op: crate::ir::ReduceOp::Max, .. });
+                            partial = Some(Partial { args: args2, out: addr[r], scratch, len, max });
+                            split = Some(h);
+                        }
+                    }
+                    Call::Clif { f: *f, args, n, split, fill, partial }
                 }
                 Code::Gemm { ta, tb } => {
                     let id = kernel.nodes[0];
@@ -490,13 +522,37 @@ fn pool() -> &'static rayon::ThreadPool {
 
 fn run_call(call: &Call) -> Result<(), String> {
     match call {
-        Call::Clif { f, args, n, split, fill } => {
+        Call::Clif { f, args, n, split, fill, partial } => {
             if let Some((p, m, v)) = fill {
                 // SAFETY: the reduction's output holds m floats.
                 unsafe { std::slice::from_raw_parts_mut(p.get(), *m) }.fill(*v);
             }
             let n = *n as i64;
-            if let Some(half) = *split {
+            if let (Some(half), Some(part), Some((_, _, v))) = (*split, partial, fill) {
+                // SAFETY: the private copy holds `len` floats, as the output.
+                let own = unsafe { std::slice::from_raw_parts_mut(part.scratch.get(), part.len) };
+                own.fill(*v);
+                let (a, b, f, half) =
+                    (P(args.as_ptr() as *mut f32), P(part.args.as_ptr() as *mut f32), *f, half as i64);
+                // SAFETY: the halves write disjoint elements, and their own
+                // copies of the reduction's output.
+                rayon::join(
+                    move || unsafe { f(a.get() as *const *mut f32, n, 0, half) },
+                    move || unsafe { f(b.get() as *const *mut f32, n, half, n) },
+                );
+                // SAFETY: the output holds `len` floats.
+                let out = unsafe { std::slice::from_raw_parts_mut(part.out.get(), part.len) };
+                for (o, x) in out.iter_mut().zip(own.iter()) {
+                    // As the kernels' combine: a sum, or a larger value or a NaN wins.
+                    *o = if !part.max {
+                        *o + *x
+                    } else if *x > *o || x.is_nan() {
+                        *x
+                    } else {
+                        *o
+                    };
+                }
+            } else if let Some(half) = *split {
                 let (a, f, half) = (P(args.as_ptr() as *mut f32), *f, half as i64);
                 // SAFETY: the kernel writes only elements of its own range.
                 rayon::join(
