@@ -43,6 +43,43 @@ fn the_cache_gives_the_whole_windows_tokens() {
     }
 }
 
+/// Models at the edges (found by review): a window of one token (the
+/// window shift once emptied nothing and the next token overran it), and
+/// a prediction that is not a layer's output (a negated head: the
+/// whole-window engine used to read the dense layer under the negation).
+#[test]
+fn edge_models_give_the_same_tokens_with_and_without_the_cache() {
+    let spec = |context: u64, head: &str| {
+        format!(
+            "model m {{\n  input tokens: i32[{context}]\n  target next: class[96] per token\n  x = embed(tokens, 96, dim: 8) + positions({context}, dim: 8)\n  h = x + (x |> layernorm |> attention(heads: 2, causal))\n  logits = {head}\n  loss cross_entropy(logits, next)\n}}\ntrain m {{\n  data text(\"data/tinyshakespeare/input.txt\", context: {context})\n  batch 2\n  epochs 1\n  optimizer sgd(lr: 0.1)\n}}\n"
+        )
+    };
+    for (context, head) in [(1, "h |> dense(96)"), (4, "-(h |> layernorm |> dense(96))"), (5, "(h |> dense(96)) * 0.5")]
+    {
+        let (_, program, errors) =
+            modelc_compiler::check_text("edge.model", spec(context, head), &modelc_compiler::FsLoader);
+        assert!(errors.is_empty(), "{errors:?}");
+        let model = &program.models[0];
+        let weights = modelc::init::init(model, 1).expect("init");
+        let opts = Options { tokens: 3 * context as usize + 4, temperature: 0.0, top_k: None, seed: 0 };
+        let prompt = [1u32, 2, 3];
+        let a =
+            generate(&mut Engine::cached(model, &weights).expect("decode"), &prompt, &opts, |_| {}).expect("samples");
+        let b = generate(&mut Engine::window(model, &weights).expect("eval"), &prompt, &opts, |_| {}).expect("samples");
+        assert_eq!(a, b, "context {context}, head `{head}`");
+    }
+    // One learned position for the whole window: the same row everywhere.
+    let text = spec(4, "h |> dense(96)").replace("positions(4, dim: 8)", "positions(1, dim: 8)");
+    let (_, program, errors) = modelc_compiler::check_text("edge.model", text, &modelc_compiler::FsLoader);
+    assert!(errors.is_empty(), "{errors:?}");
+    let model = &program.models[0];
+    let weights = modelc::init::init(model, 1).expect("init");
+    let opts = Options { tokens: 9, temperature: 0.0, top_k: None, seed: 0 };
+    let a = generate(&mut Engine::cached(model, &weights).expect("decode"), &[5], &opts, |_| {}).expect("samples");
+    let b = generate(&mut Engine::window(model, &weights).expect("eval"), &[5], &opts, |_| {}).expect("samples");
+    assert_eq!(a, b, "positions(1) over a window of 4");
+}
+
 /// A model whose positions see later ones has no token-by-token form.
 #[test]
 fn sampling_refuses_a_model_that_mixes_positions() {
@@ -96,7 +133,7 @@ fn train_eval_and_sample_text() {
     // A prompt outside the vocabulary, and a bad temperature, are errors.
     let (code, _, err) = modelc(&[&args[..4], &["--prompt", "é"]].concat());
     assert_eq!(code, 1);
-    assert!(err.contains("the prompt:1:1: byte 0xc3 is not in the `chars` vocabulary"), "{err}");
+    assert!(err.contains("the prompt:1:1: a character the model's `chars` vocabulary lacks"), "{err}");
     let (code, _, err) = modelc(&[&args[..], &["--temperature=-1"]].concat());
     assert_eq!(code, 1);
     assert!(err.contains("--temperature -1 must be 0"), "{err}");

@@ -1246,7 +1246,9 @@ fn export(
         let stem = weights.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
         weights.with_file_name(format!("{stem}.merged.safetensors"))
     });
-    let meta = std::collections::BTreeMap::from([("model".to_string(), f.model.name.clone())]);
+    // The source's metadata (vocabulary, CSV preprocessing) travels on.
+    let mut meta = crate::checkpoint::metadata(weights).map_err(|e| e.to_string())?;
+    meta.insert("model".to_string(), f.model.name.clone());
     crate::checkpoint::save(&target, &t, meta).map_err(|e| e.to_string())?;
     let _ = writeln!(out, "merged {merged} adapted layers into {} ({} tensors)", target.display(), t.len());
     Ok(0)
@@ -1352,7 +1354,13 @@ fn sample(
         model.params.iter().map(|p| (p.name.clone(), p.shape.iter().map(|d| *d as usize).collect())).collect();
     let loaded = crate::checkpoint::load(weights).map_err(|e| e.to_string())?;
     let tensors = crate::checkpoint::validate(weights, loaded, &expected, &[]).map_err(|e| e.to_string())?;
-    let ids = vocab.encode(prompt.as_bytes(), std::path::Path::new("the prompt")).map_err(|e| e.to_string())?;
+    let ids = vocab.encode(prompt.as_bytes(), std::path::Path::new("the prompt")).map_err(|e| match e {
+        crate::data::DataError::Csv { line, column, .. } => format!(
+            "the prompt:{line}:{column}: a character the model's `{}` vocabulary lacks (it has newline and printable ASCII)",
+            vocab.name()
+        ),
+        other => other.to_string(),
+    })?;
     let started = std::time::Instant::now();
     let mut engine = if cache {
         crate::sample::Engine::cached(&model, &tensors)?
@@ -1363,8 +1371,10 @@ fn sample(
     let _ = write!(out, "{prompt}");
     let _ = out.flush();
     let started = std::time::Instant::now();
+    // Raw bytes as they come (a `bytes` model's UTF-8 characters span
+    // several tokens).
     let generated = crate::sample::generate(&mut engine, &ids, opts, |tok| {
-        let _ = write!(out, "{}", vocab.decode_all(&[tok]));
+        let _ = out.write_all(&[vocab.decode(tok)]);
         let _ = out.flush();
     })?;
     let secs = started.elapsed().as_secs_f64();

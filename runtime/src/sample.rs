@@ -69,18 +69,14 @@ impl Engine {
     pub fn window(model: &ModelInfo, weights: &Tensors) -> Result<Engine, String> {
         // Checks the model the same way (one token input, causal layers).
         let (_, info) = decode(model)?;
-        let mut g = lower::forward(model, Mode::Eval).map_err(|e| e.to_string())?;
+        let (mut g, map) = lower::forward_map(model, Mode::Eval).map_err(|e| e.to_string())?;
         let ce = model
             .nodes
             .iter()
             .position(|n| matches!(n.op, CheckOp::Loss { loss: Loss::CrossEntropy { .. } }))
             .ok_or("no cross-entropy loss")?;
-        let path = &model.nodes[model.nodes[ce].inputs[0]].path;
-        let id = g
-            .topo_order()
-            .into_iter()
-            .find(|n| g.node(*n).label.as_deref() == Some(path.as_str()))
-            .ok_or_else(|| format!("the prediction `{path}` is not in the graph"))?;
+        // The node the loss reads: the same prediction the decode graph gives.
+        let id = map[model.nodes[ce].inputs[0]].ok_or("the prediction is not in the graph")?;
         g.outputs.push(("logits".into(), id));
         let mut program =
             Program::new(pipeline::optimized(g)?).map_err(|e| format!("compiling the evaluation graph: {e}"))?;
@@ -157,11 +153,13 @@ pub fn generate(
         return Err("the prompt has no tokens".into());
     }
     let t = engine.context();
-    let keep = (t / 2).max(1);
+    // After a shift the window holds its last T/2 tokens and the new one
+    // (T = 1: just the new one).
+    let keep = t / 2;
     let mut window: Vec<u32> = prompt[prompt.len().saturating_sub(t)..].to_vec();
     let mut reuse = 0;
     let mut rng = Rng::new(opts.seed);
-    let mut out = Vec::with_capacity(opts.tokens);
+    let mut out = Vec::with_capacity(opts.tokens.min(1 << 16));
     for _ in 0..opts.tokens {
         let logits = engine.next(&window, reuse)?;
         let tok = choose(&logits, opts, &mut rng);

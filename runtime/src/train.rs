@@ -231,10 +231,12 @@ pub fn load(source: &DataSource, model: &ModelInfo, info: &TrainInfo, opts: &Opt
             let file = path_of(path);
             let v = text::Vocab::from_name(v);
             vocab = Some(v);
-            let hint = |e: data::DataError| {
-                format!("{e}\n  (the path is relative to the working folder; override it with --set data=PATH)")
-            };
-            let tokens = text::read(&file, v).map_err(hint)?;
+            let tokens = text::read(&file, v).map_err(|e| match e {
+                data::DataError::Io { .. } => {
+                    format!("{e}\n  (the path is relative to the working folder; override it with --set data=PATH)")
+                }
+                other => other.to_string(),
+            })?;
             let all = text::windows(&file, &tokens, *context as usize, v).map_err(|e| e.to_string())?;
             if all.len < 2 {
                 return Err(format!(

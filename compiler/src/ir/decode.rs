@@ -5,7 +5,7 @@
 //! (`i32[T]`) to the graph of *one* new position: every per-position layer
 //! (embed, dense, layernorm, activations, dropout as in evaluation, `+ - *`,
 //! softmax and concat along features) runs on `[N, 1, …]`; `positions` picks
-//! the row of the current position; each causal attention projects the new
+//! the row of the current position (a one-row table is that row everywhere); each causal attention projects the new
 //! position's q, k and v, writes k and v into its cache at the position and
 //! attends over the cache, positions after the current one masked out. So a
 //! new token costs one position's work (the attention reads the `T` cached
@@ -120,9 +120,17 @@ pub fn decode(model: &ModelInfo) -> Result<(Graph, DecodeInfo), String> {
                     .collect();
                 let rank = node.ty.shape.rank();
                 let y = match layer {
-                    Layer::Positions { .. } => {
+                    // One row for every position: the table itself.
+                    Layer::Positions { length: 1, .. } => params[0],
+                    Layer::Positions { length, .. } if *length == tmax => {
                         // Row `position` of the table: onehotᵀ · W, [1, d].
                         b.op(Op::MatMul { ta: true, tb: false }, &[onehot, params[0]]).map_err(|e| e.to_string())?
+                    }
+                    Layer::Positions { length, .. } => {
+                        return Err(format!(
+                            "`{}`: positions({length}, …) over a window of {tmax} tokens has no row per position to sample with",
+                            node.path
+                        ))
                     }
                     Layer::Attention { heads, causal: true, lora } => {
                         let d = node.ty.shape.last().unwrap_or(0);

@@ -139,6 +139,12 @@ fn shape_of(dims: &[u64]) -> Shape {
 
 /// Lowers `model` to its forward graph.
 pub fn forward(model: &ModelInfo, mode: Mode) -> R<Graph> {
+    forward_map(model, mode).map(|(g, _)| g)
+}
+
+/// The forward graph and, per node of the checked model, the graph node
+/// that computes it (`None`: a metric, or a loss's target-free part).
+pub fn forward_map(model: &ModelInfo, mode: Mode) -> R<(Graph, Vec<Option<NodeId>>)> {
     let mut b = Builder { g: Graph::new() };
     let mut map: Vec<Option<NodeId>> = vec![None; model.nodes.len()];
     let mut seed: Option<NodeId> = None;
@@ -201,7 +207,7 @@ pub fn forward(model: &ModelInfo, mode: Mode) -> R<Graph> {
             }
         }
     }
-    Ok(b.g)
+    Ok((b.g, map))
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -116,7 +116,8 @@ impl Vocab {
         match v["vocab"].as_str() {
             Some("chars") => Ok(Vocab::Chars),
             Some("bytes") => Ok(Vocab::Bytes),
-            other => Err(format!("unknown vocabulary {other:?} in the checkpoint")),
+            Some(other) => Err(format!("unknown vocabulary `{other}` in the checkpoint")),
+            None => Err("the checkpoint's vocabulary record has no `vocab` field".into()),
         }
     }
 }
