@@ -5,9 +5,10 @@
 //! (`i32[T]`) to the graph of *one* new position: every per-position layer
 //! (embed, dense, layernorm, activations, dropout as in evaluation, `+ - *`,
 //! softmax and concat along features) runs on `[N, 1, …]`; `positions` picks
-//! the row of the current position (a one-row table is that row everywhere); each causal attention projects the new
-//! position's q, k and v, writes k and v into its cache at the position and
-//! attends over the cache, positions after the current one masked out. So a
+//! the row of the current position (a one-row table is that row everywhere);
+//! each causal attention projects the new position's q, k and v, writes k
+//! and v into its cache at the position and attends over the cache,
+//! positions after the current one masked out. So a
 //! new token costs one position's work (the attention reads the `T` cached
 //! rows), not a whole window's.
 //!
