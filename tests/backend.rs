@@ -229,3 +229,38 @@ fn batch_reductions_split_between_threads_match_the_interpreter() {
         }
     }
 }
+
+/// A maximum over values where a NaN comes first: the NaN wins and stays,
+/// as in the interpreter (the compiled max once let a later number replace
+/// it), on one thread and split between two.
+#[test]
+fn reduce_max_keeps_a_nan_as_the_interpreter() {
+    use modelc_compiler::backend::cpu::Program;
+    use modelc_compiler::ir::{Graph, Op, ReduceOp, Role, Shape, Ty};
+    for (batch, axes) in [(3, vec![1]), (40, vec![0, 1])] {
+        let mut g = Graph::new();
+        let x = g.input("x", Role::Data, Ty::f32(Shape::batched(&[64, 32])));
+        let y = g.add(Op::Reduce { op: ReduceOp::Max, axes }, &[x]).expect("types");
+        g.outputs.push(("y".into(), y));
+        let mut inputs = modelc_compiler::gradcheck::random_inputs(&g, batch, &mut modelc_compiler::rng::Rng::new(6));
+        // NaN in the first row of every column, numbers after it.
+        for v in inputs.get_mut("x").expect("x").data.iter_mut().take(32) {
+            *v = f64::NAN;
+        }
+        let want = modelc_compiler::interp::outputs(&g, &inputs).expect("runs")["y"].data.clone();
+        let mut p = Program::new(modelc_compiler::ir::verify::verify(g).expect("verifies")).expect("compiles");
+        let buf = p.input_mut("x", batch).expect("input");
+        for (b, v) in buf.iter_mut().zip(&inputs["x"].data) {
+            *b = *v as f32;
+        }
+        p.run(batch).expect("runs");
+        let got = p.output("y", batch).expect("output");
+        for (a, b) in got.iter().zip(&want) {
+            assert!(
+                a.is_nan() == b.is_nan() && (a.is_nan() || *a as f64 == *b as f32 as f64),
+                "batch {batch}: {a} vs {b}"
+            );
+        }
+        assert!(got.iter().any(|a| a.is_nan()), "the NaNs reached the output");
+    }
+}

@@ -470,7 +470,10 @@ fn combine(b: &mut FunctionBuilder, op: ReduceOp, acc: Value, x: Value) -> Value
     match op {
         ReduceOp::Sum => b.ins().fadd(acc, x),
         ReduceOp::Max => {
-            let c = b.ins().fcmp(FloatCC::UnorderedOrGreaterThan, x, acc);
+            // x wins when larger or NaN; a NaN already held stays.
+            let larger = b.ins().fcmp(FloatCC::GreaterThan, x, acc);
+            let nan = b.ins().fcmp(FloatCC::Unordered, x, x);
+            let c = b.ins().bor(larger, nan);
             sel(b, c, x, acc)
         }
     }

@@ -499,15 +499,16 @@ pub fn render(g: &Graph, k: &Kernel, name: &str) -> Result<String, String> {
                 match op {
                     ReduceOp::Sum => e.line(format!("red.global.add.f32 [{a}], {x};")),
                     ReduceOp::Max => {
-                        // out = x where x > out or either is NaN (as the CPU's
-                        // combine), by compare-and-swap.
+                        // out = x where x > out or x is NaN (a NaN held stays;
+                        // as the interpreter), by compare-and-swap.
                         let (old, new, prev) = (e.r(), e.r(), e.r());
                         let (again, stop) = (e.new_label("cas"), e.new_label("cas_done"));
                         e.line(format!("ld.global.u32 {old}, [{a}];"));
                         e.label(&again);
                         let of = e.f();
                         e.line(format!("mov.b32 {of}, {old};"));
-                        let c = e.cmp("gtu", &x, &of);
+                        let (c, nan) = (e.cmp("gt", &x, &of), e.cmp("nan", &x, &x));
+                        e.line(format!("or.pred {c}, {c}, {nan};"));
                         let nf = e.sel(&c, &x, &of);
                         e.line(format!("mov.b32 {new}, {nf};"));
                         let same = e.p();
