@@ -15,8 +15,7 @@
 //! when given, from a seeded generator.
 
 use modelc_compiler::backend::cpu::Program;
-use modelc_compiler::check::layers::Loss;
-use modelc_compiler::check::{ModelInfo, Op as CheckOp};
+use modelc_compiler::check::ModelInfo;
 use modelc_compiler::ir::decode::{decode, DecodeInfo};
 use modelc_compiler::ir::lower::{self, Mode};
 use modelc_compiler::pipeline;
@@ -39,7 +38,7 @@ pub struct Options {
 /// A compiled next-token predictor.
 pub enum Engine {
     Cached { program: Program, info: DecodeInfo, filled: usize },
-    Window { program: Program, input: String, output: String, context: usize, classes: usize },
+    Window { program: Program, input: String, context: usize, classes: usize },
 }
 
 fn load_params(program: &mut Program, weights: &Tensors) -> Result<(), String> {
@@ -67,16 +66,12 @@ impl Engine {
 
     /// The engine that runs the whole window for each token.
     pub fn window(model: &ModelInfo, weights: &Tensors) -> Result<Engine, String> {
-        // Checks the model the same way (one token input, causal layers).
+        // The decode graph is built too: it accepts or refuses the model
+        // (one token input, causal layers) as the cached engine does, and
+        // names the prediction the loss reads.
         let (_, info) = decode(model)?;
         let (mut g, map) = lower::forward_map(model, Mode::Eval).map_err(|e| e.to_string())?;
-        let ce = model
-            .nodes
-            .iter()
-            .position(|n| matches!(n.op, CheckOp::Loss { loss: Loss::CrossEntropy { .. } }))
-            .ok_or("no cross-entropy loss")?;
-        // The node the loss reads: the same prediction the decode graph gives.
-        let id = map[model.nodes[ce].inputs[0]].ok_or("the prediction is not in the graph")?;
+        let id = map[info.prediction].ok_or("the prediction is not in the graph")?;
         g.outputs.push(("logits".into(), id));
         let mut program =
             Program::new(pipeline::optimized(g)?).map_err(|e| format!("compiling the evaluation graph: {e}"))?;
@@ -84,7 +79,6 @@ impl Engine {
         Ok(Engine::Window {
             program,
             input: info.input,
-            output: "logits".into(),
             context: info.context as usize,
             classes: info.classes as usize,
         })
@@ -125,14 +119,14 @@ impl Engine {
                 *filled = window.len();
                 Ok(logits)
             }
-            Engine::Window { program, input, output, context, classes } => {
+            Engine::Window { program, input, context, classes } => {
                 let buf = program.input_mut(input, 1)?;
                 buf.fill(0.0);
                 for (b, tok) in buf.iter_mut().zip(window) {
                     *b = *tok as f32;
                 }
                 program.run(1)?;
-                let all = program.output(output, 1).ok_or("the graph has no logits")?;
+                let all = program.output("logits", 1).ok_or("the graph has no logits")?;
                 let p = window.len() - 1;
                 debug_assert_eq!(all.len(), *context * *classes);
                 Ok(all[p * *classes..(p + 1) * *classes].to_vec())

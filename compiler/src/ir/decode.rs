@@ -42,6 +42,8 @@ pub struct DecodeInfo {
     pub classes: u64,
     /// The token input's name.
     pub input: String,
+    /// The checked model's node the next-token loss reads (the logits).
+    pub prediction: usize,
     /// Every cache input: (name, [T, d]).
     pub caches: Vec<(String, u64)>,
 }
@@ -180,7 +182,7 @@ pub fn decode(model: &ModelInfo) -> Result<(Graph, DecodeInfo), String> {
     }
     let logits = map[pred].ok_or("the prediction does not depend on the tokens alone")?;
     b.g.outputs.push(("logits".into(), logits));
-    let info = DecodeInfo { context, classes, input: input_name.clone(), caches };
+    let info = DecodeInfo { context, classes, input: input_name.clone(), prediction: pred, caches };
     Ok((b.g, info))
 }
 

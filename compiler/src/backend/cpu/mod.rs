@@ -145,8 +145,9 @@ pub struct Program {
     _jit: Jit,
     inputs: HashMap<String, Input>,
     consts: HashMap<NodeId, Box<[f32]>>,
-    /// (output node, input name) for every `new.X` output.
-    feedback: Vec<(NodeId, String)>,
+    /// How every `new.X` output reaches input `X` (decided once: it does
+    /// not depend on the batch size).
+    feedback: layout::Feedback,
     arena: Vec<f32>,
     layouts: HashMap<usize, Layout>,
     capacity: usize,
@@ -200,14 +201,12 @@ impl Program {
                 _ => {}
             }
         }
-        let feedback = g
+        let pairs: Vec<(NodeId, NodeId)> = g
             .outputs
             .iter()
-            .filter_map(|(name, id)| {
-                let x = name.strip_prefix("new.")?;
-                inputs.contains_key(x).then(|| (*id, x.to_string()))
-            })
+            .filter_map(|(name, id)| Some((*id, inputs.get(name.strip_prefix("new.")?)?.node)))
             .collect();
+        let feedback = layout::feedback(&g, &kernels, &pairs);
         Ok(Program {
             g,
             kernels,
@@ -321,9 +320,7 @@ impl Program {
         // The kernel stage decides where values live; this resolves it to
         // pointers into this program's buffers.
         let g = &self.g;
-        let pairs: Vec<(NodeId, NodeId)> = self.feedback.iter().map(|(v, x)| (*v, self.inputs[x].node)).collect();
-        let fb = layout::feedback(g, &self.kernels, &pairs);
-        let places = layout::places(g, plan, &fb);
+        let places = layout::places(g, plan, &self.feedback);
         let arena = P(self.arena.as_mut_ptr());
         let mut sizes: Vec<Box<[f32]>> = Vec::new();
         let mut addr: HashMap<NodeId, P> = HashMap::new();
@@ -428,8 +425,12 @@ impl Program {
         }
         let outputs =
             g.outputs.iter().map(|(name, id)| (name.clone(), (addr[id], elements(&g.ty(*id).shape, batch)))).collect();
-        let copy_back =
-            fb.copy_back.iter().map(|(v, x)| (addr[v], input_ptrs[x], elements(&g.ty(*x).shape, batch))).collect();
+        let copy_back = self
+            .feedback
+            .copy_back
+            .iter()
+            .map(|(v, x)| (addr[v], input_ptrs[x], elements(&g.ty(*x).shape, batch)))
+            .collect();
         Layout { calls, _sizes: sizes, outputs, copy_back, _scratch: scratch, arena_bytes: plan.arena_bytes }
     }
 
