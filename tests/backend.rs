@@ -116,6 +116,18 @@ fn exp_log_tanh_and_erf_polynomials_are_accurate() {
         .map(|(x, y)| ((*y as f64) - (*x as f64).exp()).abs() / (*x as f64).exp())
         .fold(0.0, f64::max);
     assert!(worst_exp <= 4e-7, "exp: worst relative error {worst_exp:e}");
+    // The clamp's edges and beyond (−∞ weighs nothing in a masked softmax),
+    // in every lane position and the scalar tail.
+    let edges = [f32::NAN, f32::NEG_INFINITY, -1e30, -87.4, f32::INFINITY, 88.0, 1e30, 0.0, -0.0];
+    let xs: Vec<f32> = edges.iter().cycle().take(9 * 5).copied().collect();
+    for (x, y) in xs.iter().zip(jit_unary(UnaryOp::Exp, &xs)) {
+        match *x {
+            x if x.is_nan() => assert!(y.is_nan(), "exp(NaN) = {y}"),
+            x if x < -87.34 => assert_eq!(y, 0.0, "exp({x})"),
+            x if x >= 88.0 => assert_eq!(y, 88f32.exp(), "exp({x}) is e⁸⁸"),
+            x => assert_eq!(y, 1.0, "exp({x})"),
+        }
+    }
     // ln over 1e-30 … 1e30, log-spaced, plus a dense sweep around 1.
     let mut xs: Vec<f32> = (-3000..=3000).map(|i| 10f64.powf(i as f64 / 100.0) as f32).collect();
     xs.extend((1..4000).map(|i| 0.5 + i as f32 * 0.00025));
@@ -159,6 +171,14 @@ fn exp_log_tanh_and_erf_polynomials_are_accurate() {
         .fold(0.0, f64::max);
     assert!(worst_erf <= 4e-7, "erf: worst relative error {worst_erf:e}");
     assert!(jit_unary(UnaryOp::Erf, &[f32::NAN])[0].is_nan());
+    let xs: Vec<f32> = [f32::NAN, f32::INFINITY, f32::NEG_INFINITY, 1e30].iter().cycle().take(20).copied().collect();
+    for (x, y) in xs.iter().zip(jit_unary(UnaryOp::Erf, &xs)) {
+        if x.is_nan() {
+            assert!(y.is_nan(), "erf(NaN) = {y}");
+        } else {
+            assert!((y - x.signum()).abs() < 1e-6, "erf({x}) = {y}");
+        }
+    }
     println!(
         "worst error against f64: exp {worst_exp:.2e} (relative), log {worst_log:.2e}, tanh {worst_tanh:.2e} (relative), erf {worst_erf:.2e} (relative)"
     );

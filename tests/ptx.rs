@@ -273,6 +273,7 @@ impl Emu {
                 "sub.rn.f32" => Some(fb(f(v(1)) - f(v(2)))),
                 "mul.rn.f32" => Some(fb(f(v(1)) * f(v(2)))),
                 "div.rn.f32" => Some(fb(f(v(1)) / f(v(2)))),
+                "fma.rn.f32" => Some(fb(f(v(1)).mul_add(f(v(2)), f(v(3))))),
                 "max.f32" => Some(fb(f(v(1)).max(f(v(2))))),
                 "min.f32" => Some(fb(f(v(1)).min(f(v(2))))),
                 "neg.f32" => Some(fb(-f(v(1)))),

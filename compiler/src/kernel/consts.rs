@@ -13,6 +13,10 @@ pub const EXP_MAX: f32 = 88.0;
 /// ln 2 split in two (Cody–Waite): the high part is exact in f32.
 pub const LN2_HI: f32 = 0.693_359_4;
 pub const LN2_LO: f32 = -2.121_944_4e-4;
+/// 1.5·2²³: added to and subtracted from x·log₂e, rounds it to the nearest
+/// integer n (ties to even, as f32 addition rounds), and the sum's bits less
+/// this constant's are n (for |n| < 2²², which the clamp ensures).
+pub const EXP_ROUND: f32 = 12_582_912.0;
 /// Cephes' expf polynomial in r = x − n·ln2, highest degree first.
 pub const EXP_P: [f32; 6] =
     [1.987_569_1e-4, 1.398_199_9e-3, 8.333_452e-3, 4.166_579_6e-2, 1.666_666_5e-1, 5.000_000_1e-1];

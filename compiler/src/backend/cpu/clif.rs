@@ -13,9 +13,11 @@
 //! Lowered: neg, sqrt, 1/x, exp, ln, tanh and erf (the last four as inline
 //! polynomials), add, sub, mul, div, max, min, greater, equal, constants,
 //! stop-gradient, expand of operands read from other kernels, dropout masks,
-//! and causal masks (alone in their kernel). Rows run four lanes at a time
-//! (f32x4) with a scalar tail; kernels with dropout or causal masks run
-//! scalar only. A kernel that cannot be lowered is reported with the reason
+//! and causal masks (alone in their kernel). Rows run sixteen elements at a
+//! time (four f32x4 vectors, one accumulator each for a reduction), then four
+//! lanes at a time, then a scalar tail; every operand walked along the row
+//! has a pointer the loops advance. Kernels with dropout or causal masks run
+//! scalar only. Polynomials use fused multiply-adds (the PTX renderer too). A kernel that cannot be lowered is reported with the reason
 //! ([`crate::kernel::loops::unsupported`]), never silently skipped. A kernel ending in a reduction
 //! accumulates into its output, which the caller first fills with the
 //! identity ([`crate::kernel::loops::reduction_identity`]): in registers, added once per row, when
@@ -24,7 +26,7 @@
 use std::collections::HashMap;
 
 use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
-use cranelift_codegen::ir::{types, AbiParam, InstBuilder, MemFlagsData, Type, Value};
+use cranelift_codegen::ir::{types, AbiParam, BlockArg, InstBuilder, MemFlagsData, Type, Value};
 use cranelift_codegen::settings::{self, Configurable};
 use cranelift_codegen::Context;
 use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext};
@@ -93,42 +95,52 @@ fn horner(b: &mut FunctionBuilder, x: Value, coefficients: &[f32]) -> Value {
     let ty = b.func.dfg.value_type(x);
     let mut acc = fk(b, ty, coefficients[0]);
     for c in &coefficients[1..] {
-        let m = b.ins().fmul(acc, x);
         let k = fk(b, ty, *c);
-        acc = b.ins().fadd(m, k);
+        acc = b.ins().fma(acc, x, k);
     }
     acc
 }
 
+/// `x` clamped to `[lo, hi]` by comparisons (two compares and two selects;
+/// Cranelift's `fmax`/`fmin` order signed zeros and NaNs at four times the
+/// cost). NaN stays NaN. Returns the clamped value and `x < lo`.
+fn clamp(b: &mut FunctionBuilder, x: Value, lo: f32, hi: f32) -> (Value, Value) {
+    let ty = b.func.dfg.value_type(x);
+    let (l, h) = (fk(b, ty, lo), fk(b, ty, hi));
+    let under = b.ins().fcmp(FloatCC::LessThan, x, l);
+    let y = sel(b, under, l, x);
+    let over = b.ins().fcmp(FloatCC::GreaterThan, y, h);
+    (sel(b, over, h, y), under)
+}
+
 /// eˣ in f32: x = n·ln2 + r with |r| ≤ ln2/2 (ln2 split in two for
-/// exactness), eʳ by a degree-6 polynomial (Cephes' expf), 2ⁿ built in the
-/// exponent bits. Inputs are clamped to [−87.3, 88]: below, the result is 0
-/// (f32's subnormals are flushed); above, e⁸⁸ rather than ∞. NaN stays NaN.
-/// Scalar or four lanes.
+/// exactness, subtracted by fused multiply-adds), eʳ by a degree-6
+/// polynomial (Cephes' expf), 2ⁿ built in the exponent bits. n is x·log₂e
+/// rounded to nearest by adding and subtracting 1.5·2²³ ([`EXP_ROUND`]), whose
+/// bits then hold n as an integer. Inputs are clamped to [−87.3, 88]: below,
+/// the result is 0 (f32's subnormals are flushed); above, e⁸⁸ rather than ∞.
+/// NaN stays NaN. Scalar or four lanes.
 fn exp(b: &mut FunctionBuilder, x: Value) -> Value {
     let ty = b.func.dfg.value_type(x);
-    let (lo, hi) = (fk(b, ty, EXP_MIN), fk(b, ty, EXP_MAX));
-    let under = b.ins().fcmp(FloatCC::LessThan, x, lo);
-    let x = b.ins().fmax(x, lo);
-    let x = b.ins().fmin(x, hi);
+    let (x, under) = clamp(b, x, EXP_MIN, EXP_MAX);
     let log2e = fk(b, ty, std::f32::consts::LOG2_E);
     let t = b.ins().fmul(x, log2e);
-    let n = b.ins().nearest(t);
-    let (c1, c2) = (fk(b, ty, LN2_HI), fk(b, ty, LN2_LO));
-    let a = b.ins().fmul(n, c1);
-    let r = b.ins().fsub(x, a);
-    let a = b.ins().fmul(n, c2);
-    let r = b.ins().fsub(r, a);
+    let round = fk(b, ty, EXP_ROUND);
+    let shifted = b.ins().fadd(t, round);
+    let n = b.ins().fsub(shifted, round);
+    let (c1, c2) = (fk(b, ty, -LN2_HI), fk(b, ty, -LN2_LO));
+    let r = b.ins().fma(n, c1, x);
+    let r = b.ins().fma(n, c2, r);
     let p = horner(b, r, &EXP_P);
     let rr = b.ins().fmul(r, r);
-    let y = b.ins().fmul(p, rr);
-    let y = b.ins().fadd(y, r);
+    let y = b.ins().fma(p, rr, r);
     let one = fk(b, ty, 1.0);
     let y = b.ins().fadd(y, one);
+    // (n + 127) << 23: the bits of `shifted` less those of 1.5·2²³, plus 127.
     let ity = int_of(ty);
-    let ni = b.ins().fcvt_to_sint_sat(ity, n);
-    let bias = ik(b, ity, 127);
-    let biased = b.ins().iadd(ni, bias);
+    let bits = b.ins().bitcast(ity, MemFlagsData::new(), shifted);
+    let bias = ik(b, ity, 127 - EXP_ROUND.to_bits() as i32);
+    let biased = b.ins().iadd(bits, bias);
     let bits = b.ins().ishl_imm_u(biased, 23);
     let scale = b.ins().bitcast(ty, MemFlagsData::new(), bits);
     let y = b.ins().fmul(y, scale);
@@ -230,17 +242,13 @@ fn tanh(b: &mut FunctionBuilder, x: Value) -> Value {
 /// erf x in f32 (the rational approximation of Eigen's and XLA's
 /// `erf` for f32): x clamped to [−4, 4], then x·P(x²)/Q(x²). NaN stays NaN.
 fn erf(b: &mut FunctionBuilder, x: Value) -> Value {
-    let ty = b.func.dfg.value_type(x);
-    let (lo, hi) = (fk(b, ty, -ERF_CLAMP), fk(b, ty, ERF_CLAMP));
-    let c = b.ins().fmax(x, lo);
-    let c = b.ins().fmin(c, hi);
+    let (c, _) = clamp(b, x, -ERF_CLAMP, ERF_CLAMP);
     let z = b.ins().fmul(c, c);
     let p = horner(b, z, &ERF_P);
     let p = b.ins().fmul(p, c);
     let q = horner(b, z, &ERF_Q);
-    let r = b.ins().fdiv(p, q);
-    let is_nan = b.ins().fcmp(FloatCC::Unordered, x, x);
-    sel(b, is_nan, x, r)
+    // NaN stays NaN through the clamp and the arithmetic.
+    b.ins().fdiv(p, q)
 }
 
 /// The dropout mask at element `i`: the interpreter's splitmix64 hash of
@@ -442,19 +450,30 @@ impl Jit {
         Ok(self.build(g, k))
     }
 
-    /// Compiles `k` to machine code.
+    /// Compiles `k` to machine code, named `kernelN` (N counts the
+    /// functions of this `Jit`).
     pub fn compile(&mut self, g: &Graph, k: &Kernel) -> Result<KernelFn, String> {
+        let name = format!("kernel{}", self.count + 1);
+        self.compile_as(g, k, &name)
+    }
+
+    /// Compiles `k` to machine code under the symbol `name` (unique in this
+    /// `Jit`), which profilers show: Cranelift's JIT writes
+    /// `/tmp/perf-PID.map`. With `MODELC_DISASM` set, the machine code is
+    /// printed to stderr as it is compiled.
+    pub fn compile_as(&mut self, g: &Graph, k: &Kernel, name: &str) -> Result<KernelFn, String> {
         if let Some(why) = unsupported(g, k) {
             return Err(why);
         }
         self.build(g, k);
         self.count += 1;
-        let name = format!("kernel{}", self.count);
-        let id = self
-            .module
-            .declare_function(&name, Linkage::Export, &self.ctx.func.signature)
-            .map_err(|e| e.to_string())?;
+        let id =
+            self.module.declare_function(name, Linkage::Export, &self.ctx.func.signature).map_err(|e| e.to_string())?;
+        self.ctx.set_disasm(std::env::var_os("MODELC_DISASM").is_some());
         self.module.define_function(id, &mut self.ctx).map_err(|e| format!("Cranelift rejected {name}: {e:?}"))?;
+        if let Some(v) = self.ctx.compiled_code().and_then(|c| c.vcode.as_ref()) {
+            eprintln!("== {name}\n{v}");
+        }
         self.module.clear_context(&mut self.ctx);
         self.module.finalize_definitions().map_err(|e| e.to_string())?;
         let code = self.module.get_finalized_function(id);
@@ -479,11 +498,43 @@ fn combine(b: &mut FunctionBuilder, op: ReduceOp, acc: Value, x: Value) -> Value
     }
 }
 
-/// The loops over elements `lo..hi` of a row: four lanes at a time while
-/// four remain (when `vector`), then one at a time. `base` is the row's
-/// first element index (for ops that hash the index). A reduction whose
-/// output is constant along the row accumulates in registers and adds into
-/// its output once, after both loops.
+/// Vectors per iteration of the unrolled loop (each with its own
+/// accumulator, so a reduction's adds do not wait on one another).
+const UNROLL: usize = 4;
+
+/// Where a row's operands are: the current element's address of every
+/// operand walked along the row (a pointer that the loops advance), and the
+/// row's one address of every operand constant along it.
+struct Ptrs {
+    at: HashMap<NodeId, Value>,
+    fixed: HashMap<NodeId, Value>,
+}
+
+impl Ptrs {
+    /// The address of operand `id` at the current element, and the bytes to
+    /// add for the element `disp` bytes further along the row (zero for an
+    /// operand constant along it).
+    fn of(&self, id: NodeId, disp: i32) -> (Value, i32) {
+        match self.at.get(&id) {
+            Some(p) => (*p, disp),
+            None => (self.fixed[&id], 0),
+        }
+    }
+}
+
+/// The loops over elements `lo..hi` of a row: sixteen elements at a time
+/// (four vectors, four accumulators) while sixteen remain, then four lanes
+/// at a time while four remain (when `vector`), then one at a time. `base` is
+/// the row's first element index (for ops that hash the index). A reduction
+/// whose output is constant along the row accumulates in registers and adds
+/// into its output once, after the loops; the accumulators fold in a fixed
+/// order ((a0 ⊕ a1) ⊕ (a2 ⊕ a3), then the lanes in order).
+///
+/// Every operand walked along the row has a pointer that the loops carry and
+/// advance (a block parameter): Cranelift recomputes cheap integer
+/// arithmetic at its uses (rematerialization), which put the row's offset
+/// arithmetic inside the innermost loop when loads indexed from the row's
+/// start.
 #[allow(clippy::too_many_arguments)]
 fn inner_loops(
     b: &mut FunctionBuilder,
@@ -496,6 +547,55 @@ fn inner_loops(
     base: Value,
     vector: bool,
 ) {
+    let ptr_ty = b.func.dfg.value_type(frame.walk.values().next().map_or(lo, |w| w.ptr));
+    // Operands walked along the row, in node order; their pointers at `lo`.
+    let mut units: Vec<NodeId> = frame.walk.iter().filter(|(_, w)| w.unit).map(|(id, _)| *id).collect();
+    units.sort();
+    let mut fixed = HashMap::new();
+    let mut walked: Vec<(&NodeId, &Walk)> = frame.walk.iter().collect();
+    walked.sort_by_key(|(id, _)| **id);
+    for (id, w) in walked {
+        if !w.unit {
+            let bytes = b.ins().imul_imm_s(w.row, 4);
+            fixed.insert(*id, b.ins().iadd(w.ptr, bytes));
+        }
+    }
+    let starts: Vec<Value> = units
+        .iter()
+        .map(|id| {
+            let w = &frame.walk[id];
+            let e = b.ins().iadd(w.row, lo);
+            let bytes = b.ins().imul_imm_s(e, 4);
+            b.ins().iadd(w.ptr, bytes)
+        })
+        .collect();
+    // A loop header's parameters: j, the pointers, then accumulators.
+    let header = |b: &mut FunctionBuilder, accs: &[Type]| {
+        let h = b.create_block();
+        b.append_block_param(h, types::I64);
+        for _ in &units {
+            b.append_block_param(h, ptr_ty);
+        }
+        for t in accs {
+            b.append_block_param(h, *t);
+        }
+        h
+    };
+    let args = |j: Value, ps: &[Value], accs: &[Value]| -> Vec<BlockArg> {
+        std::iter::once(j).chain(ps.iter().copied()).chain(accs.iter().copied()).map(BlockArg::from).collect()
+    };
+    let split = |b: &FunctionBuilder, h| {
+        let v = b.block_params(h).to_vec();
+        let (j, rest) = v.split_first().expect("j");
+        let (ps, accs) = rest.split_at(units.len());
+        (*j, ps.to_vec(), accs.to_vec())
+    };
+    let advance = |b: &mut FunctionBuilder, ps: &[Value], bytes: i64| -> Vec<Value> {
+        ps.iter().map(|p| b.ins().iadd_imm_s(*p, bytes)).collect()
+    };
+    let ptrs_at =
+        |ps: &[Value]| Ptrs { at: units.iter().copied().zip(ps.iter().copied()).collect(), fixed: fixed.clone() };
+
     let red = reduction.map(|r| {
         let Op::Reduce { op, .. } = g.node(r).op else { unreachable!("a reduction") };
         (r, op, frame.walk[&r].unit)
@@ -506,9 +606,7 @@ fn inner_loops(
         Some(ReduceOp::Max) => fk(b, ty, f32::NEG_INFINITY),
         _ => fk(b, ty, 0.0),
     };
-    let tail_head = b.create_block();
-    b.append_block_param(tail_head, types::I64);
-    b.append_block_param(tail_head, types::F32);
+    let tail_head = header(b, &[types::F32]);
     if vector {
         // Splats of scalars, once per row, in node order (so the emitted
         // code does not depend on a hash map's order).
@@ -518,64 +616,87 @@ fn inner_loops(
         for (id, v) in scalars {
             splats.insert(*id, b.ins().splat(VEC, *v));
         }
-        let (head, body) = (b.create_block(), b.create_block());
-        b.append_block_param(head, types::I64);
-        b.append_block_param(head, VEC);
+        // Unrolled: UNROLL vectors an iteration, one accumulator each (one
+        // in all when nothing accumulates in registers).
+        let accs = if acc_op.is_some() { UNROLL } else { 1 };
+        let head_u = header(b, &vec![VEC; accs]);
+        let (body_u, exit_u) = (b.create_block(), b.create_block());
         let acc0 = identity(b, VEC);
-        b.ins().jump(head, &[lo.into(), acc0.into()]);
+        b.ins().jump(head_u, &args(lo, &starts, &vec![acc0; accs]));
+        b.switch_to_block(head_u);
+        let (j, ps, acc) = split(b, head_u);
+        let step = (4 * UNROLL) as i64;
+        let jn = b.ins().iadd_imm_s(j, step);
+        let fits = b.ins().icmp(IntCC::SignedLessThanOrEqual, jn, hi);
+        b.ins().brif(fits, body_u, &[], exit_u, &[]);
+        b.switch_to_block(body_u);
+        let at = ptrs_at(&ps);
+        let mut acc_next = acc.clone();
+        for u in 0..UNROLL {
+            let a = acc_next[u % accs];
+            let jj = if u == 0 { j } else { b.ins().iadd_imm_s(j, 4 * u as i64) };
+            acc_next[u % accs] = element(b, g, k, &at, &splats, jj, (16 * u) as i32, base, VEC, a, red);
+        }
+        let pn = advance(b, &ps, 4 * step);
+        b.ins().jump(head_u, &args(jn, &pn, &acc_next));
+        // Leaving: the accumulators folded into one, pairwise.
+        b.switch_to_block(exit_u);
+        let mut folded = acc.clone();
+        if let Some(op) = acc_op {
+            while folded.len() > 1 {
+                folded = folded.chunks(2).map(|p| combine(b, op, p[0], p[1])).collect();
+            }
+        }
+        // Then four lanes at a time.
+        let head = header(b, &[VEC]);
+        let body = b.create_block();
+        b.ins().jump(head, &args(j, &ps, &folded[..1]));
         b.switch_to_block(head);
-        let (j, acc) = (b.block_params(head)[0], b.block_params(head)[1]);
+        let (j, ps, acc) = split(b, head);
         let j4 = b.ins().iadd_imm_s(j, 4);
         let fits = b.ins().icmp(IntCC::SignedLessThanOrEqual, j4, hi);
         // Leaving: the lanes of the accumulator folded into one.
         let exit_v = b.create_block();
         b.ins().brif(fits, body, &[], exit_v, &[]);
         b.switch_to_block(exit_v);
-        let mut s = b.ins().extractlane(acc, 0);
+        let mut s = b.ins().extractlane(acc[0], 0);
         if let Some(op) = acc_op {
             for lane in 1..4 {
-                let x = b.ins().extractlane(acc, lane);
+                let x = b.ins().extractlane(acc[0], lane);
                 s = combine(b, op, s, x);
             }
         }
-        b.ins().jump(tail_head, &[j.into(), s.into()]);
+        b.ins().jump(tail_head, &args(j, &ps, &[s]));
         b.switch_to_block(body);
-        let acc = element(b, g, k, frame, &splats, j, base, VEC, acc, red);
-        b.ins().jump(head, &[j4.into(), acc.into()]);
+        let acc = element(b, g, k, &ptrs_at(&ps), &splats, j, 0, base, VEC, acc[0], red);
+        let pn = advance(b, &ps, 16);
+        b.ins().jump(head, &args(j4, &pn, &[acc]));
     } else {
         let acc0 = identity(b, types::F32);
-        b.ins().jump(tail_head, &[lo.into(), acc0.into()]);
+        b.ins().jump(tail_head, &args(lo, &starts, &[acc0]));
     }
     b.switch_to_block(tail_head);
-    let (j, acc) = (b.block_params(tail_head)[0], b.block_params(tail_head)[1]);
+    let (j, ps, acc) = split(b, tail_head);
     let (body, done) = (b.create_block(), b.create_block());
     b.append_block_param(done, types::F32);
     let more = b.ins().icmp(IntCC::SignedLessThan, j, hi);
-    b.ins().brif(more, body, &[], done, &[acc.into()]);
+    b.ins().brif(more, body, &[], done, &[acc[0].into()]);
     b.switch_to_block(body);
     let mut scalars = frame.scalars.clone();
     scalars.extend(frame.row_scalars.iter().map(|(k, v)| (*k, *v)));
-    let acc2 = element(b, g, k, frame, &scalars, j, base, types::F32, acc, red);
+    let acc2 = element(b, g, k, &ptrs_at(&ps), &scalars, j, 0, base, types::F32, acc[0], red);
     let j1 = b.ins().iadd_imm_s(j, 1);
-    b.ins().jump(tail_head, &[j1.into(), acc2.into()]);
+    let pn = advance(b, &ps, 4);
+    b.ins().jump(tail_head, &args(j1, &pn, &[acc2]));
     b.switch_to_block(done);
     let acc = b.block_params(done)[0];
     if let (Some((r, op, _)), Some(_)) = (red, acc_op) {
         // out[row] ⊕= acc
-        let w = &frame.walk[&r];
-        let bytes = b.ins().imul_imm_s(w.row, 4);
-        let addr = b.ins().iadd(w.ptr, bytes);
+        let addr = fixed[&r];
         let old = b.ins().load(types::F32, MemFlagsData::trusted(), addr, 0);
         let v = combine(b, op, old, acc);
         b.ins().store(MemFlagsData::trusted(), v, addr, 0);
     }
-}
-
-/// The address of element `j` of a walked operand's row.
-fn address(b: &mut FunctionBuilder, w: &Walk, j: Value) -> Value {
-    let e = if w.unit { b.ins().iadd(w.row, j) } else { w.row };
-    let bytes = b.ins().imul_imm_s(e, 4);
-    b.ins().iadd(w.ptr, bytes)
 }
 
 /// One element (or four lanes) of the kernel at row position `j`: loads,
@@ -585,9 +706,10 @@ fn element(
     b: &mut FunctionBuilder,
     g: &Graph,
     k: &Kernel,
-    frame: &Frame,
+    at: &Ptrs,
     constants: &HashMap<NodeId, Value>,
     j: Value,
+    disp: i32,
     base: Value,
     ty: Type,
     acc: Value,
@@ -599,8 +721,8 @@ fn element(
         if vals.contains_key(r) {
             continue;
         }
-        let addr = address(b, &frame.walk[r], j);
-        let v = b.ins().load(ty, mem, addr, 0);
+        let (addr, off) = at.of(*r, disp);
+        let v = b.ins().load(ty, mem, addr, off);
         vals.insert(*r, v);
     }
     let mut acc = acc;
@@ -671,10 +793,10 @@ fn element(
                 let (r, op, unit) = red.expect("the kernel's reduction");
                 if unit {
                     // out[row + j] ⊕= x
-                    let addr = address(b, &frame.walk[&r], j);
-                    let old = b.ins().load(ty, mem, addr, 0);
+                    let (addr, off) = at.of(r, disp);
+                    let old = b.ins().load(ty, mem, addr, off);
                     let v = combine(b, op, old, arg(0));
-                    b.ins().store(mem, v, addr, 0);
+                    b.ins().store(mem, v, addr, off);
                 } else {
                     acc = combine(b, op, acc, arg(0));
                 }
@@ -685,8 +807,8 @@ fn element(
         vals.insert(*id, v);
     }
     for w in k.writes.iter().filter(|w| !is_reduce(g, **w)) {
-        let addr = address(b, &frame.walk[w], j);
-        b.ins().store(mem, vals[w], addr, 0);
+        let (addr, off) = at.of(*w, disp);
+        b.ins().store(mem, vals[w], addr, off);
     }
     acc
 }

@@ -171,7 +171,9 @@ impl Program {
         for (i, k) in kernels.iter().enumerate() {
             code.push(match k.kind {
                 KernelKind::Elementwise => {
-                    let f = jit.compile(&g, k).map_err(|why| {
+                    // Named by the kernel's index, as `modelc graph --stage
+                    // kernels` and the profile number them.
+                    let f = jit.compile_as(&g, k, &format!("kernel{i}")).map_err(|why| {
                         let ops: Vec<String> = k.nodes.iter().map(|n| g.node(*n).op.name()).collect();
                         format!("kernel {i} ({}) cannot be compiled: {why}", ops.join(", "))
                     })?;

@@ -123,13 +123,19 @@ impl Emit {
         self.line(format!("setp.{cc}.f32 {p}, {a}, {b};"));
         p
     }
-    /// `p(x)` by Horner's rule, coefficients from the highest power down.
+    /// `a·b + c`, rounded once (as the CPU's `fma`).
+    fn fma(&mut self, a: &str, b: &str, c: &str) -> String {
+        let d = self.f();
+        self.line(format!("fma.rn.f32 {d}, {a}, {b}, {c};"));
+        d
+    }
+    /// `p(x)` by Horner's rule with fused multiply-adds, coefficients from
+    /// the highest power down.
     fn horner(&mut self, x: &str, cs: &[f32]) -> String {
         let mut acc = self.fk(cs[0]);
         for c in &cs[1..] {
-            let m = self.bin("mul.rn", &acc, x);
             let k = self.fk(*c);
-            acc = self.bin("add.rn", &m, &k);
+            acc = self.fma(&acc, x, &k);
         }
         acc
     }
@@ -193,15 +199,12 @@ fn exp(e: &mut Emit, x: &str) -> String {
     let t = e.bin("mul.rn", &x, &log2e);
     let n = e.f();
     e.line(format!("cvt.rni.f32.f32 {n}, {t};"));
-    let (c1, c2) = (e.fk(LN2_HI), e.fk(LN2_LO));
-    let a = e.bin("mul.rn", &n, &c1);
-    let r = e.bin("sub.rn", &x, &a);
-    let a = e.bin("mul.rn", &n, &c2);
-    let r = e.bin("sub.rn", &r, &a);
+    let (c1, c2) = (e.fk(-LN2_HI), e.fk(-LN2_LO));
+    let r = e.fma(&n, &c1, &x);
+    let r = e.fma(&n, &c2, &r);
     let p = e.horner(&r, &EXP_P);
     let rr = e.bin("mul.rn", &r, &r);
-    let y = e.bin("mul.rn", &p, &rr);
-    let y = e.bin("add.rn", &y, &r);
+    let y = e.fma(&p, &rr, &r);
     let one = e.fk(1.0);
     let y = e.bin("add.rn", &y, &one);
     let ni = e.r();
