@@ -147,6 +147,13 @@ fn char_gpt_step_matches_the_interpreter() {
 }
 
 /// The same inputs give bit-identical results twice (threads included).
+/// A batch of several sequences: a dense layer's matmul over [N, T, D] runs
+/// as one gemm with the batch folded into its rows (`layout::gemm_dims`).
+#[test]
+fn char_gpt_tiny_step_matches_the_interpreter_at_batch_3() {
+    compare("specs/char_gpt_tiny.model", 3, 3);
+}
+
 #[test]
 fn compiled_steps_are_deterministic() {
     let (model, cfg, lr) = model_and_config("specs/lenet5.model");

@@ -124,7 +124,9 @@ pub struct GemmDims {
     pub each: Vec<(usize, usize, usize)>,
 }
 
-/// The gemm calls of matmul `id` (`ta`, `tb`: operands read transposed) at `batch`.
+/// The gemm calls of matmul `id` (`ta`, `tb`: operands read transposed) at
+/// `batch`: one per leading index, or one in all when the leading
+/// dimensions fold into A's rows.
 pub fn gemm_dims(g: &Graph, id: NodeId, ta: bool, tb: bool, batch: usize) -> GemmDims {
     let ins = g.inputs(id);
     let (sa, sb) = (concrete(&g.ty(ins[0]).shape, batch), concrete(&g.ty(ins[1]).shape, batch));
@@ -137,6 +139,14 @@ pub fn gemm_dims(g: &Graph, id: NodeId, ta: bool, tb: bool, batch: usize) -> Gem
     let rhs = if tb { (1, k as isize) } else { (n as isize, 1) };
     let lead = &so[..ro - 2];
     let count: usize = lead.iter().product();
+    // One matrix B for every A (a layer's weight over a batch of
+    // sequences), A stored [.., m, k] with all of the output's leading
+    // dimensions: the As stack into one [count·m, k] matrix, and the
+    // outputs into one [count·m, n]. One call: B is packed once, and the
+    // gemm has count times the rows to spread over the threads.
+    if count > 1 && !ta && sb[..rb - 2].iter().product::<usize>() == 1 && sa[..ra - 2] == *lead {
+        return GemmDims { m: count * m, n, k, lhs, rhs, each: vec![(0, 0, 0)] };
+    }
     let each = (0..count)
         .map(|i| {
             let oa = lead_offset(i, lead, &sa[..ra - 2]) * m * k;
