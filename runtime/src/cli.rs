@@ -1603,7 +1603,11 @@ fn emit(
             }
             KernelKind::Gemm => {
                 gemms += 1;
-                let _ = writeln!(out, "; kernel {k}: {} — a call of the gemm crate (transposes as strides)\n", ops[0]);
+                let _ = writeln!(
+                    out,
+                    "; kernel {k}: {} — a call of the gemm crate (transposes as strides)\n",
+                    ops.join(", ")
+                );
             }
             KernelKind::Copy => {
                 copies += 1;

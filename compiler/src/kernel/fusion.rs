@@ -1,7 +1,11 @@
 //! Fusion: partitions an optimized graph into kernels, the units a backend
 //! compiles and the executor calls in order.
 //!
-//! - `gemm`: one matmul (a call to a tuned GEMM, transposes as strides).
+//! - `gemm`: one matmul (a call to a tuned GEMM, transposes as strides),
+//!   and the sum over its leading axes when that is its only use and the
+//!   sum folds into the contraction ([`folds_batch_sum`]: a weight's
+//!   gradient over a batch of sequences is one gemm, not one per sequence
+//!   and a reduction).
 //! - `elementwise`: a maximal chain of elementwise ops computing values of one
 //!   shape, optionally ending in one reduction: one loop, no intermediate
 //!   buffers. A node joins its operand's kernel when it computes values of the
@@ -70,6 +74,26 @@ pub fn class(op: &Op) -> Option<KernelKind> {
     }
 }
 
+/// Whether `reduce` (the only use of matmul `mm`) sums exactly the
+/// matmul's leading axes in a way one gemm computes: Σₙ Aₙᵀ·Bₙ with Aₙ
+/// stored [k, m] and Bₙ stored [k, n], every leading axis in both operands
+/// (not broadcast), is Aᵀ·B over the stacked [N·k, m] and [N·k, n]: the
+/// batch joins the contraction.
+pub fn folds_batch_sum(g: &Graph, mm: NodeId, reduce: NodeId) -> bool {
+    let (Op::MatMul { ta: true, tb: false }, Op::Reduce { op: crate::ir::ReduceOp::Sum, axes }) =
+        (&g.node(mm).op, &g.node(reduce).op)
+    else {
+        return false;
+    };
+    let out = &g.ty(mm).shape.0;
+    let lead = out.len().saturating_sub(2);
+    let ins = g.inputs(mm);
+    lead > 0
+        && g.inputs(reduce) == [mm]
+        && *axes == (0..lead).collect::<Vec<_>>()
+        && ins.iter().all(|x| g.ty(*x).shape.0.len() == out.len() && g.ty(*x).shape.0[..lead] == out[..lead])
+}
+
 /// Partitions `g` into kernels in execution order.
 pub fn fuse(g: &Graph) -> Vec<Kernel> {
     let outputs: HashSet<NodeId> = g.outputs.iter().map(|(_, id)| *id).collect();
@@ -86,8 +110,15 @@ pub fn fuse(g: &Graph) -> Vec<Kernel> {
             dep.insert(id, d);
             continue;
         };
-        let join = (kind == KernelKind::Elementwise)
-            .then(|| {
+        // A sum over a matmul's batch, folded into its gemm.
+        let folded = match g.inputs(id)[..] {
+            [x] if matches!(node.op, Op::Reduce { .. }) && !outputs.contains(&x) && g.users(x).len() == 1 => {
+                owner.get(&x).copied().filter(|k| kernels[*k].nodes == [x] && folds_batch_sum(g, x, id))
+            }
+            _ => None,
+        };
+        let join = folded.or_else(|| {
+            (kind == KernelKind::Elementwise).then(|| {
                 g.inputs(id).into_iter().find_map(|x| {
                     let k = *owner.get(&x)?;
                     let ok = kernels[k].kind == KernelKind::Elementwise
@@ -103,8 +134,8 @@ pub fn fuse(g: &Graph) -> Vec<Kernel> {
                         .all(|y| owner.get(y) == Some(&k) || dep.get(y).copied().flatten().is_none_or(|d| d < k));
                     (ok && ready).then_some(k)
                 })
-            })
-            .flatten();
+            })?
+        });
         // Horizontal: a node none of whose operands is fused anywhere may
         // join the latest kernel when that kernel loops over the node's shape
         // and the operands are ready (independent chains of one shape, like

@@ -157,6 +157,20 @@ pub fn gemm_dims(g: &Graph, id: NodeId, ta: bool, tb: bool, batch: usize) -> Gem
     GemmDims { m, n, k, lhs, rhs, each }
 }
 
+/// The one gemm call of matmul `id` summed over its leading axes
+/// ([`super::fusion::folds_batch_sum`]): Aᵀ·B with the batch stacked into
+/// the contraction, written to the sum's [m, n] output.
+pub fn gemm_dims_summed(g: &Graph, id: NodeId, batch: usize) -> GemmDims {
+    let ins = g.inputs(id);
+    let sa = concrete(&g.ty(ins[0]).shape, batch);
+    let so = concrete(&g.ty(id).shape, batch);
+    let ro = so.len();
+    let (m, n) = (so[ro - 2], so[ro - 1]);
+    let count: usize = so[..ro - 2].iter().product();
+    let k = sa[sa.len() - 2];
+    GemmDims { m, n, k: count * k, lhs: (1, m as isize), rhs: (n as isize, 1), each: vec![(0, 0, 0)] }
+}
+
 /// The element offset of the matrix for leading index `i` (over `lead`) in an
 /// operand with leading dimensions `own` (right-aligned, broadcast).
 fn lead_offset(i: usize, lead: &[usize], own: &[usize]) -> usize {

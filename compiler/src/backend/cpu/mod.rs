@@ -407,8 +407,14 @@ impl Program {
                 Code::Gemm { ta, tb } => {
                     let id = kernel.nodes[0];
                     let ins = g.inputs(id);
-                    let d = layout::gemm_dims(g, id, *ta, *tb, batch);
-                    let (pa, pb, po) = (addr[&ins[0]], addr[&ins[1]], addr[&id]);
+                    // With a sum over the batch folded in, the sum's output.
+                    let out = *kernel.nodes.last().expect("a matmul");
+                    let d = if out == id {
+                        layout::gemm_dims(g, id, *ta, *tb, batch)
+                    } else {
+                        layout::gemm_dims_summed(g, id, batch)
+                    };
+                    let (pa, pb, po) = (addr[&ins[0]], addr[&ins[1]], addr[&out]);
                     // SAFETY: offsets of matrices inside their tensors.
                     let each = d
                         .each
