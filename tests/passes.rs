@@ -199,3 +199,42 @@ fn char_gpt_optimized_step_computes_what_the_raw_step_does() {
     let inputs = random_inputs(&raw, 1, &mut Rng::new(0));
     assert_close(&outputs(&raw, &inputs), &outputs(&opt, &inputs), "char_gpt");
 }
+
+/// `passes::pad_sum`: pads that tile their axis become one concat (same
+/// values); a gap or an overlap leaves the sum alone.
+#[test]
+fn pad_sums_that_tile_an_axis_become_a_concat() {
+    use modelc_compiler::ir::{BinaryOp, Op, Role, Shape, Ty};
+    let build = |ranges: &[(u64, u64)]| -> Graph {
+        let mut g = Graph::new();
+        let x = g.input("x", Role::Data, Ty::f32(Shape::batched(&[3, 6])));
+        let mut sum = None;
+        for (i, (start, end)) in ranges.iter().enumerate() {
+            let s = g.add(Op::Slice { axis: 2, start: *start, end: *end }, &[x]).expect("types");
+            let k = g.add(Op::Const { value: i as f64 + 2.0 }, &[]).expect("types");
+            let m = g.add(Op::Binary { op: BinaryOp::Mul }, &[s, k]).expect("types");
+            let p = g.add(Op::Pad { axis: 2, before: *start, after: 6 - end }, &[m]).expect("types");
+            sum = Some(match sum {
+                None => p,
+                Some(a) => g.add(Op::Binary { op: BinaryOp::Add }, &[a, p]).expect("types"),
+            });
+        }
+        g.outputs.push(("y".into(), sum.expect("terms")));
+        g
+    };
+    let inputs = |g: &Graph| random_inputs(g, 2, &mut Rng::new(4));
+    // Tiles [0, 6): a concat of the three, the same values.
+    let raw = build(&[(2, 5), (0, 2), (5, 6)]);
+    let mut opt = raw.clone();
+    assert!(modelc_compiler::passes::pad_sum::run(&mut opt));
+    modelc_compiler::passes::dce::run(&mut opt);
+    let ops: Vec<String> = opt.topo_order().iter().map(|id| opt.node(*id).op.name()).collect();
+    assert!(ops.contains(&"concat".to_string()) && !ops.iter().any(|o| o == "pad" || o == "add"), "{ops:?}");
+    let ins = inputs(&raw);
+    assert_close(&outputs(&raw, &ins), &outputs(&opt, &ins), "pad_sum");
+    // A gap ([2, 3) uncovered) and an overlap are left alone.
+    for ranges in [&[(0, 2), (3, 6)][..], &[(0, 4), (2, 6)][..]] {
+        let mut g = build(ranges);
+        assert!(!modelc_compiler::passes::pad_sum::run(&mut g), "{ranges:?} rewritten");
+    }
+}

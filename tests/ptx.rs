@@ -331,13 +331,28 @@ fn rendered_kernels_compute_what_the_interpreter_does() {
         "tests/zoo/edge_shapes.model",
     ];
     let (mut ran, mut ops) = (0, std::collections::BTreeSet::new());
-    for spec in specs {
-        let (_, program, errors) = crate::check_spec(Path::new(spec));
-        assert!(errors.is_empty(), "{spec}");
-        let t = program.trains.last().expect("a train block");
-        let model = program.model(&t.model).expect("model");
-        let cfg = StepConfig::from_train(t).expect("optimizer");
-        let g = modelc_compiler::pipeline::train_step(model, &cfg).expect("builds");
+    let mut graphs: Vec<(String, modelc_compiler::ir::Graph)> = specs
+        .iter()
+        .map(|spec| {
+            let (_, program, errors) = crate::check_spec(Path::new(spec));
+            assert!(errors.is_empty(), "{spec}");
+            let t = program.trains.last().expect("a train block");
+            let model = program.model(&t.model).expect("model");
+            let cfg = StepConfig::from_train(t).expect("optimizer");
+            (spec.to_string(), modelc_compiler::pipeline::train_step(model, &cfg).expect("builds").into_graph())
+        })
+        .collect();
+    // A pad no spec's step keeps (the gradients of an attention layer's
+    // slices tile their axis and become a concat, `passes::pad_sum`).
+    {
+        use modelc_compiler::ir::{Graph, Role, Shape, Ty};
+        let mut g = Graph::new();
+        let x = g.input("x", Role::Data, Ty::f32(Shape::batched(&[3, 5])));
+        let y = g.add(Op::Pad { axis: 2, before: 2, after: 4 }, &[x]).expect("types");
+        g.outputs.push(("y".into(), y));
+        graphs.push(("pad".into(), modelc_compiler::ir::verify::verify(g).expect("verifies").into_graph()));
+    }
+    for (spec, g) in graphs {
         let kernels = fuse(&g);
         let batch = 2;
         let inputs = random_inputs(&g, batch, &mut modelc_compiler::rng::Rng::new(3));

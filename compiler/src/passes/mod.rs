@@ -10,6 +10,7 @@
 pub mod constant_fold;
 pub mod cse;
 pub mod dce;
+pub mod pad_sum;
 pub mod simplify;
 pub mod transpose_fold;
 
@@ -24,6 +25,7 @@ pub fn optimize(g: &mut Graph) {
         changed |= simplify::run(g);
         changed |= cse::run(g);
         changed |= transpose_fold::run(g);
+        changed |= pad_sum::run(g);
         changed |= dce::run(g);
         if !changed {
             break;
@@ -40,5 +42,6 @@ pub const PASSES: &[(&str, Pass)] = &[
     ("simplify", simplify::run),
     ("cse", cse::run),
     ("transpose_fold", transpose_fold::run),
+    ("pad_sum", pad_sum::run),
     ("dce", dce::run),
 ];
