@@ -349,6 +349,19 @@ impl Graph {
     }
 
     /// Redirects every use of `old` (and outputs naming it) to `new`.
+    /// Replaces node `old` by a new node `op(inputs)` of type `ty`: the new
+    /// node takes `old`'s label and uses, and `old` is removed (a pass's
+    /// rewrite of one node). Returns the new node.
+    pub fn replace_with(&mut self, old: NodeId, op: Op, ty: Ty, inputs: &[NodeId]) -> NodeId {
+        let new = self.add_typed(op, ty, inputs);
+        if let Some(l) = self.node(old).label.clone() {
+            self.set_label(new, &l);
+        }
+        self.replace_uses(old, new);
+        self.remove(old);
+        new
+    }
+
     pub fn replace_uses(&mut self, old: NodeId, new: NodeId) {
         let uses: Vec<(NodeId, u8, petgraph::stable_graph::EdgeIndex<u32>)> = self
             .g

@@ -65,12 +65,7 @@ pub fn run(g: &mut Graph) -> bool {
         }
         let Some((axis, parts)) = tiling(g, id) else { continue };
         let ty = g.ty(id).clone();
-        let new = g.add_typed(Op::Concat { axis }, ty, &parts);
-        if let Some(l) = g.node(id).label.clone() {
-            g.set_label(new, &l);
-        }
-        g.replace_uses(id, new);
-        g.remove(id);
+        g.replace_with(id, Op::Concat { axis }, ty, &parts);
         changed = true;
     }
     changed

@@ -34,12 +34,7 @@ pub fn run(g: &mut Graph) -> bool {
                 if g.users(m).len() == 1 && !g.outputs.iter().any(|(_, o)| *o == m) {
                     let ins = g.inputs(m);
                     let ty = g.ty(id).clone();
-                    let new = g.add_typed(Op::MatMul { ta: !tb, tb: !ta }, ty, &[ins[1], ins[0]]);
-                    if let Some(l) = g.node(id).label.clone() {
-                        g.set_label(new, &l);
-                    }
-                    g.replace_uses(id, new);
-                    g.remove(id);
+                    g.replace_with(id, Op::MatMul { ta: !tb, tb: !ta }, ty, &[ins[1], ins[0]]);
                     changed = true;
                 }
             }
@@ -55,12 +50,7 @@ pub fn run(g: &mut Graph) -> bool {
         let b = if fb { g.inputs(ins[1])[0] } else { ins[1] };
         let op = Op::MatMul { ta: ta ^ fa, tb: tb ^ fb };
         let ty = g.ty(id).clone();
-        let new = g.add_typed(op, ty, &[a, b]);
-        if let Some(l) = g.node(id).label.clone() {
-            g.set_label(new, &l);
-        }
-        g.replace_uses(id, new);
-        g.remove(id);
+        g.replace_with(id, op, ty, &[a, b]);
         changed = true;
     }
     changed
