@@ -50,7 +50,13 @@ fn first_step(spec: &str) {
 fn throughput(spec: &str) {
     let (model, info, cfg) = setup(spec);
     // char_gpt: the first 1024 training windows (an epoch of 8k takes 30 s).
-    let limit = spec.contains("char_gpt").then_some(1024);
+    let limit = if spec.contains("char_gpt") {
+        Some(1024)
+    } else if spec.contains("cnn_wide") {
+        Some(12800)
+    } else {
+        None
+    };
     let opts = modelc::train::Options { test_limit: Some(0), limit, ..Default::default() };
     let data = modelc::train::load(info.data.as_ref().expect("data"), &model, &info, &opts).expect("MNIST");
     let n = data.train.len;
@@ -103,7 +109,13 @@ fn main() {
         first_step(args.get(i + 1).map_or("specs/lenet5.model", String::as_str));
         return;
     }
-    let all = ["specs/mnist_mlp.model", "specs/lenet5.model", "specs/mlp_large.model", "specs/char_gpt.model"];
+    let all = [
+        "specs/mnist_mlp.model",
+        "specs/lenet5.model",
+        "specs/mlp_large.model",
+        "specs/cnn_wide.model",
+        "specs/char_gpt.model",
+    ];
     for spec in all.iter().filter(|s| args.is_empty() || args.iter().any(|a| s.contains(a.as_str()))) {
         throughput(spec);
     }

@@ -65,11 +65,20 @@ def mlp_large():
     return nn.Sequential(nn.Linear(784, 1024), nn.ReLU(), nn.Linear(1024, 1024), nn.ReLU(), nn.Linear(1024, 10))
 
 
+def cnn_wide():
+    return nn.Sequential(
+        nn.Unflatten(1, (1, 28, 28)),
+        nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Flatten(), nn.Linear(64 * 7 * 7, 128), nn.ReLU(), nn.Linear(128, 10))
+
+
 # As the specs' train blocks say.
 CONFIGS = {
     "mnist_mlp": (mnist_mlp, 64, lambda p: torch.optim.Adam(p, lr=3e-3)),
     "lenet5": (lenet5, 64, lambda p: torch.optim.SGD(p, lr=0.01, momentum=0.9, weight_decay=5e-4)),
     "mlp_large": (mlp_large, 256, lambda p: torch.optim.Adam(p, lr=1e-3)),
+    "cnn_wide": (cnn_wide, 64, lambda p: torch.optim.SGD(p, lr=0.01, momentum=0.9)),
 }
 
 

@@ -147,6 +147,11 @@ fn char_gpt_step_matches_the_interpreter() {
 }
 
 /// The same inputs give bit-identical results twice (threads included).
+#[test]
+fn cnn_wide_step_matches_the_interpreter() {
+    compare("specs/cnn_wide.model", 2, 2);
+}
+
 /// A batch of several sequences: a dense layer's matmul over [N, T, D] runs
 /// as one gemm with the batch folded into its rows (`layout::gemm_dims`).
 #[test]
