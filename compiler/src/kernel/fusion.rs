@@ -2,10 +2,10 @@
 //! compiles and the executor calls in order.
 //!
 //! - `gemm`: one matmul (a call to a tuned GEMM, transposes as strides),
-//!   and the sum over its leading axes when that is its only use and the
-//!   sum folds into the contraction ([`folds_batch_sum`]: a weight's
-//!   gradient over a batch of sequences is one gemm, not one per sequence
-//!   and a reduction).
+//!   and the sum over its leading axes when that is its only use
+//!   ([`joins_batch_sum`]: a weight's gradient over a batch of sequences or
+//!   images is computed by the gemm kernel, without an N-fold temporary and
+//!   a reduction).
 //! - `elementwise`: a maximal chain of elementwise ops computing values of one
 //!   shape, optionally ending in one reduction: one loop, no intermediate
 //!   buffers. A node joins its operand's kernel when it computes values of the
@@ -75,13 +75,14 @@ pub fn class(op: &Op) -> Option<KernelKind> {
 }
 
 /// Whether `reduce` (the only use of matmul `mm`) sums exactly the
-/// matmul's leading axes in a way one gemm computes: Σₙ Aₙᵀ·Bₙ with Aₙ
-/// stored [k, m] and Bₙ stored [k, n], every leading axis in both operands
-/// (not broadcast), is Aᵀ·B over the stacked [N·k, m] and [N·k, n]: the
-/// batch joins the contraction.
-pub fn folds_batch_sum(g: &Graph, mm: NodeId, reduce: NodeId) -> bool {
-    let (Op::MatMul { ta: true, tb: false }, Op::Reduce { op: crate::ir::ReduceOp::Sum, axes }) =
-        (&g.node(mm).op, &g.node(reduce).op)
+/// matmul's leading axes, every one of them in both operands (not
+/// broadcast): the gemm kernel computes the sum itself, writing only the
+/// [m, n] result. When Aₙ is stored [k, m] and Bₙ [k, n] (`matmul[aᵀb]`),
+/// Σₙ Aₙᵀ·Bₙ is one gemm over the stacked [N·k, m] and [N·k, n] (the batch
+/// joins the contraction); otherwise the per-matrix products accumulate
+/// into the result ([`super::layout::gemm_dims_summed`]).
+pub fn joins_batch_sum(g: &Graph, mm: NodeId, reduce: NodeId) -> bool {
+    let (Op::MatMul { .. }, Op::Reduce { op: crate::ir::ReduceOp::Sum, axes }) = (&g.node(mm).op, &g.node(reduce).op)
     else {
         return false;
     };
@@ -113,7 +114,7 @@ pub fn fuse(g: &Graph) -> Vec<Kernel> {
         // A sum over a matmul's batch, folded into its gemm.
         let folded = match g.inputs(id)[..] {
             [x] if matches!(node.op, Op::Reduce { .. }) && !outputs.contains(&x) && g.users(x).len() == 1 => {
-                owner.get(&x).copied().filter(|k| kernels[*k].nodes == [x] && folds_batch_sum(g, x, id))
+                owner.get(&x).copied().filter(|k| kernels[*k].nodes == [x] && joins_batch_sum(g, x, id))
             }
             _ => None,
         };

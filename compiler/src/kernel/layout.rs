@@ -122,6 +122,9 @@ pub struct GemmDims {
     pub rhs: (isize, isize),
     /// Per call: element offsets into a, b and the output.
     pub each: Vec<(usize, usize, usize)>,
+    /// The calls' products are summed into one output (a batch sum joined
+    /// to the gemm kernel), rather than each written to its own.
+    pub sum: bool,
 }
 
 /// The gemm calls of matmul `id` (`ta`, `tb`: operands read transposed) at
@@ -145,7 +148,7 @@ pub fn gemm_dims(g: &Graph, id: NodeId, ta: bool, tb: bool, batch: usize) -> Gem
     // outputs into one [count·m, n]. One call: B is packed once, and the
     // gemm has count times the rows to spread over the threads.
     if count > 1 && !ta && sb[..rb - 2].iter().product::<usize>() == 1 && sa[..ra - 2] == *lead {
-        return GemmDims { m: count * m, n, k, lhs, rhs, each: vec![(0, 0, 0)] };
+        return GemmDims { m: count * m, n, k, lhs, rhs, each: vec![(0, 0, 0)], sum: false };
     }
     let each = (0..count)
         .map(|i| {
@@ -154,21 +157,40 @@ pub fn gemm_dims(g: &Graph, id: NodeId, ta: bool, tb: bool, batch: usize) -> Gem
             (oa, ob, i * m * n)
         })
         .collect();
-    GemmDims { m, n, k, lhs, rhs, each }
+    GemmDims { m, n, k, lhs, rhs, each, sum: false }
 }
 
-/// The one gemm call of matmul `id` summed over its leading axes
-/// ([`super::fusion::folds_batch_sum`]): Aᵀ·B with the batch stacked into
-/// the contraction, written to the sum's [m, n] output.
+/// The gemm calls of matmul `id` summed over its leading axes
+/// ([`super::fusion::joins_batch_sum`]), written to the sum's [m, n]
+/// output. `matmul[aᵀb]`: one call, Aᵀ·B with the batch stacked into the
+/// contraction. Otherwise one call per matrix, all into the output, summed
+/// (`sum`).
 pub fn gemm_dims_summed(g: &Graph, id: NodeId, batch: usize) -> GemmDims {
+    let Op::MatMul { ta, tb } = g.node(id).op else { unreachable!("a matmul") };
     let ins = g.inputs(id);
     let sa = concrete(&g.ty(ins[0]).shape, batch);
     let so = concrete(&g.ty(id).shape, batch);
     let ro = so.len();
     let (m, n) = (so[ro - 2], so[ro - 1]);
     let count: usize = so[..ro - 2].iter().product();
-    let k = sa[sa.len() - 2];
-    GemmDims { m, n, k: count * k, lhs: (1, m as isize), rhs: (n as isize, 1), each: vec![(0, 0, 0)] }
+    if ta && !tb {
+        let k = sa[sa.len() - 2];
+        return GemmDims {
+            m,
+            n,
+            k: count * k,
+            lhs: (1, m as isize),
+            rhs: (n as isize, 1),
+            each: vec![(0, 0, 0)],
+            sum: false,
+        };
+    }
+    let mut d = gemm_dims(g, id, ta, tb, batch);
+    for e in &mut d.each {
+        e.2 = 0;
+    }
+    d.sum = count > 1;
+    d
 }
 
 /// The element offset of the matrix for leading index `i` (over `lead`) in an

@@ -116,6 +116,12 @@ enum Call {
         /// product is computed transposed into this scratch and transposed
         /// back.
         via: Option<P>,
+        /// The products are summed into the output (a batch sum in the
+        /// kernel): the second thread's half accumulates into this scratch
+        /// (m·n), added in after both halves; with `true`, both halves
+        /// accumulate transposed (`B·Aᵀ`, as `via`) into the scratch (2·m·n)
+        /// and are added in transposed.
+        sum: Option<(P, bool)>,
     },
     Copy {
         op: Op,
@@ -358,11 +364,17 @@ impl Program {
             let k = *concrete(&g.ty(g.inputs(id)[0]).shape, batch).last()?;
             (r == 2 && m < n && m * n * k >= TRANSPOSED_FLOPS).then_some(m * n)
         };
+        // ... and for the batch sums computed by a gemm kernel: one product.
+        let summed = |k: &Kernel| -> Option<usize> {
+            let (first, last) = (k.nodes[0], *k.nodes.last()?);
+            (first != last && layout::gemm_dims_summed(g, first, batch).sum)
+                .then(|| 2 * concrete(&g.ty(last).shape, batch).iter().product::<usize>())
+        };
         let scratch_len = self
             .kernels
             .iter()
             .filter(|k| k.kind == KernelKind::Gemm)
-            .filter_map(|k| transposed(k.nodes[0]))
+            .filter_map(|k| transposed(k.nodes[0]).max(summed(k)))
             .max()
             .unwrap_or(0);
         let mut scratch = vec![0.0f32; scratch_len];
@@ -422,7 +434,9 @@ impl Program {
                         .map(|(a, b, o)| unsafe { (P(pa.0.add(*a)), P(pb.0.add(*b)), P(po.0.add(*o))) })
                         .collect();
                     let via = transposed(id).map(|_| scratch_ptr);
-                    Call::Gemm { m: d.m, n: d.n, k: d.k, lhs: d.lhs, rhs: d.rhs, each, via }
+                    let swap = matches!(g.node(id).op, Op::MatMul { ta: false, tb: true }) && d.m < d.n;
+                    let sum = d.sum.then_some((scratch_ptr, swap));
+                    Call::Gemm { m: d.m, n: d.n, k: d.k, lhs: d.lhs, rhs: d.rhs, each, via, sum }
                 }
                 Code::Copy => {
                     let id = kernel.nodes[0];
@@ -608,22 +622,88 @@ fn run_call(call: &Call) -> Result<(), String> {
                 transpose(t.get(), c.get(), n, m);
             }
         }
-        Call::Gemm { m, n, k, lhs, rhs, each, via: None } => {
+        Call::Gemm { m, n, k, lhs, rhs, each, via: None, sum } => {
             let _window = InGemm::enter();
             let (m, n, k) = (*m, *n, *k);
-            let one = |a: P, b: P, c: P, par: Parallelism| {
+            // dst = A·B, or dst += A·B when `add`.
+            let one_into = |a: P, b: P, c: P, add: bool, par: Parallelism| {
                 // SAFETY: the strides describe matrices inside the operands'
                 // buffers; the destination does not overlap them (a gemm
                 // kernel never writes in place).
                 unsafe {
                     gemm(
-                        m, n, k, c.0, 1, n as isize, false, a.0, lhs.1, lhs.0, b.0, rhs.1, rhs.0, 0.0, 1.0, false,
-                        false, false, par,
+                        m, n, k, c.0, 1, n as isize, add, a.0, lhs.1, lhs.0, b.0, rhs.1, rhs.0, 1.0, 1.0, false, false,
+                        false, par,
                     )
                 }
             };
+            let one = |a: P, b: P, c: P, par: Parallelism| one_into(a, b, c, false, par);
             let big = m * n * k >= PARALLEL_FLOPS;
-            if each.len() > 1 && m * n * k * each.len() >= PARALLEL_FLOPS {
+            if let (Some((t, swap)), true) = (sum, each.len() > 1) {
+                // Σ of the products: each half of the calls accumulates in
+                // order into its own buffer (the output and the scratch, or
+                // two halves of the scratch transposed), on its own thread
+                // when the work pays; the halves are then added.
+                let half = each.len() / 2;
+                let run = |calls: &[(P, P, P)], to: P| {
+                    for (i, (a, b, _)) in calls.iter().enumerate() {
+                        if *swap {
+                            // Cᵀ = B·Aᵀ: the operands swapped, each view's
+                            // strides swapped.
+                            // SAFETY: as below; `to` holds n·m floats.
+                            unsafe {
+                                gemm(
+                                    n,
+                                    m,
+                                    k,
+                                    to.0,
+                                    1,
+                                    m as isize,
+                                    i > 0,
+                                    b.0,
+                                    rhs.0,
+                                    rhs.1,
+                                    a.0,
+                                    lhs.0,
+                                    lhs.1,
+                                    1.0,
+                                    1.0,
+                                    false,
+                                    false,
+                                    false,
+                                    Parallelism::None,
+                                )
+                            }
+                        } else {
+                            one_into(*a, *b, to, i > 0, Parallelism::None);
+                        }
+                    }
+                };
+                let out = each[0].2;
+                // SAFETY: the scratch holds 2·m·n floats.
+                let (first, second) = if *swap { (*t, P(unsafe { t.0.add(m * n) })) } else { (out, *t) };
+                if m * n * k * each.len() >= PARALLEL_FLOPS {
+                    rayon::join(|| run(&each[..half], first), || run(&each[half..], second));
+                } else {
+                    run(&each[..half], first);
+                    run(&each[half..], second);
+                }
+                // SAFETY: the output holds m·n floats, the scratch 2·m·n.
+                let o = unsafe { std::slice::from_raw_parts_mut(out.0, m * n) };
+                let s = unsafe { std::slice::from_raw_parts(t.0 as *const f32, 2 * m * n) };
+                if *swap {
+                    let (s0, s1) = s.split_at(m * n);
+                    for (i, row) in o.chunks_mut(n).enumerate() {
+                        for (j, v) in row.iter_mut().enumerate() {
+                            *v = s0[j * m + i] + s1[j * m + i];
+                        }
+                    }
+                } else {
+                    for (o, s) in o.iter_mut().zip(&s[..m * n]) {
+                        *o += *s;
+                    }
+                }
+            } else if each.len() > 1 && m * n * k * each.len() >= PARALLEL_FLOPS {
                 use rayon::prelude::*;
                 each.par_iter().for_each(|(a, b, c)| one(*a, *b, *c, Parallelism::None));
             } else {
@@ -847,28 +927,20 @@ fn copy_kernel(op: &Op, src: &[(P, Vec<usize>)], dst: &(P, Vec<usize>)) -> Resul
             let (oh, ow) = (os[2], os[3]);
             let (kh, kw, sh, sw) = (size.0 as usize, size.1 as usize, stride.0 as usize, stride.1 as usize);
             let (a, o) = (src[0].0, dst.0);
+            let geo = Pool { w, h, oh, ow, sh, sw };
             by_images(n, c * h * w, |b0, b1| {
-                // SAFETY: every window lies inside its plane (the type
-                // guarantees (oh−1)·sh + kh ≤ h, likewise for w), and images
-                // b0..b1 write only their own outputs.
-                unsafe {
-                    for p in b0 * c..b1 * c {
-                        let (x, y) = (a.get().add(p * h * w), o.get().add(p * oh * ow));
-                        for r in 0..oh {
-                            for q in 0..ow {
-                                let at = x.add(r * sh * w + q * sw);
-                                let mut m = f32::NEG_INFINITY;
-                                for i in 0..kh {
-                                    for j in 0..kw {
-                                        let v = *at.add(i * w + j);
-                                        // As reduce_max: a larger value or a NaN wins.
-                                        if v > m || v.is_nan() {
-                                            m = v;
-                                        }
-                                    }
-                                }
-                                *y.add(r * ow + q) = m;
-                            }
+                for p in b0 * c..b1 * c {
+                    // SAFETY: every window lies inside its plane (the type
+                    // guarantees (oh−1)·sh + kh ≤ h, likewise for w), and
+                    // images b0..b1 write only their own outputs.
+                    unsafe {
+                        let (x, y) = (a.get().add(p * h * w) as *const f32, o.get().add(p * oh * ow));
+                        // The common windows with constant sizes, so the
+                        // compiler unrolls them; any other as it comes.
+                        match (kh, kw) {
+                            (2, 2) => pool_plane(x, y, &geo, 2, 2),
+                            (3, 3) => pool_plane(x, y, &geo, 3, 3),
+                            _ => pool_plane(x, y, &geo, kh, kw),
                         }
                     }
                 }
@@ -879,42 +951,24 @@ fn copy_kernel(op: &Op, src: &[(P, Vec<usize>)], dst: &(P, Vec<usize>)) -> Resul
             let (oh, ow) = (src[1].1[2], src[1].1[3]);
             let (kh, kw, sh, sw) = (size.0 as usize, size.1 as usize, stride.0 as usize, stride.1 as usize);
             let (a, m, g, o) = (src[0].0, src[1].0, src[2].0, dst.0);
+            let geo = Pool { w, h, oh, ow, sh, sw };
             // Windows that tile the image exactly write every pixel once; any
             // other layout accumulates over a zeroed image.
             let tiles = (kh, kw) == (sh, sw) && oh * sh == h && ow * sw == w;
             by_images(n, c * h * w, |b0, b1| {
-                // SAFETY: as the forward pass.
-                unsafe {
-                    for p in b0 * c..b1 * c {
-                        let x = a.get().add(p * h * w);
+                for p in b0 * c..b1 * c {
+                    // SAFETY: as the forward pass.
+                    unsafe {
+                        let x = a.get().add(p * h * w) as *const f32;
                         let dx = o.get().add(p * h * w);
-                        let (y, dy) = (m.get().add(p * oh * ow), g.get().add(p * oh * ow));
+                        let (y, dy) = (m.get().add(p * oh * ow) as *const f32, g.get().add(p * oh * ow) as *const f32);
                         if !tiles {
                             std::ptr::write_bytes(dx, 0, h * w);
                         }
-                        for r in 0..oh {
-                            for q in 0..ow {
-                                let off = r * sh * w + q * sw;
-                                let top = *y.add(r * ow + q);
-                                let mut ties = 0u32;
-                                for i in 0..kh {
-                                    for j in 0..kw {
-                                        ties += u32::from(*x.add(off + i * w + j) == top);
-                                    }
-                                }
-                                let share = if ties > 0 { *dy.add(r * ow + q) / ties as f32 } else { 0.0 };
-                                for i in 0..kh {
-                                    for j in 0..kw {
-                                        let k = off + i * w + j;
-                                        let v = if *x.add(k) == top { share } else { 0.0 };
-                                        if tiles {
-                                            *dx.add(k) = v;
-                                        } else {
-                                            *dx.add(k) += v;
-                                        }
-                                    }
-                                }
-                            }
+                        match (kh, kw, tiles) {
+                            (2, 2, true) => pool_grad_plane(x, y, dy, dx, &geo, 2, 2, true),
+                            (3, 3, true) => pool_grad_plane(x, y, dy, dx, &geo, 3, 3, true),
+                            _ => pool_grad_plane(x, y, dy, dx, &geo, kh, kw, tiles),
                         }
                     }
                 }
@@ -979,6 +1033,87 @@ fn copy_kernel(op: &Op, src: &[(P, Vec<usize>)], dst: &(P, Vec<usize>)) -> Resul
 
 /// Runs `f(first, end)` over images `0..n` (`per` elements each), split
 /// between two threads when the work is big enough to pay.
+/// A pooling layout: the plane's width and height, the output's, the strides.
+struct Pool {
+    w: usize,
+    h: usize,
+    oh: usize,
+    ow: usize,
+    sh: usize,
+    sw: usize,
+}
+
+/// Max pooling of one plane `x` into `y` with `kh`×`kw` windows: a larger
+/// value or a NaN wins, as `reduce_max`. Inlined, so a call with constant
+/// window sizes is unrolled.
+///
+/// # Safety
+/// `x` holds the plane (h·w values), `y` the output (oh·ow), and every
+/// window lies inside the plane.
+#[inline(always)]
+unsafe fn pool_plane(x: *const f32, y: *mut f32, p: &Pool, kh: usize, kw: usize) {
+    let _ = p.h;
+    for r in 0..p.oh {
+        for q in 0..p.ow {
+            let at = x.add(r * p.sh * p.w + q * p.sw);
+            let mut m = f32::NEG_INFINITY;
+            for i in 0..kh {
+                for j in 0..kw {
+                    let v = *at.add(i * p.w + j);
+                    if v > m || v.is_nan() {
+                        m = v;
+                    }
+                }
+            }
+            *y.add(r * p.ow + q) = m;
+        }
+    }
+}
+
+/// The gradient of max pooling for one plane: each window's gradient `dy`
+/// shared equally between the pixels of `x` equal to its maximum `y`,
+/// written (`tiles`: the windows tile the plane) or added into `dx`.
+///
+/// # Safety
+/// As [`pool_plane`]; `dx` holds the plane's gradient (h·w values).
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn pool_grad_plane(
+    x: *const f32,
+    y: *const f32,
+    dy: *const f32,
+    dx: *mut f32,
+    p: &Pool,
+    kh: usize,
+    kw: usize,
+    tiles: bool,
+) {
+    for r in 0..p.oh {
+        for q in 0..p.ow {
+            let off = r * p.sh * p.w + q * p.sw;
+            let top = *y.add(r * p.ow + q);
+            let mut ties = 0u32;
+            for i in 0..kh {
+                for j in 0..kw {
+                    ties += u32::from(*x.add(off + i * p.w + j) == top);
+                }
+            }
+            let share = if ties > 0 { *dy.add(r * p.ow + q) / ties as f32 } else { 0.0 };
+            for i in 0..kh {
+                for j in 0..kw {
+                    let k = off + i * p.w + j;
+                    let v = if *x.add(k) == top { share } else { 0.0 };
+                    if tiles {
+                        *dx.add(k) = v;
+                    } else {
+                        *dx.add(k) += v;
+                    }
+                }
+            }
+        }
+    }
+}
+
 fn by_images(n: usize, per: usize, f: impl Fn(usize, usize) + Sync) {
     if n >= 2 && n * per >= PARALLEL_ELEMENTS {
         let half = n / 2;
