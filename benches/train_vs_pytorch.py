@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """What users see: `modelc train`'s own logged samples/s against PyTorch eager
-(and JAX jit when installed), on the same workloads, in one run.
+(and JAX jit when installed: benches/jax_speed.py), on the same workloads, in
+one run.
 
 Usage (PyTorch, and optionally JAX, in a virtual environment outside the
 repository):
@@ -42,19 +43,33 @@ def modelc_train(name):
 
 def main():
     torch.set_num_threads(THREADS)
+    try:
+        import jax
+        from jax_speed import jax_speed
+    except ImportError:
+        jax = None
+        print("JAX is not installed: no JAX column", flush=True)
     subprocess.run(["cargo", "build", "--release", "-q"], cwd=ROOT, check=True)
     rows = []
     for name in CONFIGS:
         ours = modelc_train(name)
         theirs = torch_speed(name)["samples_per_s"]
-        rows.append((name, CONFIGS[name][1], ours, theirs))
-        print(f"  {name}: modelc train {ours:,.0f}/s, PyTorch eager {theirs:,.0f}/s", flush=True)
-    print(f"\n`modelc train` (its log, median of epochs 2-4) vs PyTorch {torch.__version__} eager, "
+        jx = jax_speed(name)["samples_per_s"] if jax else None
+        rows.append((name, CONFIGS[name][1], ours, theirs, jx))
+        also = f", JAX jit {jx:,.0f}/s" if jx else ""
+        print(f"  {name}: modelc train {ours:,.0f}/s, PyTorch eager {theirs:,.0f}/s{also}", flush=True)
+    jv = f" and JAX {jax.__version__} jit" if jax else ""
+    print(f"\n`modelc train` (its log, median of epochs 2-4) vs PyTorch {torch.__version__} eager{jv}, "
           f"{THREADS} threads each, samples/s")
-    print("| workload | modelc train | PyTorch eager | ratio |")
-    print("| --- | ---: | ---: | ---: |")
-    for name, batch, ours, theirs in rows:
-        print(f"| {name}, batch {batch} | {ours:,.0f} | {theirs:,.0f} | {ours / theirs:.2f}x |")
+    if jax:
+        print("| workload | modelc train | PyTorch eager | ratio | JAX jit | ratio |")
+        print("| --- | ---: | ---: | ---: | ---: | ---: |")
+    else:
+        print("| workload | modelc train | PyTorch eager | ratio |")
+        print("| --- | ---: | ---: | ---: |")
+    for name, batch, ours, theirs, jx in rows:
+        tail = f" {jx:,.0f} | {ours / jx:.2f}x |" if jx else ""
+        print(f"| {name}, batch {batch} | {ours:,.0f} | {theirs:,.0f} | {ours / theirs:.2f}x |{tail}")
 
 
 if __name__ == "__main__":
