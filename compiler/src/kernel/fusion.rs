@@ -2,7 +2,8 @@
 //! compiles and the executor calls in order.
 //!
 //! - `gemm`: one matmul (a call to a tuned GEMM, transposes as strides),
-//!   and the sum over its leading axes when that is its only use
+//!   and a permute of its product (written by strides) or the sum over its
+//!   leading axes when that is its only use
 //!   ([`joins_batch_sum`]: a weight's gradient over a batch of sequences or
 //!   images is computed by the gemm kernel, without an N-fold temporary and
 //!   a reduction).
@@ -95,6 +96,20 @@ pub fn joins_batch_sum(g: &Graph, mm: NodeId, reduce: NodeId) -> bool {
         && ins.iter().all(|x| g.ty(*x).shape.0.len() == out.len() && g.ty(*x).shape.0[..lead] == out[..lead])
 }
 
+/// Whether `next`, the only use of matmul `mm`, joins `mm`'s gemm kernel:
+/// a batch sum ([`joins_batch_sum`]), or a permute of the product, which
+/// the gemm writes in place of the product by permuted output strides (the
+/// heads of an attention layer back into their sequence's rows).
+pub fn joins_gemm(g: &Graph, mm: NodeId, next: NodeId) -> bool {
+    match g.node(next).op {
+        Op::Reduce { .. } => joins_batch_sum(g, mm, next),
+        Op::Permute { .. } => {
+            matches!(g.node(mm).op, Op::MatMul { .. }) && g.inputs(next) == [mm] && g.ty(mm).shape.0.len() >= 2
+        }
+        _ => false,
+    }
+}
+
 /// Partitions `g` into kernels in execution order.
 pub fn fuse(g: &Graph) -> Vec<Kernel> {
     let outputs: HashSet<NodeId> = g.outputs.iter().map(|(_, id)| *id).collect();
@@ -111,10 +126,11 @@ pub fn fuse(g: &Graph) -> Vec<Kernel> {
             dep.insert(id, d);
             continue;
         };
-        // A sum over a matmul's batch, folded into its gemm.
+        // A sum over a matmul's batch, or a permute of its product, in its
+        // gemm kernel.
         let folded = match g.inputs(id)[..] {
-            [x] if matches!(node.op, Op::Reduce { .. }) && !outputs.contains(&x) && g.users(x).len() == 1 => {
-                owner.get(&x).copied().filter(|k| kernels[*k].nodes == [x] && joins_batch_sum(g, x, id))
+            [x] if !outputs.contains(&x) && g.users(x).len() == 1 => {
+                owner.get(&x).copied().filter(|k| kernels[*k].nodes == [x] && joins_gemm(g, x, id))
             }
             _ => None,
         };

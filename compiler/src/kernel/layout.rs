@@ -125,12 +125,19 @@ pub struct GemmDims {
     /// The calls' products are summed into one output (a batch sum joined
     /// to the gemm kernel), rather than each written to its own.
     pub sum: bool,
+    /// (row, column) element strides of the output: (n, 1), or those of a
+    /// permute of the product joined to the gemm kernel.
+    pub dst: (isize, isize),
 }
 
 /// The gemm calls of matmul `id` (`ta`, `tb`: operands read transposed) at
 /// `batch`: one per leading index, or one in all when the leading
 /// dimensions fold into A's rows.
 pub fn gemm_dims(g: &Graph, id: NodeId, ta: bool, tb: bool, batch: usize) -> GemmDims {
+    gemm_dims_with(g, id, ta, tb, batch, true)
+}
+
+fn gemm_dims_with(g: &Graph, id: NodeId, ta: bool, tb: bool, batch: usize, fold: bool) -> GemmDims {
     let ins = g.inputs(id);
     let (sa, sb) = (concrete(&g.ty(ins[0]).shape, batch), concrete(&g.ty(ins[1]).shape, batch));
     let so = concrete(&g.ty(id).shape, batch);
@@ -147,8 +154,8 @@ pub fn gemm_dims(g: &Graph, id: NodeId, ta: bool, tb: bool, batch: usize) -> Gem
     // dimensions: the As stack into one [count·m, k] matrix, and the
     // outputs into one [count·m, n]. One call: B is packed once, and the
     // gemm has count times the rows to spread over the threads.
-    if count > 1 && !ta && sb[..rb - 2].iter().product::<usize>() == 1 && sa[..ra - 2] == *lead {
-        return GemmDims { m: count * m, n, k, lhs, rhs, each: vec![(0, 0, 0)], sum: false };
+    if fold && count > 1 && !ta && sb[..rb - 2].iter().product::<usize>() == 1 && sa[..ra - 2] == *lead {
+        return GemmDims { m: count * m, n, k, lhs, rhs, each: vec![(0, 0, 0)], sum: false, dst: (n as isize, 1) };
     }
     let each = (0..count)
         .map(|i| {
@@ -157,7 +164,7 @@ pub fn gemm_dims(g: &Graph, id: NodeId, ta: bool, tb: bool, batch: usize) -> Gem
             (oa, ob, i * m * n)
         })
         .collect();
-    GemmDims { m, n, k, lhs, rhs, each, sum: false }
+    GemmDims { m, n, k, lhs, rhs, each, sum: false, dst: (n as isize, 1) }
 }
 
 /// The gemm calls of matmul `id` summed over its leading axes
@@ -183,6 +190,7 @@ pub fn gemm_dims_summed(g: &Graph, id: NodeId, batch: usize) -> GemmDims {
             rhs: (n as isize, 1),
             each: vec![(0, 0, 0)],
             sum: false,
+            dst: (n as isize, 1),
         };
     }
     let mut d = gemm_dims(g, id, ta, tb, batch);
@@ -190,6 +198,40 @@ pub fn gemm_dims_summed(g: &Graph, id: NodeId, batch: usize) -> GemmDims {
         e.2 = 0;
     }
     d.sum = count > 1;
+    d
+}
+
+/// The gemm calls of matmul `id` writing straight into `permute`, its
+/// only use, joined to the gemm kernel
+/// ([`super::fusion::joins_gemm`]): each call's output at the permuted
+/// place, with the permuted row and column strides (no copy of the product).
+pub fn gemm_dims_permuted(g: &Graph, id: NodeId, permute: NodeId, batch: usize) -> GemmDims {
+    let (Op::MatMul { ta, tb }, Op::Permute { perm }) = (&g.node(id).op, &g.node(permute).op) else {
+        unreachable!("a matmul and a permute of it")
+    };
+    let mut d = gemm_dims_with(g, id, *ta, *tb, batch, false);
+    let so = concrete(&g.ty(id).shape, batch);
+    let sp = concrete(&g.ty(permute).shape, batch);
+    let r = so.len();
+    // Contiguous strides of the permute's result; the product's axis
+    // perm[p] is its axis p.
+    let mut stp = vec![1isize; r];
+    for a in (0..r.saturating_sub(1)).rev() {
+        stp[a] = stp[a + 1] * sp[a + 1] as isize;
+    }
+    let mut st = vec![0isize; r];
+    for (p, a) in perm.iter().enumerate() {
+        st[*a] = stp[p];
+    }
+    for (i, e) in d.each.iter_mut().enumerate() {
+        let (mut rest, mut off) = (i, 0isize);
+        for a in (0..r - 2).rev() {
+            off += (rest % so[a]) as isize * st[a];
+            rest /= so[a];
+        }
+        e.2 = off as usize;
+    }
+    d.dst = (st[r - 2], st[r - 1]);
     d
 }
 

@@ -109,6 +109,8 @@ enum Call {
         /// (row stride, column stride) of the left and right operands.
         lhs: (isize, isize),
         rhs: (isize, isize),
+        /// (row stride, column stride) of the output.
+        dst: (isize, isize),
         /// (lhs, rhs, dst) per matrix of the leading dimensions.
         each: Vec<(P, P, P)>,
         /// `A·Bᵀ` with fewer rows than columns is slow in the `gemm` crate
@@ -421,22 +423,42 @@ impl Program {
                     let ins = g.inputs(id);
                     // With a sum over the batch folded in, the sum's output.
                     let out = *kernel.nodes.last().expect("a matmul");
-                    let d = if out == id {
-                        layout::gemm_dims(g, id, *ta, *tb, batch)
-                    } else {
-                        layout::gemm_dims_summed(g, id, batch)
+                    let d = match g.node(out).op {
+                        _ if out == id => layout::gemm_dims(g, id, *ta, *tb, batch),
+                        Op::Permute { .. } => layout::gemm_dims_permuted(g, id, out, batch),
+                        _ => layout::gemm_dims_summed(g, id, batch),
                     };
-                    let (pa, pb, po) = (addr[&ins[0]], addr[&ins[1]], addr[&out]);
+                    // A product written with a column stride (a permute that
+                    // moves its last axis) is computed transposed, Cᵀ = Bᵀ·Aᵀ,
+                    // whose rows are then the contiguous ones.
+                    let (d, a_in, b_in) = if d.dst.1 != 1 && d.dst.0 == 1 && !d.sum {
+                        let each = d.each.iter().map(|(a, b, c)| (*b, *a, *c)).collect();
+                        let t = layout::GemmDims {
+                            m: d.n,
+                            n: d.m,
+                            k: d.k,
+                            lhs: (d.rhs.1, d.rhs.0),
+                            rhs: (d.lhs.1, d.lhs.0),
+                            each,
+                            sum: false,
+                            dst: (d.dst.1, d.dst.0),
+                        };
+                        (t, ins[1], ins[0])
+                    } else {
+                        (d, ins[0], ins[1])
+                    };
+                    let (pa, pb, po) = (addr[&a_in], addr[&b_in], addr[&out]);
                     // SAFETY: offsets of matrices inside their tensors.
                     let each = d
                         .each
                         .iter()
                         .map(|(a, b, o)| unsafe { (P(pa.0.add(*a)), P(pb.0.add(*b)), P(po.0.add(*o))) })
                         .collect();
-                    let via = transposed(id).map(|_| scratch_ptr);
+                    let via = transposed(id).filter(|_| out == id).map(|_| scratch_ptr);
+
                     let swap = matches!(g.node(id).op, Op::MatMul { ta: false, tb: true }) && d.m < d.n;
                     let sum = d.sum.then_some((scratch_ptr, swap));
-                    Call::Gemm { m: d.m, n: d.n, k: d.k, lhs: d.lhs, rhs: d.rhs, each, via, sum }
+                    Call::Gemm { m: d.m, n: d.n, k: d.k, lhs: d.lhs, rhs: d.rhs, dst: d.dst, each, via, sum }
                 }
                 Code::Copy => {
                     let id = kernel.nodes[0];
@@ -622,7 +644,7 @@ fn run_call(call: &Call) -> Result<(), String> {
                 transpose(t.get(), c.get(), n, m);
             }
         }
-        Call::Gemm { m, n, k, lhs, rhs, each, via: None, sum } => {
+        Call::Gemm { m, n, k, lhs, rhs, dst, each, via: None, sum } => {
             let _window = InGemm::enter();
             let (m, n, k) = (*m, *n, *k);
             // dst = A·B, or dst += A·B when `add`.
@@ -632,7 +654,7 @@ fn run_call(call: &Call) -> Result<(), String> {
                 // kernel never writes in place).
                 unsafe {
                     gemm(
-                        m, n, k, c.0, 1, n as isize, add, a.0, lhs.1, lhs.0, b.0, rhs.1, rhs.0, 1.0, 1.0, false, false,
+                        m, n, k, c.0, dst.1, dst.0, add, a.0, lhs.1, lhs.0, b.0, rhs.1, rhs.0, 1.0, 1.0, false, false,
                         false, par,
                     )
                 }
