@@ -96,3 +96,22 @@ fn a_failed_write_leaves_no_temporary_file() {
     assert!(path.join("occupied").is_dir());
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// The same tensors and metadata give the same bytes every time (the
+/// `safetensors` crate writes metadata in hash order; the header is
+/// rewritten with sorted keys), and the file still loads with its metadata.
+#[test]
+fn identical_checkpoints_are_identical_files() {
+    let dir = std::env::temp_dir().join(format!("modelc-ckpt-bytes-{}", std::process::id()));
+    let meta: BTreeMap<String, String> = (0..16).map(|i| (format!("key{i}"), format!("value {i}"))).collect();
+    let mut files = Vec::new();
+    for i in 0..6 {
+        let path = dir.join(format!("c{i}.safetensors"));
+        checkpoint::save(&path, &tensors(), meta.clone()).expect("saves");
+        files.push(std::fs::read(&path).expect("reads"));
+        assert_eq!(checkpoint::load(&path).expect("loads"), tensors());
+        assert_eq!(checkpoint::metadata(&path).expect("metadata"), meta);
+    }
+    assert!(files.windows(2).all(|w| w[0] == w[1]), "checkpoint bytes differ between identical saves");
+    std::fs::remove_dir_all(&dir).ok();
+}

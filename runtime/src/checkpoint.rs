@@ -55,10 +55,32 @@ pub fn save(path: &Path, tensors: &Tensors, metadata: BTreeMap<String, String>) 
     let meta: std::collections::HashMap<String, String> = metadata.into_iter().collect();
     let data = safetensors::tensor::serialize(views, Some(meta))
         .map_err(|e| CheckpointError::Format { path: path.to_path_buf(), reason: e.to_string() })?;
+    let data = canonical_header(data);
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(werr)?;
     }
     write_atomic(path, &data).map_err(werr)
+}
+
+/// The file with its JSON header's keys in sorted order (the `safetensors`
+/// crate writes the metadata map in hash order, so two identical runs wrote
+/// different bytes). The header keeps its length (padded with spaces, as the
+/// format allows), so the tensors' data and offsets are untouched. A header
+/// that does not parse is left as it is.
+fn canonical_header(mut data: Vec<u8>) -> Vec<u8> {
+    let Some(n) = data.get(..8).map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")) as usize) else {
+        return data;
+    };
+    let Some(Ok(header)) = data.get(8..8 + n).map(serde_json::from_slice::<serde_json::Value>) else {
+        return data;
+    };
+    // serde_json's maps are sorted (no `preserve_order`).
+    let Ok(mut text) = serde_json::to_vec(&header) else { return data };
+    if text.len() <= n {
+        text.resize(n, b' ');
+        data[8..8 + n].copy_from_slice(&text);
+    }
+    data
 }
 
 /// Writes `data` to `path` through a temporary file beside it: written,
