@@ -11,7 +11,10 @@
 //!   stop-gradient), the feedback input it is written into, an arena offset
 //!   from the memory plan, or nowhere (computed inside a kernel).
 //! - [`gemm_dims`]: a matmul kernel as gemm calls: m, n, k, the operands'
-//!   (row, column) strides, and each call's element offsets.
+//!   and the output's (row, column) strides, and each call's element
+//!   offsets (a batch over one shared matrix folded into one call);
+//!   [`gemm_dims_summed`] and [`gemm_dims_permuted`] for a gemm kernel that
+//!   also sums the batch or permutes the product.
 
 use std::collections::HashMap;
 
