@@ -2,7 +2,7 @@
 //! over one arena.
 //!
 //! [`Program::new`] fuses the graph into kernels and compiles every one:
-//! elementwise chains and reductions to Cranelift functions ([`super::clif`]),
+//! elementwise chains and reductions to Cranelift functions ([`clif`]),
 //! matmuls to calls of the `gemm` crate (transposes as strides, never
 //! copied), data movement (permute, slice, pad, concat, im2col, col2im,
 //! gather, scatter-add, one-hot, argmax) and max pooling with its gradient
