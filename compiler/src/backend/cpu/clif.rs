@@ -297,7 +297,7 @@ impl Drop for Jit {
 
 /// A compiled kernel: `f(args, n, start, end)` computes elements
 /// `start..end` of a loop of `n` elements; `start` and `end` must be
-/// multiples of the kernel's row length ([`LoopNest::inner`]). A kernel
+/// multiples of the kernel's row length ([`crate::kernel::loops::LoopNest::inner`]). A kernel
 /// ending in a reduction accumulates into its output, which the caller first
 /// fills with the identity ([`crate::kernel::loops::reduction_identity`]); ranges of it may run on
 /// different threads only if they write disjoint outputs.
