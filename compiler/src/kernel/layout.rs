@@ -133,6 +133,26 @@ pub struct GemmDims {
     pub dst: (isize, isize),
 }
 
+impl GemmDims {
+    /// The same product computed transposed, Cᵀ = Bᵀ·Aᵀ: m and n swapped,
+    /// the operands swapped (each offset pair too; the caller swaps their
+    /// base pointers) with their strides swapped, the output's strides
+    /// swapped. The `gemm` crate is fast when the output's rows are
+    /// contiguous and, for A·Bᵀ, when A has more rows than B.
+    pub fn transposed(&self) -> GemmDims {
+        GemmDims {
+            m: self.n,
+            n: self.m,
+            k: self.k,
+            lhs: (self.rhs.1, self.rhs.0),
+            rhs: (self.lhs.1, self.lhs.0),
+            each: self.each.iter().map(|(a, b, c)| (*b, *a, *c)).collect(),
+            sum: self.sum,
+            dst: (self.dst.1, self.dst.0),
+        }
+    }
+}
+
 /// The gemm calls of matmul `id` (`ta`, `tb`: operands read transposed) at
 /// `batch`: one per leading index, or one in all when the leading
 /// dimensions fold into A's rows.

@@ -113,23 +113,33 @@ enum Call {
         dst: (isize, isize),
         /// (lhs, rhs, dst) per matrix of the leading dimensions.
         each: Vec<(P, P, P)>,
-        /// `A·Bᵀ` with fewer rows than columns is slow in the `gemm` crate
-        /// (it packs the wide operand transposed); `B·Aᵀ` is fast. Then the
-        /// product is computed transposed into this scratch and transposed
-        /// back.
-        via: Option<P>,
-        /// The products are summed into the output (a batch sum in the
-        /// kernel): the second thread's half accumulates into this scratch
-        /// (m·n), added in after both halves; with `true`, both halves
-        /// accumulate transposed (`B·Aᵀ`, as `via`) into the scratch (2·m·n)
-        /// and are added in transposed.
-        sum: Option<(P, bool)>,
+        /// Where the products go.
+        out: GemmOut,
     },
     Copy {
         op: Op,
         src: Vec<(P, Vec<usize>)>,
         dst: (P, Vec<usize>),
     },
+}
+
+/// Where a gemm kernel's products go. The call's dimensions may be those of
+/// the transposed product ([`layout::GemmDims::transposed`]), chosen when
+/// the layout is built: `A·Bᵀ` with fewer rows than columns is slow in the
+/// `gemm` crate (it packs the wide operand transposed), `B·Aᵀ` is fast, and
+/// so are outputs with contiguous rows.
+enum GemmOut {
+    /// Each product into its place (by the call's output strides).
+    Direct,
+    /// The one product (computed transposed) into this scratch, then
+    /// transposed into the output.
+    ViaScratch(P),
+    /// The products summed into the output (a batch sum in the kernel): each
+    /// half of them accumulates in order into its own buffer, on its own
+    /// thread when the work pays, and the halves are added. Untransposed:
+    /// the output and the scratch (m·n); transposed: both halves of the
+    /// scratch (2·m·n), added into the output transposed.
+    Sum { scratch: P, transposed: bool },
 }
 
 /// A program's calls for one batch size.
@@ -428,25 +438,15 @@ impl Program {
                         Op::Permute { .. } => layout::gemm_dims_permuted(g, id, out, batch),
                         _ => layout::gemm_dims_summed(g, id, batch),
                     };
-                    // A product written with a column stride (a permute that
-                    // moves its last axis) is computed transposed, Cᵀ = Bᵀ·Aᵀ,
-                    // whose rows are then the contiguous ones.
-                    let (d, a_in, b_in) = if d.dst.1 != 1 && d.dst.0 == 1 && !d.sum {
-                        let each = d.each.iter().map(|(a, b, c)| (*b, *a, *c)).collect();
-                        let t = layout::GemmDims {
-                            m: d.n,
-                            n: d.m,
-                            k: d.k,
-                            lhs: (d.rhs.1, d.rhs.0),
-                            rhs: (d.lhs.1, d.lhs.0),
-                            each,
-                            sum: false,
-                            dst: (d.dst.1, d.dst.0),
-                        };
-                        (t, ins[1], ins[0])
-                    } else {
-                        (d, ins[0], ins[1])
-                    };
+                    // Computed transposed: A·Bᵀ with fewer rows than columns
+                    // (alone and large, or summed over a batch), and a
+                    // product written with a column stride (a permute that
+                    // moves its last axis), whose transposed rows are then
+                    // contiguous.
+                    let slow_abt = matches!(g.node(id).op, Op::MatMul { ta: false, tb: true }) && d.m < d.n;
+                    let via = transposed(id).filter(|_| out == id).map(|_| scratch_ptr);
+                    let flip = via.is_some() || (d.sum && slow_abt) || (!d.sum && d.dst.1 != 1 && d.dst.0 == 1);
+                    let (d, a_in, b_in) = if flip { (d.transposed(), ins[1], ins[0]) } else { (d, ins[0], ins[1]) };
                     let (pa, pb, po) = (addr[&a_in], addr[&b_in], addr[&out]);
                     // SAFETY: offsets of matrices inside their tensors.
                     let each = d
@@ -454,11 +454,12 @@ impl Program {
                         .iter()
                         .map(|(a, b, o)| unsafe { (P(pa.0.add(*a)), P(pb.0.add(*b)), P(po.0.add(*o))) })
                         .collect();
-                    let via = transposed(id).filter(|_| out == id).map(|_| scratch_ptr);
-
-                    let swap = matches!(g.node(id).op, Op::MatMul { ta: false, tb: true }) && d.m < d.n;
-                    let sum = d.sum.then_some((scratch_ptr, swap));
-                    Call::Gemm { m: d.m, n: d.n, k: d.k, lhs: d.lhs, rhs: d.rhs, dst: d.dst, each, via, sum }
+                    let out = match via {
+                        Some(t) => GemmOut::ViaScratch(t),
+                        None if d.sum => GemmOut::Sum { scratch: scratch_ptr, transposed: flip },
+                        None => GemmOut::Direct,
+                    };
+                    Call::Gemm { m: d.m, n: d.n, k: d.k, lhs: d.lhs, rhs: d.rhs, dst: d.dst, each, out }
                 }
                 Code::Copy => {
                     let id = kernel.nodes[0];
@@ -610,114 +611,56 @@ fn run_call(call: &Call) -> Result<(), String> {
                 unsafe { f(args.as_ptr() as *const *mut f32, n, 0, n) };
             }
         }
-        Call::Gemm { m, n, k, each, via: Some(t), .. } => {
-            let _window = InGemm::enter();
-            // C = A·Bᵀ as Cᵀ = B·Aᵀ into the scratch ([n, m]), then transposed.
-            let (m, n, k) = (*m, *n, *k);
-            let (a, b, c) = each[0];
-            let par = Parallelism::Rayon(rayon::current_num_threads());
-            // SAFETY: B is stored [n, k] (read as lhs with strides (k, 1)), A
-            // [m, k] (read as rhs [k, m] with strides (1, k)); the scratch
-            // holds n·m floats and overlaps neither.
-            unsafe {
-                gemm(
-                    n,
-                    m,
-                    k,
-                    t.get(),
-                    1,
-                    m as isize,
-                    false,
-                    b.get(),
-                    1,
-                    k as isize,
-                    a.get(),
-                    k as isize,
-                    1,
-                    0.0,
-                    1.0,
-                    false,
-                    false,
-                    false,
-                    par,
-                );
-                transpose(t.get(), c.get(), n, m);
-            }
-        }
-        Call::Gemm { m, n, k, lhs, rhs, dst, each, via: None, sum } => {
+        Call::Gemm { m, n, k, lhs, rhs, dst, each, out } => {
             let _window = InGemm::enter();
             let (m, n, k) = (*m, *n, *k);
-            // dst = A·B, or dst += A·B when `add`.
-            let one_into = |a: P, b: P, c: P, add: bool, par: Parallelism| {
+            // c = A·B, or c += A·B when `add`, with output strides `(rs, cs)`.
+            let one_into = |a: P, b: P, c: P, (rs, cs): (isize, isize), add: bool, par: Parallelism| {
                 // SAFETY: the strides describe matrices inside the operands'
-                // buffers; the destination does not overlap them (a gemm
-                // kernel never writes in place).
+                // buffers; the destination (the output or the scratch) does
+                // not overlap them (a gemm kernel never writes in place).
                 unsafe {
                     gemm(
-                        m, n, k, c.0, dst.1, dst.0, add, a.0, lhs.1, lhs.0, b.0, rhs.1, rhs.0, 1.0, 1.0, false, false,
-                        false, par,
+                        m, n, k, c.0, cs, rs, add, a.0, lhs.1, lhs.0, b.0, rhs.1, rhs.0, 1.0, 1.0, false, false, false,
+                        par,
                     )
                 }
             };
-            let one = |a: P, b: P, c: P, par: Parallelism| one_into(a, b, c, false, par);
+            let one = |a: P, b: P, c: P, par: Parallelism| one_into(a, b, c, *dst, false, par);
+            let rows = (n as isize, 1);
             let big = m * n * k >= PARALLEL_FLOPS;
-            if let (Some((t, swap)), true) = (sum, each.len() > 1) {
-                // Σ of the products: each half of the calls accumulates in
-                // order into its own buffer (the output and the scratch, or
-                // two halves of the scratch transposed), on its own thread
-                // when the work pays; the halves are then added.
+            if let GemmOut::ViaScratch(t) = out {
+                let (a, b, c) = each[0];
+                one_into(a, b, *t, rows, false, Parallelism::Rayon(rayon::current_num_threads()));
+                // SAFETY: the scratch holds the m×n product; the output n×m.
+                unsafe { transpose(t.get(), c.get(), m, n) };
+            } else if let (GemmOut::Sum { scratch: t, transposed }, true) = (out, each.len() > 1) {
                 let half = each.len() / 2;
-                let run = |calls: &[(P, P, P)], to: P| {
+                let run = |calls: &[(P, P, P)], to: P, at: (isize, isize)| {
                     for (i, (a, b, _)) in calls.iter().enumerate() {
-                        if *swap {
-                            // Cᵀ = B·Aᵀ: the operands swapped, each view's
-                            // strides swapped.
-                            // SAFETY: as below; `to` holds n·m floats.
-                            unsafe {
-                                gemm(
-                                    n,
-                                    m,
-                                    k,
-                                    to.0,
-                                    1,
-                                    m as isize,
-                                    i > 0,
-                                    b.0,
-                                    rhs.0,
-                                    rhs.1,
-                                    a.0,
-                                    lhs.0,
-                                    lhs.1,
-                                    1.0,
-                                    1.0,
-                                    false,
-                                    false,
-                                    false,
-                                    Parallelism::None,
-                                )
-                            }
-                        } else {
-                            one_into(*a, *b, to, i > 0, Parallelism::None);
-                        }
+                        one_into(*a, *b, to, at, i > 0, Parallelism::None);
                     }
                 };
-                let out = each[0].2;
+                let target = each[0].2;
                 // SAFETY: the scratch holds 2·m·n floats.
-                let (first, second) = if *swap { (*t, P(unsafe { t.0.add(m * n) })) } else { (out, *t) };
+                let (first, second, at) =
+                    if *transposed { (*t, P(unsafe { t.0.add(m * n) }), rows) } else { (target, *t, *dst) };
                 if m * n * k * each.len() >= PARALLEL_FLOPS {
-                    rayon::join(|| run(&each[..half], first), || run(&each[half..], second));
+                    rayon::join(|| run(&each[..half], first, at), || run(&each[half..], second, rows));
                 } else {
-                    run(&each[..half], first);
-                    run(&each[half..], second);
+                    run(&each[..half], first, at);
+                    run(&each[half..], second, rows);
                 }
                 // SAFETY: the output holds m·n floats, the scratch 2·m·n.
-                let o = unsafe { std::slice::from_raw_parts_mut(out.0, m * n) };
+                let o = unsafe { std::slice::from_raw_parts_mut(target.0, m * n) };
                 let s = unsafe { std::slice::from_raw_parts(t.0 as *const f32, 2 * m * n) };
-                if *swap {
+                if *transposed {
+                    // The halves hold the m×n transposed product; the
+                    // output is n×m.
                     let (s0, s1) = s.split_at(m * n);
-                    for (i, row) in o.chunks_mut(n).enumerate() {
+                    for (i, row) in o.chunks_mut(m).enumerate() {
                         for (j, v) in row.iter_mut().enumerate() {
-                            *v = s0[j * m + i] + s1[j * m + i];
+                            *v = s0[j * n + i] + s1[j * n + i];
                         }
                     }
                 } else {
