@@ -63,6 +63,15 @@ fn main() {
         ("W2·h1ᵀ [1024,1024]·[1024,256]", 1024, 256, 1024, false, false),
         ("W2ᵀ·dyᵀ [1024,1024]ᵀ·[1024,256]", 1024, 256, 1024, true, false),
         ("dyᵀ·h1 [1024,256]·[1024,256]ᵀ", 1024, 1024, 256, false, true),
+        // cnn_wide's second convolution (64 images, 32→64 channels, 3×3,
+        // 14×14): one image's product as the step runs it today (channel-major
+        // columns), and the whole batch's as one product (pixel-major columns).
+        ("conv W·col [64,288]·[288,196]", 64, 196, 288, false, false),
+        ("conv dW=dy·colᵀ [64,196]·[288,196]ᵀ", 64, 288, 196, false, true),
+        ("conv dcol=Wᵀ·dy [64,288]ᵀ·[64,196]", 288, 196, 64, true, false),
+        ("conv colᵀ·Wᵀ [12544,288]·[64,288]ᵀ", 12544, 64, 288, false, true),
+        ("conv dW=dyᵀ·colᵀ [12544,64]ᵀ·[12544,288]", 64, 288, 12544, true, false),
+        ("conv dcolᵀ=dyᵀ·W [12544,64]·[64,288]", 12544, 288, 64, false, false),
     ] {
         let all = run(m, n, k, ta, tb, Parallelism::Rayon(threads));
         let one = run(m, n, k, ta, tb, Parallelism::None);

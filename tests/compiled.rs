@@ -159,6 +159,13 @@ fn char_gpt_tiny_step_matches_the_interpreter_at_batch_3() {
     compare("specs/char_gpt_tiny.model", 3, 3);
 }
 
+/// At batch 128 the attention's q/k/v slices ([128, 16, 16] each: 32,768
+/// elements) and their gradient's concat split between the threads.
+#[test]
+fn char_gpt_tiny_step_matches_at_batch_128_where_copies_split_between_threads() {
+    compare("specs/char_gpt_tiny.model", 128, 1);
+}
+
 #[test]
 fn compiled_steps_are_deterministic() {
     let (model, cfg, lr) = model_and_config("specs/lenet5.model");

@@ -18,6 +18,10 @@
 //! program owns or in memory bound by the caller ([`Program::bind`]), which
 //! is how a training step and an evaluation graph share their parameters.
 //!
+//! Threads: a step runs in one pool; big loops split in two, and a second
+//! worker spins through the step (`keeping_a_helper_awake`) so that a split
+//! after single-threaded work does not first wait for a sleeping thread.
+//!
 //! Feedback: an output `new.X` is the next value of input `X`. When the
 //! kernel that computes it is the last to read `X`, it writes straight into
 //! `X`'s buffer; otherwise the value is copied there after the run.
@@ -488,22 +492,8 @@ impl Program {
         // between the threads is a cheap local fork, not a wake-up from
         // outside the pool.
         pool().install(|| -> Result<(), String> {
-            match &mut self.profile {
-                None => {
-                    for (i, call) in layout.calls.iter().enumerate() {
-                        run_call(call).map_err(|e| format!("kernel {i}: {e}"))?;
-                    }
-                }
-                Some(times) => {
-                    for (i, call) in layout.calls.iter().enumerate() {
-                        let t = std::time::Instant::now();
-                        run_call(call).map_err(|e| format!("kernel {i}: {e}"))?;
-                        times[i].0 += t.elapsed();
-                        times[i].1 += 1;
-                    }
-                }
-            }
-            Ok(())
+            let profile = &mut self.profile;
+            keeping_a_helper_awake(|| run_calls(&layout.calls, profile))
         })?;
         for (from, to, n) in &layout.copy_back {
             // SAFETY: both buffers hold n floats and do not overlap (an
@@ -564,6 +554,66 @@ fn pool() -> &'static rayon::ThreadPool {
             .build()
             .unwrap_or_else(|_| rayon::ThreadPoolBuilder::new().num_threads(1).build().expect("a one-thread pool"))
     })
+}
+
+/// The calls of a step in order, timing each when profiling.
+fn run_calls(calls: &[Call], profile: &mut Option<Vec<(std::time::Duration, u64)>>) -> Result<(), String> {
+    match profile {
+        None => {
+            for (i, call) in calls.iter().enumerate() {
+                run_call(call).map_err(|e| format!("kernel {i}: {e}"))?;
+            }
+        }
+        Some(times) => {
+            for (i, call) in calls.iter().enumerate() {
+                let t = std::time::Instant::now();
+                run_call(call).map_err(|e| format!("kernel {i}: {e}"))?;
+                times[i].0 += t.elapsed();
+                times[i].1 += 1;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Runs `work` (on a worker of the pool) while another worker waits for
+/// jobs by spinning, not by sleeping. Between two split kernels a step often
+/// runs something on one thread (a small kernel, a copy); a rayon worker
+/// idle that long falls asleep, and waking it costs about as much as a small
+/// kernel's half (measured on a 2-core VM: a join of two 50 µs halves took
+/// 86–110 µs after 0.1–2 ms of single-threaded work, 51–58 µs with a helper
+/// spinning). The helper runs the jobs it steals (`rayon::yield_now`) and
+/// stops when `work` returns or unwinds. One helper: the kernels split in
+/// two; the gemm crate's own splits use whichever workers are awake.
+fn keeping_a_helper_awake<T: Send>(work: impl FnOnce() -> T + Send) -> T {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    if rayon::current_num_threads() < 2 {
+        return work();
+    }
+    struct Done<'a>(&'a AtomicBool);
+    impl Drop for Done<'_> {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::Release);
+        }
+    }
+    let done = AtomicBool::new(false);
+    // The helper is pushed first, so a worker that steals takes it before
+    // any job `work` forks (steals take the oldest job): the thread running
+    // `work` never finds the helper in its own queue while waiting.
+    let (out, ()) = rayon::join(
+        || {
+            let _done = Done(&done);
+            work()
+        },
+        || {
+            while !done.load(Ordering::Acquire) {
+                if rayon::yield_now() != Some(rayon::Yield::Executed) {
+                    std::hint::spin_loop();
+                }
+            }
+        },
+    );
+    out
 }
 
 fn run_call(call: &Call) -> Result<(), String> {
@@ -811,38 +861,61 @@ fn copy_kernel(op: &Op, src: &[(P, Vec<usize>)], dst: &(P, Vec<usize>)) -> Resul
                 }
             });
         }
+        // Slice, pad and concat: rows of the axes before `axis`, split
+        // between the threads.
         Op::Slice { axis, start, .. } => {
             let (outer, inner): (usize, usize) = (xs[..*axis].iter().product(), xs[axis + 1..].iter().product());
             let (nin, nout) = (xs[*axis], os[*axis]);
-            let a = x(0);
-            for o in 0..outer {
-                let from = (o * nin + *start as usize) * inner;
-                out[o * nout * inner..(o + 1) * nout * inner].copy_from_slice(&a[from..from + nout * inner]);
-            }
+            let (a, ain, o) = (src[0].0, x(0).len(), dst.0);
+            by_images(outer, nout * inner, |b0, b1| {
+                // SAFETY: rows b0..b1 of the output are this call's alone;
+                // the source is only read.
+                let a = unsafe { std::slice::from_raw_parts(a.get() as *const f32, ain) };
+                let out =
+                    unsafe { std::slice::from_raw_parts_mut(o.get().add(b0 * nout * inner), (b1 - b0) * nout * inner) };
+                for (r, row) in out.chunks_exact_mut(nout * inner).enumerate() {
+                    let from = ((b0 + r) * nin + *start as usize) * inner;
+                    row.copy_from_slice(&a[from..from + nout * inner]);
+                }
+            });
         }
         Op::Pad { axis, before, .. } => {
             let (outer, inner): (usize, usize) = (xs[..*axis].iter().product(), xs[axis + 1..].iter().product());
             let (nin, nout) = (xs[*axis], os[*axis]);
-            out.fill(0.0);
-            let a = x(0);
-            for o in 0..outer {
-                let to = (o * nout + *before as usize) * inner;
-                out[to..to + nin * inner].copy_from_slice(&a[o * nin * inner..(o + 1) * nin * inner]);
-            }
+            let (a, ain, o) = (src[0].0, x(0).len(), dst.0);
+            by_images(outer, nout * inner, |b0, b1| {
+                // SAFETY: as for a slice.
+                let a = unsafe { std::slice::from_raw_parts(a.get() as *const f32, ain) };
+                let out =
+                    unsafe { std::slice::from_raw_parts_mut(o.get().add(b0 * nout * inner), (b1 - b0) * nout * inner) };
+                out.fill(0.0);
+                for (r, row) in out.chunks_exact_mut(nout * inner).enumerate() {
+                    let to = *before as usize * inner;
+                    let from = (b0 + r) * nin * inner;
+                    row[to..to + nin * inner].copy_from_slice(&a[from..from + nin * inner]);
+                }
+            });
         }
         Op::Concat { axis } => {
             let (outer, inner): (usize, usize) = (os[..*axis].iter().product(), os[axis + 1..].iter().product());
             let nout = os[*axis];
-            let mut at = 0;
-            for (i, (_, s)) in src.iter().enumerate() {
-                let a = x(i);
-                let w = s[*axis] * inner;
-                for o in 0..outer {
-                    let to = o * nout * inner + at;
-                    out[to..to + w].copy_from_slice(&a[o * w..(o + 1) * w]);
+            let o = dst.0;
+            by_images(outer, nout * inner, |b0, b1| {
+                // SAFETY: as for a slice.
+                let out =
+                    unsafe { std::slice::from_raw_parts_mut(o.get().add(b0 * nout * inner), (b1 - b0) * nout * inner) };
+                let mut at = 0;
+                for (p, shape) in src {
+                    let (len, w) = (len(shape), shape[*axis] * inner);
+                    // SAFETY: each operand holds its value's elements.
+                    let a = unsafe { std::slice::from_raw_parts(p.get() as *const f32, len) };
+                    for (r, row) in out.chunks_exact_mut(nout * inner).enumerate() {
+                        let o = b0 + r;
+                        row[at..at + w].copy_from_slice(&a[o * w..(o + 1) * w]);
+                    }
+                    at += w;
                 }
-                at += w;
-            }
+            });
         }
         Op::Im2Col { kernel, stride, padding } => {
             let (n, c, hw) = (xs[0], xs[1], (xs[2], xs[3]));
