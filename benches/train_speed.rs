@@ -104,6 +104,8 @@ fn throughput(spec: &str) {
 }
 
 fn main() {
+    // As `modelc`'s main: steps run on this thread.
+    modelc_compiler::backend::cpu::run_kernels_on_this_thread();
     let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
     if let Some(i) = args.iter().position(|a| a == "--first-step") {
         first_step(args.get(i + 1).map_or("specs/lenet5.model", String::as_str));

@@ -18,8 +18,9 @@
 //! program owns or in memory bound by the caller ([`Program::bind`]), which
 //! is how a training step and an evaluation graph share their parameters.
 //!
-//! Threads: a step runs in one pool; big loops split in two, and a second
-//! worker spins through the step (`keeping_a_helper_awake`) so that a split
+//! Threads: a step runs in one pool (the CLI's main thread is one of its
+//! workers: [`run_kernels_on_this_thread`]); big loops split in two, and a
+//! second worker spins through the step (`keeping_a_helper_awake`) so that a split
 //! after single-threaded work does not first wait for a sleeping thread.
 //!
 //! Feedback: an output `new.X` is the next value of input `X`. When the
@@ -545,9 +546,32 @@ impl Program {
     }
 }
 
+static POOL: std::sync::OnceLock<rayon::ThreadPool> = std::sync::OnceLock::new();
+
+/// Makes the calling thread one of the kernels' threads (worker 0 of the
+/// pool), so that steps run from it start on it directly instead of being
+/// handed to a pool thread, which may be asleep, while the caller sleeps
+/// until it is done (`modelc train` on MNIST's MLP, whose step takes about
+/// 0.2 ms: about 5% more samples/s, four alternating runs each way). For a thread that lives
+/// as long as the process and is the only one to run programs (the CLI's
+/// main thread, a benchmark's), before anything compiles. Returns false,
+/// changing nothing, when the pool already exists.
+pub fn run_kernels_on_this_thread() -> bool {
+    let mut built = false;
+    POOL.get_or_init(|| {
+        built = true;
+        rayon::ThreadPoolBuilder::new()
+            .thread_name(|i| format!("modelc-{i}"))
+            .use_current_thread()
+            .build()
+            .or_else(|_| rayon::ThreadPoolBuilder::new().thread_name(|i| format!("modelc-{i}")).build())
+            .unwrap_or_else(|_| rayon::ThreadPoolBuilder::new().num_threads(1).build().expect("a one-thread pool"))
+    });
+    built
+}
+
 /// The threads kernels run on: `RAYON_NUM_THREADS`, or every core.
 fn pool() -> &'static rayon::ThreadPool {
-    static POOL: std::sync::OnceLock<rayon::ThreadPool> = std::sync::OnceLock::new();
     POOL.get_or_init(|| {
         rayon::ThreadPoolBuilder::new()
             .thread_name(|i| format!("modelc-{i}"))
