@@ -6,6 +6,7 @@ Usage (PyTorch in a virtual environment outside the repository):
 
     /path/to/venv/bin/python benches/char_gpt_torch.py            # params + speed
     /path/to/venv/bin/python benches/char_gpt_torch.py --params   # parameter count only
+    /path/to/venv/bin/python benches/char_gpt_torch.py --rounds 5 # the median of 5 rounds
 
 The PyTorch model is specs/char_gpt.model written by hand: token embedding
 (96 × 128), learned positions (128 × 128), 4 pre-norm blocks of
@@ -129,13 +130,24 @@ def main():
     print(f"PyTorch {torch.__version__}: char_gpt has {params:,} parameters")
     if "--params" in sys.argv:
         return
+    rounds = int(sys.argv[sys.argv.index("--rounds") + 1]) if "--rounds" in sys.argv else 1
     subprocess.run(["cargo", "build", "--release", "-q"], cwd=ROOT, check=True)
     exe = os.path.join(ROOT, "target/release/modelc")
-    ours = modelc_speed(exe)
-    theirs = torch_speed()
+    # Each round measures both sides back to back, so that a change in the
+    # machine's load between rounds moves both; the ratio is per round.
+    results = []
+    for r in range(rounds):
+        ours = modelc_speed(exe)
+        theirs = torch_speed()
+        results.append((ours / theirs, ours, theirs))
+        if rounds > 1:
+            print(f"round {r + 1}: modelc {ours:,.0f}, PyTorch {theirs:,.0f} tokens/s: {ours / theirs:.2f}×", flush=True)
+    results.sort()
+    ratio, ours, theirs = results[len(results) // 2]
     print(f"\nchar_gpt training, batch {BATCH}, {T}-character windows, {THREADS} threads each, "
           f"median of epochs 2-{EPOCHS} over {WINDOWS} windows")
-    print(f"modelc {ours:,.0f} tokens/s, PyTorch {torch.__version__} eager {theirs:,.0f} tokens/s: {ours / theirs:.2f}×")
+    spread = f" (median of {rounds} rounds, {results[0][0]:.2f}–{results[-1][0]:.2f}×)" if rounds > 1 else ""
+    print(f"modelc {ours:,.0f} tokens/s, PyTorch {torch.__version__} eager {theirs:,.0f} tokens/s: {ratio:.2f}×{spread}")
 
 
 if __name__ == "__main__":
