@@ -105,6 +105,8 @@ fn rule(b: &mut Builder, op: &Op, y: NodeId, ins: &[NodeId], dy: NodeId) -> R<Ve
         | Op::OneHot { .. }
         | Op::StopGradient
         | Op::DropoutMask { .. } => vec![],
+        // The derivative the forward pass computed: dx = dy·d.
+        Op::WithGrad => vec![(0, b.mul(dy, ins[2])?)],
         Op::Unary { op } => {
             let d = match op {
                 // d(−x) = −dy

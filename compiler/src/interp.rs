@@ -95,6 +95,7 @@ fn eval(op: &Op, a: &[&Tensor], inputs: &HashMap<String, Tensor>) -> Result<Tens
             Tensor { shape: a[0].shape.clone(), data: a[0].data.iter().map(|x| f(*x)).collect() }
         }
         Op::StopGradient => a[0].clone(),
+        Op::WithGrad => a[1].clone(),
         Op::Binary { op } => {
             let f: fn(f64, f64) -> f64 = match op {
                 BinaryOp::Add => |x, y| x + y,

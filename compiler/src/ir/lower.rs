@@ -301,7 +301,24 @@ pub(crate) fn layer_op(
             let one = b.c(1.0)?;
             let e1 = b.add(one, e)?;
             let h = b.scale(x, 0.5)?;
-            b.mul(h, e1)?
+            let y = b.mul(h, e1)?;
+            if mode == Mode::Eval {
+                y
+            } else {
+                // Training: the derivative Φ(x) + x·φ(x) computed beside y
+                // from x, given to autodiff as one value (`with_grad`): the
+                // gradient reads it alone, where autodiff of the composite
+                // read ½·x, 1 + erf and the exp term, three tensors of the
+                // layer's size written by the forward pass and read back.
+                let phi = b.scale(e1, 0.5)?;
+                let sq = b.mul(s, s)?;
+                let ns = b.un(U::Neg, sq)?;
+                let ex = b.un(U::Exp, ns)?;
+                let xe = b.mul(x, ex)?;
+                let pdf = b.scale(xe, 1.0 / (2.0 * std::f64::consts::PI).sqrt())?;
+                let d = b.add(phi, pdf)?;
+                b.op(Op::WithGrad, &[x, y, d])?
+            }
         }
         Layer::Softmax { axis } => b.softmax(x0(), *axis)?,
         Layer::Layernorm { eps } => {

@@ -180,6 +180,11 @@ pub enum Op {
     OneHot { classes: u64 },
     /// (x) identity forward, no gradient.
     StopGradient,
+    /// (x, y, d) → y, whose gradient with respect to x is `dy·d` (y and d
+    /// get none): an activation whose derivative d the forward pass
+    /// computes beside y, from x, so that the backward pass reads one value
+    /// (a view of y, like a stop-gradient).
+    WithGrad,
     /// (x, seed scalar) → a mask of x's shape: 0 with probability `rate`, else
     /// `1 / (1 - rate)`, from a counter-based hash of (seed, salt, index).
     DropoutMask { rate: f64, salt: u64 },
@@ -211,6 +216,7 @@ impl Op {
             Op::ScatterAdd { .. } => "scatter_add".into(),
             Op::OneHot { .. } => "one_hot".into(),
             Op::StopGradient => "stop_gradient".into(),
+            Op::WithGrad => "with_grad".into(),
             Op::DropoutMask { .. } => "dropout_mask".into(),
         }
     }
@@ -407,6 +413,13 @@ pub fn infer(op: &Op, inputs: &[&Ty]) -> Result<Ty, String> {
         }
         Op::Unary { .. } | Op::StopGradient => {
             arity(1)?;
+            Ok(Ty::f32(sh(0).clone()))
+        }
+        Op::WithGrad => {
+            arity(3)?;
+            if sh(1) != sh(0) || sh(2) != sh(0) {
+                return Err("with_grad needs (x, y, d) of one shape".into());
+            }
             Ok(Ty::f32(sh(0).clone()))
         }
         Op::Binary { .. } => {

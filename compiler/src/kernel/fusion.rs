@@ -19,7 +19,8 @@
 //!   gather, scatter-add, one-hot, argmax) and max pooling, one op each.
 //! - Views cost nothing and are not kernels: inputs, scalar constants, batch
 //!   sizes (`size_of`), reshapes and stop-gradients (which alias their
-//!   operand's buffer).
+//!   operand's buffer), `with_grad` (which aliases its value, the second
+//!   operand; its first operand is for autodiff and is not written for it).
 //!
 //! Does not change the graph; does not fuse across a matmul (the GEMM's
 //! epilogue fusion is a backend matter).
@@ -52,7 +53,12 @@ pub struct Kernel {
 /// How a node is computed.
 pub fn class(op: &Op) -> Option<KernelKind> {
     match op {
-        Op::Input { .. } | Op::Const { .. } | Op::SizeOf { .. } | Op::Reshape { .. } | Op::StopGradient => None,
+        Op::Input { .. }
+        | Op::Const { .. }
+        | Op::SizeOf { .. }
+        | Op::Reshape { .. }
+        | Op::StopGradient
+        | Op::WithGrad => None,
         Op::MatMul { .. } => Some(KernelKind::Gemm),
         Op::Unary { .. }
         | Op::Binary { .. }
@@ -194,7 +200,15 @@ pub fn fuse(g: &Graph) -> Vec<Kernel> {
                     kernel.reads.push(x);
                 }
             }
-            let used_outside = g.users(*id).iter().any(|u| owner.get(u) != Some(&k) || !inside.contains(u));
+            // A with_grad's first operand is there for autodiff only:
+            // nothing reads it when the step runs.
+            let only_for_autodiff =
+                |u: &NodeId| matches!(g.node(*u).op, Op::WithGrad) && g.inputs(*u)[1..].iter().all(|x| x != id);
+            let used_outside = g
+                .users(*id)
+                .iter()
+                .filter(|u| !only_for_autodiff(u))
+                .any(|u| owner.get(u) != Some(&k) || !inside.contains(u));
             if used_outside || outputs.contains(id) {
                 kernel.writes.push(*id);
             }

@@ -34,10 +34,20 @@ pub struct Feedback {
 
 /// The operand a view (reshape, stop-gradient) reads through to.
 pub fn view_root(g: &Graph, mut id: NodeId) -> NodeId {
-    while let Op::Reshape { .. } | Op::StopGradient = g.node(id).op {
-        id = g.inputs(id)[0];
+    while let Some(x) = viewed(g, id) {
+        id = x;
     }
     id
+}
+
+/// The operand whose memory a view is (reshape and stop-gradient: their
+/// operand; with_grad: its value, the second operand); None for a non-view.
+pub fn viewed(g: &Graph, id: NodeId) -> Option<NodeId> {
+    match g.node(id).op {
+        Op::Reshape { .. } | Op::StopGradient => Some(g.inputs(id)[0]),
+        Op::WithGrad => Some(g.inputs(id)[1]),
+        _ => None,
+    }
 }
 
 /// Decides, for every (output value, input node) pair of `new.X` feedback,
@@ -102,7 +112,7 @@ pub fn places(g: &Graph, plan: &memory::Plan, fb: &Feedback) -> Vec<(NodeId, Pla
                 Op::Input { .. } => Place::Input(id),
                 Op::Const { .. } => Place::Const(id),
                 Op::SizeOf { axis } => Place::Size(concrete(&g.ty(g.inputs(id)[0]).shape, batch)[*axis] as f32),
-                Op::Reshape { .. } | Op::StopGradient => Place::View(g.inputs(id)[0]),
+                Op::Reshape { .. } | Op::StopGradient | Op::WithGrad => Place::View(viewed(g, id).expect("a view")),
                 _ => match (fb.in_place.get(&id), plan.offsets.get(&id)) {
                     (Some(x), _) => Place::Into(*x),
                     (None, Some(off)) => Place::Arena(*off),

@@ -55,8 +55,7 @@ pub fn plan(g: &Graph, kernels: &[Kernel], batch: u64) -> Plan {
     // The buffer a value lives in: its own, or (reshape) its operand's.
     let mut root: HashMap<NodeId, NodeId> = HashMap::new();
     for id in g.topo_order() {
-        if let Op::Reshape { .. } | Op::StopGradient = g.node(id).op {
-            let src = g.inputs(id)[0];
+        if let Some(src) = super::layout::viewed(g, id) {
             root.insert(id, *root.get(&src).unwrap_or(&src));
         }
     }
