@@ -9,62 +9,28 @@ use gemm::{gemm, Parallelism};
 /// C[m, n] = op(A)·op(B); A stored [m, k] (or [k, m] when `ta`), B stored
 /// [k, n] (or [n, k] when `tb`).
 fn run(m: usize, n: usize, k: usize, ta: bool, tb: bool, par: Parallelism) -> f64 {
-    let a = vec![0.5f32; m * k];
-    let b = vec![0.25f32; k * n];
-    let mut c = vec![0.0f32; m * n];
-    let lhs = if ta { (1, m as isize) } else { (k as isize, 1) };
-    let rhs = if tb { (1, k as isize) } else { (n as isize, 1) };
-    let mut once = || unsafe {
-        gemm(
-            m,
-            n,
-            k,
-            c.as_mut_ptr(),
-            1,
-            n as isize,
-            false,
-            a.as_ptr(),
-            lhs.1,
-            lhs.0,
-            b.as_ptr(),
-            rhs.1,
-            rhs.0,
-            0.0,
-            1.0,
-            false,
-            false,
-            false,
-            par,
-        )
-    };
-    for _ in 0..3 {
-        once();
-    }
-    let reps = (2e9 / (2.0 * (m * n * k) as f64)).ceil() as usize;
-    let t = Instant::now();
-    for _ in 0..reps {
-        once();
-    }
-    2.0 * (m * n * k * reps) as f64 / t.elapsed().as_secs_f64() / 1e9
+    run_into(m, n, k, ta, tb, par, false)
 }
 
-/// As [`run`], the product written transposed (row stride 1, column stride
-/// m): Cᵀ stored, as a matmul computed transposed would write its output
-/// straight into place.
-fn run_t(m: usize, n: usize, k: usize, ta: bool, tb: bool, par: Parallelism) -> f64 {
+/// As [`run`]; with `out_t` the product is written transposed (row stride
+/// 1, column stride m), as a matmul computed transposed would write its
+/// output straight into place.
+fn run_into(m: usize, n: usize, k: usize, ta: bool, tb: bool, par: Parallelism, out_t: bool) -> f64 {
     let a = vec![0.5f32; m * k];
     let b = vec![0.25f32; k * n];
     let mut c = vec![0.0f32; m * n];
     let lhs = if ta { (1, m as isize) } else { (k as isize, 1) };
     let rhs = if tb { (1, k as isize) } else { (n as isize, 1) };
+    // (column stride, row stride) of the output.
+    let dst = if out_t { (m as isize, 1) } else { (1, n as isize) };
     let mut once = || unsafe {
         gemm(
             m,
             n,
             k,
             c.as_mut_ptr(),
-            m as isize,
-            1,
+            dst.0,
+            dst.1,
             false,
             a.as_ptr(),
             lhs.1,
@@ -123,8 +89,8 @@ fn main() {
     // mlp_large's first layer computed transposed (W1·xᵀ, the fast layout),
     // its product written transposed into place by output strides.
     let (all, one) = (
-        run_t(1024, 256, 784, false, true, Parallelism::Rayon(threads)),
-        run_t(1024, 256, 784, false, true, Parallelism::None),
+        run_into(1024, 256, 784, false, true, Parallelism::Rayon(threads), true),
+        run_into(1024, 256, 784, false, true, Parallelism::None, true),
     );
     println!("{:<34} {all:>10.1} {one:>10.1}", "W1·xᵀ written transposed");
 }
