@@ -7,6 +7,12 @@ Usage (PyTorch, and optionally JAX, in a virtual environment outside the
 repository):
 
     /path/to/venv/bin/python benches/train_vs_pytorch.py
+    /path/to/venv/bin/python benches/train_vs_pytorch.py --rounds 3 --only cnn_wide
+
+--rounds R measures each workload R times, every side back to back in each
+round, and reports the round with the median PyTorch ratio and the range of
+the ratios (this machine is shared: PyTorch's cnn_wide figure moved 44%
+between two single runs); --only takes a comma-separated list of workloads.
 
 modelc: `modelc train SPEC --set epochs=4 --test-limit 1000` (release build,
 RAYON_NUM_THREADS=2); the figure is the median of epochs 2-4 of the log's
@@ -50,14 +56,22 @@ def main():
         jax = None
         print("JAX is not installed: no JAX column", flush=True)
     subprocess.run(["cargo", "build", "--release", "-q"], cwd=ROOT, check=True)
-    rows = []
-    for name in CONFIGS:
-        ours = modelc_train(name)
-        theirs = torch_speed(name)["samples_per_s"]
-        jx = jax_speed(name)["samples_per_s"] if jax else None
+    rounds = int(sys.argv[sys.argv.index("--rounds") + 1]) if "--rounds" in sys.argv else 1
+    only = sys.argv[sys.argv.index("--only") + 1].split(",") if "--only" in sys.argv else list(CONFIGS)
+    rows, spread = [], {}
+    for name in (n for n in CONFIGS if n in only):
+        runs = []
+        for _ in range(rounds):
+            ours = modelc_train(name)
+            theirs = torch_speed(name)["samples_per_s"]
+            jx = jax_speed(name)["samples_per_s"] if jax else None
+            runs.append((ours / theirs, ours, theirs, jx))
+            also = f", JAX jit {jx:,.0f}/s" if jx else ""
+            print(f"  {name}: modelc train {ours:,.0f}/s, PyTorch eager {theirs:,.0f}/s{also}", flush=True)
+        runs.sort()
+        _, ours, theirs, jx = runs[len(runs) // 2]
         rows.append((name, CONFIGS[name][1], ours, theirs, jx))
-        also = f", JAX jit {jx:,.0f}/s" if jx else ""
-        print(f"  {name}: modelc train {ours:,.0f}/s, PyTorch eager {theirs:,.0f}/s{also}", flush=True)
+        spread[name] = (runs[0][0], runs[-1][0])
     jv = f" and JAX {jax.__version__} jit" if jax else ""
     print(f"\n`modelc train` (its log, median of epochs 2-4) vs PyTorch {torch.__version__} eager{jv}, "
           f"{THREADS} threads each, samples/s")
@@ -70,6 +84,9 @@ def main():
     for name, batch, ours, theirs, jx in rows:
         tail = f" {jx:,.0f} | {ours / jx:.2f}x |" if jx else ""
         print(f"| {name}, batch {batch} | {ours:,.0f} | {theirs:,.0f} | {ours / theirs:.2f}x |{tail}")
+    if rounds > 1:
+        print(f"\nMedian of {rounds} rounds; PyTorch ratios ranged: "
+              + ", ".join(f"{n} {lo:.2f}-{hi:.2f}x" for n, (lo, hi) in spread.items()))
 
 
 if __name__ == "__main__":
