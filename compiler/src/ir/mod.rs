@@ -354,7 +354,6 @@ impl Graph {
         order
     }
 
-    /// Redirects every use of `old` (and outputs naming it) to `new`.
     /// Replaces node `old` by a new node `op(inputs)` of type `ty`: the new
     /// node takes `old`'s label and uses, and `old` is removed (a pass's
     /// rewrite of one node). Returns the new node.
@@ -368,6 +367,7 @@ impl Graph {
         new
     }
 
+    /// Redirects every use of `old` (and outputs naming it) to `new`.
     pub fn replace_uses(&mut self, old: NodeId, new: NodeId) {
         let uses: Vec<(NodeId, u8, petgraph::stable_graph::EdgeIndex<u32>)> = self
             .g

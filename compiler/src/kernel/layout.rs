@@ -112,11 +112,11 @@ pub fn places(g: &Graph, plan: &memory::Plan, fb: &Feedback) -> Vec<(NodeId, Pla
                 Op::Input { .. } => Place::Input(id),
                 Op::Const { .. } => Place::Const(id),
                 Op::SizeOf { axis } => Place::Size(concrete(&g.ty(g.inputs(id)[0]).shape, batch)[*axis] as f32),
-                Op::Reshape { .. } | Op::StopGradient | Op::WithGrad => Place::View(viewed(g, id).expect("a view")),
-                _ => match (fb.in_place.get(&id), plan.offsets.get(&id)) {
-                    (Some(x), _) => Place::Into(*x),
-                    (None, Some(off)) => Place::Arena(*off),
-                    (None, None) => Place::Unstored,
+                _ => match (viewed(g, id), fb.in_place.get(&id), plan.offsets.get(&id)) {
+                    (Some(x), _, _) => Place::View(x),
+                    (None, Some(x), _) => Place::Into(*x),
+                    (None, None, Some(off)) => Place::Arena(*off),
+                    (None, None, None) => Place::Unstored,
                 },
             };
             (id, place)

@@ -560,24 +560,24 @@ pub fn run_kernels_on_this_thread() -> bool {
     let mut built = false;
     POOL.get_or_init(|| {
         built = true;
-        rayon::ThreadPoolBuilder::new()
-            .thread_name(|i| format!("modelc-{i}"))
-            .use_current_thread()
-            .build()
-            .or_else(|_| rayon::ThreadPoolBuilder::new().thread_name(|i| format!("modelc-{i}")).build())
-            .unwrap_or_else(|_| rayon::ThreadPoolBuilder::new().num_threads(1).build().expect("a one-thread pool"))
+        build_pool(true)
     });
     built
 }
 
 /// The threads kernels run on: `RAYON_NUM_THREADS`, or every core.
 fn pool() -> &'static rayon::ThreadPool {
-    POOL.get_or_init(|| {
-        rayon::ThreadPoolBuilder::new()
-            .thread_name(|i| format!("modelc-{i}"))
-            .build()
-            .unwrap_or_else(|_| rayon::ThreadPoolBuilder::new().num_threads(1).build().expect("a one-thread pool"))
-    })
+    POOL.get_or_init(|| build_pool(false))
+}
+
+/// The kernels' pool, with the calling thread as a worker when `here` (and
+/// that is possible); one thread if no pool can be built.
+fn build_pool(here: bool) -> rayon::ThreadPool {
+    let builder = || rayon::ThreadPoolBuilder::new().thread_name(|i| format!("modelc-{i}"));
+    let adopted = if here { builder().use_current_thread().build().ok() } else { None };
+    adopted
+        .map_or_else(|| builder().build(), Ok)
+        .unwrap_or_else(|_| rayon::ThreadPoolBuilder::new().num_threads(1).build().expect("a one-thread pool"))
 }
 
 /// The calls of a step in order, timing each when profiling.
@@ -890,13 +890,8 @@ fn copy_kernel(op: &Op, src: &[(P, Vec<usize>)], dst: &(P, Vec<usize>)) -> Resul
         Op::Slice { axis, start, .. } => {
             let (outer, inner): (usize, usize) = (xs[..*axis].iter().product(), xs[axis + 1..].iter().product());
             let (nin, nout) = (xs[*axis], os[*axis]);
-            let (a, ain, o) = (src[0].0, x(0).len(), dst.0);
-            by_images(outer, nout * inner, |b0, b1| {
-                // SAFETY: rows b0..b1 of the output are this call's alone;
-                // the source is only read.
-                let a = unsafe { std::slice::from_raw_parts(a.get() as *const f32, ain) };
-                let out =
-                    unsafe { std::slice::from_raw_parts_mut(o.get().add(b0 * nout * inner), (b1 - b0) * nout * inner) };
+            let a = x(0);
+            by_rows(outer, nout * inner, dst.0, |b0, out| {
                 for (r, row) in out.chunks_exact_mut(nout * inner).enumerate() {
                     let from = ((b0 + r) * nin + *start as usize) * inner;
                     row.copy_from_slice(&a[from..from + nout * inner]);
@@ -906,15 +901,10 @@ fn copy_kernel(op: &Op, src: &[(P, Vec<usize>)], dst: &(P, Vec<usize>)) -> Resul
         Op::Pad { axis, before, .. } => {
             let (outer, inner): (usize, usize) = (xs[..*axis].iter().product(), xs[axis + 1..].iter().product());
             let (nin, nout) = (xs[*axis], os[*axis]);
-            let (a, ain, o) = (src[0].0, x(0).len(), dst.0);
-            by_images(outer, nout * inner, |b0, b1| {
-                // SAFETY: as for a slice.
-                let a = unsafe { std::slice::from_raw_parts(a.get() as *const f32, ain) };
-                let out =
-                    unsafe { std::slice::from_raw_parts_mut(o.get().add(b0 * nout * inner), (b1 - b0) * nout * inner) };
+            let (a, to) = (x(0), *before as usize * inner);
+            by_rows(outer, nout * inner, dst.0, |b0, out| {
                 out.fill(0.0);
                 for (r, row) in out.chunks_exact_mut(nout * inner).enumerate() {
-                    let to = *before as usize * inner;
                     let from = (b0 + r) * nin * inner;
                     row[to..to + nin * inner].copy_from_slice(&a[from..from + nin * inner]);
                 }
@@ -923,16 +913,10 @@ fn copy_kernel(op: &Op, src: &[(P, Vec<usize>)], dst: &(P, Vec<usize>)) -> Resul
         Op::Concat { axis } => {
             let (outer, inner): (usize, usize) = (os[..*axis].iter().product(), os[axis + 1..].iter().product());
             let nout = os[*axis];
-            let o = dst.0;
-            by_images(outer, nout * inner, |b0, b1| {
-                // SAFETY: as for a slice.
-                let out =
-                    unsafe { std::slice::from_raw_parts_mut(o.get().add(b0 * nout * inner), (b1 - b0) * nout * inner) };
+            by_rows(outer, nout * inner, dst.0, |b0, out| {
                 let mut at = 0;
-                for (p, shape) in src {
-                    let (len, w) = (len(shape), shape[*axis] * inner);
-                    // SAFETY: each operand holds its value's elements.
-                    let a = unsafe { std::slice::from_raw_parts(p.get() as *const f32, len) };
+                for (i, (_, shape)) in src.iter().enumerate() {
+                    let (a, w) = (x(i), shape[*axis] * inner);
                     for (r, row) in out.chunks_exact_mut(nout * inner).enumerate() {
                         let o = b0 + r;
                         row[at..at + w].copy_from_slice(&a[o * w..(o + 1) * w]);
@@ -989,7 +973,7 @@ fn copy_kernel(op: &Op, src: &[(P, Vec<usize>)], dst: &(P, Vec<usize>)) -> Resul
             let (oh, ow) = (os[2], os[3]);
             let (kh, kw, sh, sw) = (size.0 as usize, size.1 as usize, stride.0 as usize, stride.1 as usize);
             let (a, o) = (src[0].0, dst.0);
-            let geo = Pool { w, h, oh, ow, sh, sw };
+            let geo = Pool { w, oh, ow, sh, sw };
             by_images(n, c * h * w, |b0, b1| {
                 for p in b0 * c..b1 * c {
                     // SAFETY: every window lies inside its plane (the type
@@ -1013,7 +997,7 @@ fn copy_kernel(op: &Op, src: &[(P, Vec<usize>)], dst: &(P, Vec<usize>)) -> Resul
             let (oh, ow) = (src[1].1[2], src[1].1[3]);
             let (kh, kw, sh, sw) = (size.0 as usize, size.1 as usize, stride.0 as usize, stride.1 as usize);
             let (a, m, g, o) = (src[0].0, src[1].0, src[2].0, dst.0);
-            let geo = Pool { w, h, oh, ow, sh, sw };
+            let geo = Pool { w, oh, ow, sh, sw };
             // Windows that tile the image exactly write every pixel once; any
             // other layout accumulates over a zeroed image.
             let tiles = (kh, kw) == (sh, sw) && oh * sh == h && ow * sw == w;
@@ -1093,12 +1077,10 @@ fn copy_kernel(op: &Op, src: &[(P, Vec<usize>)], dst: &(P, Vec<usize>)) -> Resul
     Ok(())
 }
 
-/// Runs `f(first, end)` over images `0..n` (`per` elements each), split
-/// between two threads when the work is big enough to pay.
-/// A pooling layout: the plane's width and height, the output's, the strides.
+/// A pooling layout: the plane's width, the output's height and width, the
+/// strides.
 struct Pool {
     w: usize,
-    h: usize,
     oh: usize,
     ow: usize,
     sh: usize,
@@ -1114,7 +1096,6 @@ struct Pool {
 /// window lies inside the plane.
 #[inline(always)]
 unsafe fn pool_plane(x: *const f32, y: *mut f32, p: &Pool, kh: usize, kw: usize) {
-    let _ = p.h;
     for r in 0..p.oh {
         for q in 0..p.ow {
             let at = x.add(r * p.sh * p.w + q * p.sw);
@@ -1176,6 +1157,17 @@ unsafe fn pool_grad_plane(
     }
 }
 
+/// Runs `f(first row, those rows)` over the `outer` rows of `row` elements
+/// of the output at `o`, as [`by_images`] splits them.
+fn by_rows(outer: usize, row: usize, o: P, f: impl Fn(usize, &mut [f32]) + Sync) {
+    by_images(outer, row, |b0, b1| {
+        // SAFETY: rows b0..b1 of the output are this call's alone.
+        f(b0, unsafe { std::slice::from_raw_parts_mut(o.get().add(b0 * row), (b1 - b0) * row) })
+    });
+}
+
+/// Runs `f(first, end)` over images `0..n` (`per` elements each), split
+/// between two threads when the work is big enough to pay.
 fn by_images(n: usize, per: usize, f: impl Fn(usize, usize) + Sync) {
     if n >= 2 && n * per >= PARALLEL_ELEMENTS {
         let half = n / 2;
