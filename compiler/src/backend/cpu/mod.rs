@@ -66,7 +66,7 @@ impl P {
 
 enum Code {
     Clif { f: KernelFn, identity: Option<(NodeId, f32)>, row: usize },
-    Gemm { ta: bool, tb: bool },
+    Gemm,
     Copy,
 }
 
@@ -145,6 +145,21 @@ enum GemmOut {
     /// the output and the scratch (m·n); transposed: both halves of the
     /// scratch (2·m·n), added into the output transposed.
     Sum { scratch: P, transposed: bool },
+    /// One product whose contraction is long and whose output is small
+    /// ([`splits_k`]): each thread computes half of the contraction
+    /// single-threaded, the first into the output, the second into this
+    /// scratch (m·n, rows contiguous), added after.
+    SplitK(P),
+}
+
+/// Whether a gemm kernel's one product splits its contraction between the
+/// threads: when k is at least four times the output's larger side, the
+/// `gemm` crate's own split (over the output's rows and columns) leaves the
+/// second thread little work that pays: [4096]ᵀ products of char_gpt's
+/// weight gradients ran at 200–260 GFLOP/s on two threads, 290–330 split
+/// this way (`cargo bench --bench gemm`, the k-split column).
+fn splits_k(d: &layout::GemmDims) -> bool {
+    d.each.len() == 1 && d.k >= 4 * d.m.max(d.n) && d.m * d.n * d.k >= PARALLEL_FLOPS
 }
 
 /// A program's calls for one batch size.
@@ -205,7 +220,7 @@ impl Program {
                     Code::Clif { f, identity, row }
                 }
                 KernelKind::Gemm => match g.node(k.nodes[0]).op {
-                    Op::MatMul { ta, tb } => Code::Gemm { ta, tb },
+                    Op::MatMul { .. } => Code::Gemm,
                     _ => return Err(format!("kernel {i}: a gemm kernel without a matmul")),
                 },
                 KernelKind::Copy => Code::Copy,
@@ -387,11 +402,31 @@ impl Program {
             (first != last && layout::gemm_dims_summed(g, first, batch).sum)
                 .then(|| 2 * concrete(&g.ty(last).shape, batch).iter().product::<usize>())
         };
+        // A gemm kernel's calls: with a sum over the batch folded in, the
+        // sum's output; with a permute, the permuted product's.
+        let dims = |kernel: &Kernel| -> layout::GemmDims {
+            let id = kernel.nodes[0];
+            let Op::MatMul { ta, tb } = g.node(id).op else { unreachable!("a gemm kernel starts with its matmul") };
+            let out = *kernel.nodes.last().expect("a matmul");
+            match g.node(out).op {
+                _ if out == id => layout::gemm_dims(g, id, ta, tb, batch),
+                Op::Permute { .. } => layout::gemm_dims_permuted(g, id, out, batch),
+                _ => layout::gemm_dims_summed(g, id, batch),
+            }
+        };
+        // ... and for a product whose contraction is split between the
+        // threads: the second half's product.
+        let split_k = |kernel: &Kernel| {
+            splits_k(&dims(kernel)).then(|| {
+                let d = dims(kernel);
+                d.m * d.n
+            })
+        };
         let scratch_len = self
             .kernels
             .iter()
             .filter(|k| k.kind == KernelKind::Gemm)
-            .filter_map(|k| transposed(k.nodes[0]).max(summed(k)))
+            .filter_map(|k| transposed(k.nodes[0]).max(summed(k)).max(split_k(k)))
             .max()
             .unwrap_or(0);
         let mut scratch = vec![0.0f32; scratch_len];
@@ -433,16 +468,11 @@ impl Program {
                     }
                     Call::Clif { f: *f, args, n, split, fill, partial }
                 }
-                Code::Gemm { ta, tb } => {
+                Code::Gemm => {
                     let id = kernel.nodes[0];
                     let ins = g.inputs(id);
-                    // With a sum over the batch folded in, the sum's output.
                     let out = *kernel.nodes.last().expect("a matmul");
-                    let d = match g.node(out).op {
-                        _ if out == id => layout::gemm_dims(g, id, *ta, *tb, batch),
-                        Op::Permute { .. } => layout::gemm_dims_permuted(g, id, out, batch),
-                        _ => layout::gemm_dims_summed(g, id, batch),
-                    };
+                    let d = dims(kernel);
                     // Computed transposed: A·Bᵀ with fewer rows than columns
                     // (alone and large, or summed over a batch), and a
                     // product written with a column stride (a permute that
@@ -461,6 +491,7 @@ impl Program {
                         .collect();
                     let out = match via {
                         Some(t) => GemmOut::ViaScratch(t),
+                        None if splits_k(&d) => GemmOut::SplitK(scratch_ptr),
                         None if d.sum => GemmOut::Sum { scratch: scratch_ptr, transposed: flip },
                         None => GemmOut::Direct,
                     };
@@ -708,6 +739,48 @@ fn run_call(call: &Call) -> Result<(), String> {
                 one_into(a, b, *t, rows, false, Parallelism::Rayon(rayon::current_num_threads()));
                 // SAFETY: the scratch holds the m×n product; the output n×m.
                 unsafe { transpose(t.get(), c.get(), m, n) };
+            } else if let GemmOut::SplitK(t) = out {
+                let (a, b, c) = each[0];
+                let h = k / 2;
+                let half = |a: P, b: P, c: P, (rs, cs): (isize, isize), k: usize| {
+                    // SAFETY: as `one_into`, over k of the contraction.
+                    unsafe {
+                        gemm(
+                            m,
+                            n,
+                            k,
+                            c.0,
+                            cs,
+                            rs,
+                            false,
+                            a.0,
+                            lhs.1,
+                            lhs.0,
+                            b.0,
+                            rhs.1,
+                            rhs.0,
+                            1.0,
+                            1.0,
+                            false,
+                            false,
+                            false,
+                            Parallelism::None,
+                        )
+                    }
+                };
+                // SAFETY: the second half of the contraction starts h
+                // columns into A and h rows into B.
+                let (a2, b2) = unsafe { (P(a.0.offset(h as isize * lhs.1)), P(b.0.offset(h as isize * rhs.0))) };
+                rayon::join(|| half(a, b, c, *dst, h), || half(a2, b2, *t, rows, k - h));
+                // SAFETY: the scratch holds the m×n second half, rows
+                // contiguous; the output's elements are at its strides.
+                let s = unsafe { std::slice::from_raw_parts(t.0 as *const f32, m * n) };
+                let (rs, cs) = *dst;
+                for (i, row) in s.chunks(n).enumerate() {
+                    for (j, v) in row.iter().enumerate() {
+                        unsafe { *c.0.offset(i as isize * rs + j as isize * cs) += *v };
+                    }
+                }
             } else if let (GemmOut::Sum { scratch: t, transposed }, true) = (out, each.len() > 1) {
                 let half = each.len() / 2;
                 let run = |calls: &[(P, P, P)], to: P, at: (isize, isize)| {
