@@ -284,3 +284,31 @@ fn reduce_max_keeps_a_nan_as_the_interpreter() {
         assert!(got.iter().any(|a| a.is_nan()), "the NaNs reached the output");
     }
 }
+
+/// Compiled kernels flush subnormal results to zero on every thread of a
+/// step (a loop this long is split between two), as XLA's CPU kernels do;
+/// the interpreter does not, and the calling thread keeps its own mode.
+#[test]
+fn kernels_flush_subnormals_and_the_caller_keeps_its_mode() {
+    use modelc_compiler::backend::cpu::Program;
+    use modelc_compiler::ir::{BinaryOp, Graph, Op, Role, Shape, Ty};
+    let batch = 40;
+    let mut g = Graph::new();
+    let x = g.input("x", Role::Data, Ty::f32(Shape::batched(&[64, 32])));
+    let y = g.add(Op::Binary { op: BinaryOp::Mul }, &[x, x]).expect("types");
+    g.outputs.push(("y".into(), y));
+    let mut inputs = modelc_compiler::gradcheck::random_inputs(&g, batch, &mut modelc_compiler::rng::Rng::new(6));
+    for v in inputs.get_mut("x").expect("x").data.iter_mut() {
+        *v = 1e-20;
+    }
+    let want = modelc_compiler::interp::outputs(&g, &inputs).expect("runs")["y"].data.clone();
+    assert!(want.iter().all(|v| (*v - 1e-40).abs() < 1e-50), "the interpreter keeps 1e-40");
+    let mut p = Program::new(modelc_compiler::ir::verify::verify(g).expect("verifies")).expect("compiles");
+    p.input_mut("x", batch).expect("input").fill(1e-20);
+    p.run(batch).expect("runs");
+    let got = p.output("y", batch).expect("output");
+    assert_eq!(got.len(), 64 * 32 * batch);
+    assert!(got.iter().all(|v| *v == 0.0), "every element flushed, on both threads");
+    let here = std::hint::black_box(1e-20f32) * std::hint::black_box(1e-20f32);
+    assert!(here > 0.0, "this thread still makes subnormals after the run");
+}

@@ -23,6 +23,10 @@
 //! second worker spins through the step (`keeping_a_helper_awake`) so that a split
 //! after single-threaded work does not first wait for a sleeping thread.
 //!
+//! Subnormal floats are flushed to zero while kernels run
+//! ([`denormals`]): on x86 cores they cost a microcode assist each, and
+//! optimizer state decays into them.
+//!
 //! Feedback: an output `new.X` is the next value of input `X`. When the
 //! kernel that computes it is the last to read `X`, it writes straight into
 //! `X`'s buffer; otherwise the value is copied there after the run.
@@ -32,6 +36,7 @@ use std::collections::HashMap;
 use gemm::{gemm, Parallelism};
 
 pub mod clif;
+mod denormals;
 
 use self::clif::{Jit, KernelFn};
 use crate::gradcheck::concrete;
@@ -524,6 +529,9 @@ impl Program {
         // between the threads is a cheap local fork, not a wake-up from
         // outside the pool.
         pool().install(|| -> Result<(), String> {
+            // The pool's own threads flush from their start; this one may
+            // be the caller's (see `denormals`).
+            let _flushing = denormals::Flushing::start();
             let profile = &mut self.profile;
             keeping_a_helper_awake(|| run_calls(&layout.calls, profile))
         })?;
@@ -604,7 +612,11 @@ fn pool() -> &'static rayon::ThreadPool {
 /// The kernels' pool, with the calling thread as a worker when `here` (and
 /// that is possible); one thread if no pool can be built.
 fn build_pool(here: bool) -> rayon::ThreadPool {
-    let builder = || rayon::ThreadPoolBuilder::new().thread_name(|i| format!("modelc-{i}"));
+    let builder = || {
+        rayon::ThreadPoolBuilder::new()
+            .thread_name(|i| format!("modelc-{i}"))
+            .start_handler(|_| denormals::flush_on_this_thread())
+    };
     let adopted = if here { builder().use_current_thread().build().ok() } else { None };
     adopted
         .map_or_else(|| builder().build(), Ok)
