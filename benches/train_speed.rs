@@ -8,6 +8,11 @@
 //!     MODELC_PROFILE=1 cargo bench --bench train_speed -- lenet5   # + time per kernel
 //!     cargo bench --bench train_speed -- char_gpt     # 1024 windows of Tiny Shakespeare
 //!
+//! With `MODELC_PROFILE` (rows: `MODELC_PROFILE_ROWS`, default 25) the
+//! report ends with the time by kind of kernel and the gemm kernels' rate in
+//! GFLOP/s (2·m·n·k per product), to set beside `cargo bench --bench gemm`'s
+//! ceiling (its square 1024 row) measured in the same session.
+//!
 //! Protocol (the same in the PyTorch script): one warm-up epoch, then three
 //! timed epochs, the median reported (the machine is shared and noisy); the
 //! shuffle (a permuted copy of the training set) is outside the timer; batches are contiguous slices of it, the last partial batch

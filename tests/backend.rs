@@ -312,3 +312,25 @@ fn kernels_flush_subnormals_and_the_caller_keeps_its_mode() {
     let here = std::hint::black_box(1e-20f32) * std::hint::black_box(1e-20f32);
     assert!(here > 0.0, "this thread still makes subnormals after the run");
 }
+
+/// The profile's gemm figures count 2·m·n·k per product and every run, so
+/// the rate `MODELC_PROFILE` prints is that of the work actually done.
+#[test]
+fn the_profile_counts_each_gemm_products_operations() {
+    use modelc_compiler::backend::cpu::Program;
+    use modelc_compiler::ir::{Dim, Graph, Op, Role, Shape, Ty};
+    let mut g = Graph::new();
+    let x = g.input("x", Role::Data, Ty::f32(Shape::batched(&[16])));
+    let w = g.input("w", Role::Param, Ty::f32(Shape(vec![Dim::Fixed(8), Dim::Fixed(16)])));
+    let y = g.add(Op::MatMul { ta: false, tb: true }, &[x, w]).expect("types");
+    g.outputs.push(("y".into(), y));
+    let mut p = Program::new(modelc_compiler::ir::verify::verify(g).expect("verifies")).expect("compiles");
+    p.start_profile();
+    for batch in [5, 5, 3] {
+        p.input_mut("x", batch).expect("x").fill(1.0);
+        p.run(batch).expect("runs");
+    }
+    let (flops, time) = p.gemm_profile();
+    assert_eq!(flops, (2 * 8 * 16 * (5 + 5 + 3)) as f64);
+    assert!(time > std::time::Duration::ZERO);
+}

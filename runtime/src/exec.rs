@@ -303,6 +303,14 @@ impl Compiled {
         let steps = rows.iter().map(|r| r.3).max().unwrap_or(1).max(1) as f64;
         let by: Vec<String> = kinds.iter().map(|(k, t)| format!("{k} {:.1}%", 100.0 * t / total.max(1e-12))).collect();
         out.push_str(&format!("by kind: {}; {:.2} ms per step\n", by.join(", "), 1e3 * total / steps));
+        let (flops, t) = self.step.gemm_profile();
+        if flops > 0.0 {
+            out.push_str(&format!(
+                "gemm kernels: {:.1} GFLOP/s ({:.3} GFLOP per step)\n",
+                flops / t.as_secs_f64().max(1e-12) / 1e9,
+                flops / steps / 1e9
+            ));
+        }
         out
     }
 

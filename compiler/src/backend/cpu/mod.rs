@@ -195,7 +195,7 @@ pub struct Program {
     layouts: HashMap<usize, Layout>,
     capacity: usize,
     /// Per kernel: time spent and calls, when profiling.
-    profile: Option<Vec<(std::time::Duration, u64)>>,
+    profile: Option<Vec<Spent>>,
 }
 
 /// Elements of `shape` at `batch` (no allocation: called every step).
@@ -545,7 +545,7 @@ impl Program {
 
     /// Starts timing every kernel call (a clock read around each).
     pub fn start_profile(&mut self) {
-        self.profile = Some(vec![(std::time::Duration::ZERO, 0); self.kernels.len()]);
+        self.profile = Some(vec![Spent::default(); self.kernels.len()]);
     }
 
     /// Kernels by time spent since `start_profile`, most first: (kernel
@@ -555,7 +555,7 @@ impl Program {
         let mut rows: Vec<_> = times
             .iter()
             .enumerate()
-            .map(|(i, (t, n))| {
+            .map(|(i, Spent { time: t, calls: n, .. })| {
                 let k = &self.kernels[i];
                 let ops: Vec<String> = k.nodes.iter().map(|n| self.g.node(*n).op.name()).collect();
                 let what = format!("{} {}", format!("{:?}", k.kind).to_lowercase(), ops.join(","));
@@ -564,6 +564,17 @@ impl Program {
             .collect();
         rows.sort_by_key(|r| std::cmp::Reverse(r.2));
         rows
+    }
+
+    /// The gemm kernels since `start_profile`: floating-point operations
+    /// (2·m·n·k per product) and the time they took, for their rate.
+    pub fn gemm_profile(&self) -> (f64, std::time::Duration) {
+        let Some(times) = &self.profile else { return (0.0, std::time::Duration::ZERO) };
+        times
+            .iter()
+            .zip(&self.kernels)
+            .filter(|(_, k)| k.kind == KernelKind::Gemm)
+            .fold((0.0, std::time::Duration::ZERO), |(f, t), (s, _)| (f + s.flops, t + s.time))
     }
 
     /// Output `name` of the last run at `batch`.
@@ -624,7 +635,16 @@ fn build_pool(here: bool) -> rayon::ThreadPool {
 }
 
 /// The calls of a step in order, timing each when profiling.
-fn run_calls(calls: &[Call], profile: &mut Option<Vec<(std::time::Duration, u64)>>) -> Result<(), String> {
+/// A kernel's share of a profile: time, calls, and (gemm kernels)
+/// floating-point operations.
+#[derive(Clone, Copy, Default)]
+struct Spent {
+    time: std::time::Duration,
+    calls: u64,
+    flops: f64,
+}
+
+fn run_calls(calls: &[Call], profile: &mut Option<Vec<Spent>>) -> Result<(), String> {
     match profile {
         None => {
             for (i, call) in calls.iter().enumerate() {
@@ -635,8 +655,11 @@ fn run_calls(calls: &[Call], profile: &mut Option<Vec<(std::time::Duration, u64)
             for (i, call) in calls.iter().enumerate() {
                 let t = std::time::Instant::now();
                 run_call(call).map_err(|e| format!("kernel {i}: {e}"))?;
-                times[i].0 += t.elapsed();
-                times[i].1 += 1;
+                times[i].time += t.elapsed();
+                times[i].calls += 1;
+                if let Call::Gemm { m, n, k, each, .. } = call {
+                    times[i].flops += 2.0 * (m * n * k * each.len()) as f64;
+                }
             }
         }
     }
