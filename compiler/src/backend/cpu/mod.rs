@@ -176,7 +176,9 @@ pub struct Layout {
     outputs: HashMap<String, (P, usize)>,
     /// Feedback values not written in place: (from, to, elements).
     copy_back: Vec<(P, P, usize)>,
-    /// Scratch for matmuls computed transposed (see `Call::Gemm::via`).
+    /// Scratch shared by the gemm kernels (they run one at a time): a
+    /// product computed transposed, the halves of a batch sum, the second
+    /// half of a split contraction (see [`GemmOut`]).
     _scratch: Vec<f32>,
     pub arena_bytes: u64,
 }
@@ -194,7 +196,7 @@ pub struct Program {
     arena: Vec<f32>,
     layouts: HashMap<usize, Layout>,
     capacity: usize,
-    /// Per kernel: time spent and calls, when profiling.
+    /// Per kernel: time spent, calls and gemm operations, when profiling.
     profile: Option<Vec<Spent>>,
 }
 
@@ -422,10 +424,8 @@ impl Program {
         // ... and for a product whose contraction is split between the
         // threads: the second half's product.
         let split_k = |kernel: &Kernel| {
-            splits_k(&dims(kernel)).then(|| {
-                let d = dims(kernel);
-                d.m * d.n
-            })
+            let d = dims(kernel);
+            splits_k(&d).then_some(d.m * d.n)
         };
         let scratch_len = self
             .kernels
@@ -634,7 +634,6 @@ fn build_pool(here: bool) -> rayon::ThreadPool {
         .unwrap_or_else(|_| rayon::ThreadPoolBuilder::new().num_threads(1).build().expect("a one-thread pool"))
 }
 
-/// The calls of a step in order, timing each when profiling.
 /// A kernel's share of a profile: time, calls, and (gemm kernels)
 /// floating-point operations.
 #[derive(Clone, Copy, Default)]
@@ -644,6 +643,7 @@ struct Spent {
     flops: f64,
 }
 
+/// The calls of a step in order, timing each when profiling.
 fn run_calls(calls: &[Call], profile: &mut Option<Vec<Spent>>) -> Result<(), String> {
     match profile {
         None => {
@@ -754,8 +754,9 @@ fn run_call(call: &Call) -> Result<(), String> {
         Call::Gemm { m, n, k, lhs, rhs, dst, each, out } => {
             let _window = InGemm::enter();
             let (m, n, k) = (*m, *n, *k);
-            // c = A·B, or c += A·B when `add`, with output strides `(rs, cs)`.
-            let one_into = |a: P, b: P, c: P, (rs, cs): (isize, isize), add: bool, par: Parallelism| {
+            // c = A·B over `k` of the contraction, or c += A·B when `add`,
+            // with output strides `(rs, cs)`.
+            let part_into = |a: P, b: P, c: P, (rs, cs): (isize, isize), add: bool, par: Parallelism, k: usize| {
                 // SAFETY: the strides describe matrices inside the operands'
                 // buffers; the destination (the output or the scratch) does
                 // not overlap them (a gemm kernel never writes in place).
@@ -766,6 +767,8 @@ fn run_call(call: &Call) -> Result<(), String> {
                     )
                 }
             };
+            let one_into =
+                |a: P, b: P, c: P, at: (isize, isize), add: bool, par: Parallelism| part_into(a, b, c, at, add, par, k);
             let one = |a: P, b: P, c: P, par: Parallelism| one_into(a, b, c, *dst, false, par);
             let rows = (n as isize, 1);
             let big = m * n * k >= PARALLEL_FLOPS;
@@ -777,36 +780,13 @@ fn run_call(call: &Call) -> Result<(), String> {
             } else if let GemmOut::SplitK(t) = out {
                 let (a, b, c) = each[0];
                 let h = k / 2;
-                let half = |a: P, b: P, c: P, (rs, cs): (isize, isize), k: usize| {
-                    // SAFETY: as `one_into`, over k of the contraction.
-                    unsafe {
-                        gemm(
-                            m,
-                            n,
-                            k,
-                            c.0,
-                            cs,
-                            rs,
-                            false,
-                            a.0,
-                            lhs.1,
-                            lhs.0,
-                            b.0,
-                            rhs.1,
-                            rhs.0,
-                            1.0,
-                            1.0,
-                            false,
-                            false,
-                            false,
-                            Parallelism::None,
-                        )
-                    }
-                };
                 // SAFETY: the second half of the contraction starts h
                 // columns into A and h rows into B.
                 let (a2, b2) = unsafe { (P(a.0.offset(h as isize * lhs.1)), P(b.0.offset(h as isize * rhs.0))) };
-                rayon::join(|| half(a, b, c, *dst, h), || half(a2, b2, *t, rows, k - h));
+                rayon::join(
+                    || part_into(a, b, c, *dst, false, Parallelism::None, h),
+                    || part_into(a2, b2, *t, rows, false, Parallelism::None, k - h),
+                );
                 // SAFETY: the scratch holds the m×n second half, rows
                 // contiguous; the output's elements are at its strides.
                 let s = unsafe { std::slice::from_raw_parts(t.0 as *const f32, m * n) };
