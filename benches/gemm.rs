@@ -9,8 +9,62 @@ use std::time::Instant;
 
 use gemm::{gemm, Parallelism};
 
-/// C[m, n] = op(A)·op(B); A stored [m, k] (or [k, m] when `ta`), B stored
-/// [k, n] (or [n, k] when `tb`).
+/// A pointer that crosses to the other thread of a split product.
+#[derive(Clone, Copy)]
+struct Q(*mut f32);
+// SAFETY: each half of a split product writes only its own matrix.
+unsafe impl Send for Q {}
+unsafe impl Sync for Q {}
+
+/// c = A·B over k of the contraction: A with (row, column) strides `lhs`,
+/// B with `rhs`, c with `dst`.
+///
+/// # Safety
+/// The strides describe matrices inside the buffers; c overlaps neither.
+#[allow(clippy::too_many_arguments)]
+unsafe fn product(
+    (m, n, k): (usize, usize, usize),
+    a: Q,
+    lhs: (isize, isize),
+    b: Q,
+    rhs: (isize, isize),
+    c: Q,
+    dst: (isize, isize),
+    par: Parallelism,
+) {
+    gemm(m, n, k, c.0, dst.1, dst.0, false, a.0, lhs.1, lhs.0, b.0, rhs.1, rhs.0, 0.0, 1.0, false, false, false, par)
+}
+
+/// GFLOP/s of `once`, an m×n×k product: three warm-up calls, then as many
+/// as make 2 GFLOP.
+fn gflops(m: usize, n: usize, k: usize, mut once: impl FnMut()) -> f64 {
+    for _ in 0..3 {
+        once();
+    }
+    let reps = (2e9 / (2.0 * (m * n * k) as f64)).ceil() as usize;
+    let t = Instant::now();
+    for _ in 0..reps {
+        once();
+    }
+    2.0 * (m * n * k * reps) as f64 / t.elapsed().as_secs_f64() / 1e9
+}
+
+/// The operands of an m×n×k product, A stored [m, k] (or [k, m] when `ta`),
+/// B stored [k, n] (or [n, k] when `tb`), with their (row, column) strides.
+struct Operands {
+    a: Vec<f32>,
+    lhs: (isize, isize),
+    b: Vec<f32>,
+    rhs: (isize, isize),
+}
+
+fn operands(m: usize, n: usize, k: usize, ta: bool, tb: bool) -> Operands {
+    let lhs = if ta { (1, m as isize) } else { (k as isize, 1) };
+    let rhs = if tb { (1, k as isize) } else { (n as isize, 1) };
+    Operands { a: vec![0.5f32; m * k], lhs, b: vec![0.25f32; k * n], rhs }
+}
+
+/// C[m, n] = op(A)·op(B) (see [`operands`]).
 fn run(m: usize, n: usize, k: usize, ta: bool, tb: bool, par: Parallelism) -> f64 {
     run_into(m, n, k, ta, tb, par, false)
 }
@@ -19,107 +73,38 @@ fn run(m: usize, n: usize, k: usize, ta: bool, tb: bool, par: Parallelism) -> f6
 /// 1, column stride m), as a matmul computed transposed would write its
 /// output straight into place.
 fn run_into(m: usize, n: usize, k: usize, ta: bool, tb: bool, par: Parallelism, out_t: bool) -> f64 {
-    let a = vec![0.5f32; m * k];
-    let b = vec![0.25f32; k * n];
+    let Operands { a, lhs, b, rhs } = operands(m, n, k, ta, tb);
     let mut c = vec![0.0f32; m * n];
-    let lhs = if ta { (1, m as isize) } else { (k as isize, 1) };
-    let rhs = if tb { (1, k as isize) } else { (n as isize, 1) };
-    // (column stride, row stride) of the output.
-    let dst = if out_t { (m as isize, 1) } else { (1, n as isize) };
-    let mut once = || unsafe {
-        gemm(
-            m,
-            n,
-            k,
-            c.as_mut_ptr(),
-            dst.0,
-            dst.1,
-            false,
-            a.as_ptr(),
-            lhs.1,
-            lhs.0,
-            b.as_ptr(),
-            rhs.1,
-            rhs.0,
-            0.0,
-            1.0,
-            false,
-            false,
-            false,
-            par,
-        )
-    };
-    for _ in 0..3 {
-        once();
-    }
-    let reps = (2e9 / (2.0 * (m * n * k) as f64)).ceil() as usize;
-    let t = Instant::now();
-    for _ in 0..reps {
-        once();
-    }
-    2.0 * (m * n * k * reps) as f64 / t.elapsed().as_secs_f64() / 1e9
+    let dst = if out_t { (1, m as isize) } else { (n as isize, 1) };
+    let (pa, pb, pc) = (Q(a.as_ptr() as *mut f32), Q(b.as_ptr() as *mut f32), Q(c.as_mut_ptr()));
+    // SAFETY: the operands and c hold the matrices the strides describe.
+    gflops(m, n, k, || unsafe { product((m, n, k), pa, lhs, pb, rhs, pc, dst, par) })
 }
 
 /// As [`run`] with all threads, k split in two halves computed at once
 /// (each single-threaded), the second into a scratch added after.
 fn run_split_k(m: usize, n: usize, k: usize, ta: bool, tb: bool) -> f64 {
-    /// A pointer that crosses to the other thread.
-    #[derive(Clone, Copy)]
-    struct Q(*mut f32);
-    // SAFETY: each half writes only its own matrix.
-    unsafe impl Send for Q {}
-    unsafe impl Sync for Q {}
-    let a = vec![0.5f32; m * k];
-    let b = vec![0.25f32; k * n];
+    let Operands { a, lhs, b, rhs } = operands(m, n, k, ta, tb);
     let mut c = vec![0.0f32; m * n];
     let mut s = vec![0.0f32; m * n];
-    let lhs: (isize, isize) = if ta { (1, m as isize) } else { (k as isize, 1) };
-    let rhs: (isize, isize) = if tb { (1, k as isize) } else { (n as isize, 1) };
     let h = k / 2;
     let (pc, ps) = (Q(c.as_mut_ptr()), Q(s.as_mut_ptr()));
     let (pa, pb) = (Q(a.as_ptr() as *mut f32), Q(b.as_ptr() as *mut f32));
     // SAFETY: the second half starts h columns into A and h rows into B.
     let (pa2, pb2) = unsafe { (Q(pa.0.offset(h as isize * lhs.1)), Q(pb.0.offset(h as isize * rhs.0))) };
-    let half = |a: Q, b: Q, c: Q, k: usize| unsafe {
-        gemm(
-            m,
-            n,
-            k,
-            c.0,
-            1,
-            n as isize,
-            false,
-            a.0,
-            lhs.1,
-            lhs.0,
-            b.0,
-            rhs.1,
-            rhs.0,
-            0.0,
-            1.0,
-            false,
-            false,
-            false,
-            Parallelism::None,
-        )
-    };
-    let once = || {
-        rayon::join(|| half(pa, pb, pc, h), || half(pa2, pb2, ps, k - h));
+    let rows = (n as isize, 1);
+    gflops(m, n, k, || {
+        // SAFETY: each half writes its own m×n matrix.
+        rayon::join(
+            || unsafe { product((m, n, h), pa, lhs, pb, rhs, pc, rows, Parallelism::None) },
+            || unsafe { product((m, n, k - h), pa2, lhs, pb2, rhs, ps, rows, Parallelism::None) },
+        );
         // SAFETY: both hold m·n floats; the halves are done.
         let (c, s) = unsafe { (std::slice::from_raw_parts_mut(pc.0, m * n), std::slice::from_raw_parts(ps.0, m * n)) };
         for (c, s) in c.iter_mut().zip(s) {
             *c += *s;
         }
-    };
-    for _ in 0..3 {
-        once();
-    }
-    let reps = (2e9 / (2.0 * (m * n * k) as f64)).ceil() as usize;
-    let t = Instant::now();
-    for _ in 0..reps {
-        once();
-    }
-    2.0 * (m * n * k * reps) as f64 / t.elapsed().as_secs_f64() / 1e9
+    })
 }
 
 fn main() {
