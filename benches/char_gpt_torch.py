@@ -37,6 +37,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from vs_pytorch import machine  # noqa: E402
+
 THREADS = 2
 T, D, HEADS, LAYERS, HIDDEN, VOCAB = 128, 128, 4, 4, 512, 96
 BATCH = 32
@@ -145,7 +148,7 @@ def main():
     results.sort()
     ratio, ours, theirs = results[len(results) // 2]
     print(f"\nchar_gpt training, batch {BATCH}, {T}-character windows, {THREADS} threads each, "
-          f"median of epochs 2-{EPOCHS} over {WINDOWS} windows")
+          f"median of epochs 2-{EPOCHS} over {WINDOWS} windows, on {machine()}")
     spread = f" (median of {rounds} rounds, {results[0][0]:.2f}–{results[-1][0]:.2f}×)" if rounds > 1 else ""
     print(f"modelc {ours:,.0f} tokens/s, PyTorch {torch.__version__} eager {theirs:,.0f} tokens/s: {ratio:.2f}×{spread}")
 

@@ -31,7 +31,7 @@ import tempfile
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from vs_pytorch import CONFIGS, THREADS, torch_speed  # noqa: E402
+from vs_pytorch import CONFIGS, THREADS, machine, torch_speed  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -74,7 +74,7 @@ def main():
         spread[name] = (runs[0][0], runs[-1][0])
     jv = f" and JAX {jax.__version__} jit" if jax else ""
     print(f"\n`modelc train` (its log, median of epochs 2-4) vs PyTorch {torch.__version__} eager{jv}, "
-          f"{THREADS} threads each, samples/s")
+          f"{THREADS} threads each, samples/s, on {machine()}")
     if jax:
         print("| workload | modelc train | PyTorch eager | ratio | JAX jit | ratio |")
         print("| --- | ---: | ---: | ---: | ---: | ---: |")

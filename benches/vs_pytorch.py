@@ -32,6 +32,19 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 THREADS = 2
 
 
+def machine():
+    """The CPU the figures were measured on (its model name and core count):
+    ratios against PyTorch depend on it as much as on modelc."""
+    name = None
+    try:
+        with open("/proc/cpuinfo") as f:
+            name = next((l.split(":", 1)[1].strip() for l in f if l.startswith("model name")), None)
+    except OSError:
+        pass
+    import platform
+    return f"{name or platform.processor() or platform.machine()}, {os.cpu_count()} cores"
+
+
 def idx(path):
     with gzip.open(path, "rb") as f:
         data = f.read()
