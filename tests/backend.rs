@@ -334,3 +334,42 @@ fn the_profile_counts_each_gemm_products_operations() {
     assert_eq!(flops, (2 * 8 * 16 * (5 + 5 + 3)) as f64);
     assert!(time > std::time::Duration::ZERO);
 }
+
+/// A col2im after its per-image gemm runs on each image's product as it is
+/// made (batch 1,024: the images split between the threads), unless the
+/// memory plan gives its pixels the room of the product's operand (`dy`
+/// computed by a kernel, dead after the gemm, four times the pixels' size):
+/// writing image b's pixels while the other thread still reads later
+/// images' `dy` would corrupt them, so the two kernels then run apart.
+#[test]
+fn col2im_after_a_gemm_joins_it_unless_its_pixels_share_the_operands_room() {
+    use modelc_compiler::backend::cpu::Program;
+    use modelc_compiler::ir::{BinaryOp, Dim, Graph, Op, Role, Shape, Ty};
+    let batch = 1024;
+    for computed in [false, true] {
+        let mut g = Graph::new();
+        let x = g.input("x", Role::Data, Ty::f32(Shape::batched(&[8, 16])));
+        let w = g.input("w", Role::Param, Ty::f32(Shape(vec![Dim::Fixed(8), Dim::Fixed(18)])));
+        let dy = if computed { g.add(Op::Binary { op: BinaryOp::Mul }, &[x, x]).expect("types") } else { x };
+        let dcol = g.add(Op::MatMul { ta: true, tb: false }, &[w, dy]).expect("types");
+        let op = Op::Col2Im { kernel: (3, 3), stride: (1, 1), padding: (1, 1), channels: 2, image: (4, 4) };
+        let dx = g.add(op, &[dcol]).expect("types");
+        g.outputs.push(("dx".into(), dx));
+        let inputs = modelc_compiler::gradcheck::random_inputs(&g, batch, &mut modelc_compiler::rng::Rng::new(9));
+        let want = modelc_compiler::interp::outputs(&g, &inputs).expect("runs")["dx"].data.clone();
+        let mut p = Program::new(modelc_compiler::ir::verify::verify(g).expect("verifies")).expect("compiles");
+        for name in ["x", "w"] {
+            let buf = p.input_mut(name, batch).expect("input");
+            for (b, v) in buf.iter_mut().zip(&inputs[name].data) {
+                *b = *v as f32;
+            }
+        }
+        p.run(batch).expect("runs");
+        let got = p.output("dx", batch).expect("output");
+        assert_eq!(got.len(), want.len());
+        for (i, (a, b)) in got.iter().zip(&want).enumerate() {
+            assert!((*a as f64 - b).abs() <= 1e-4 * (1.0 + b.abs()), "computed dy {computed}: dx[{i}]: {a} vs {b}");
+        }
+        assert_eq!(p.joined_kernels(batch), if computed { 0 } else { 1 }, "computed dy {computed}");
+    }
+}

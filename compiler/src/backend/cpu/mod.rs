@@ -23,6 +23,12 @@
 //! second worker spins through the step (`keeping_a_helper_awake`) so that a split
 //! after single-threaded work does not first wait for a sleeping thread.
 //!
+//! A col2im right after the per-image gemm that makes its only operand (a
+//! convolution's input gradient) runs inside that gemm's call, on each
+//! image's product while it is in cache (`GemmOut::Col2Im`); the col2im's
+//! own call is then empty (`Call::Joined`: the profile shows its time in
+//! the gemm's). The kernel list, shared with the PTX renderer, is unchanged.
+//!
 //! Subnormal floats are flushed to zero while kernels run
 //! ([`denormals`]): on x86 cores they cost a microcode assist each, and
 //! optimizer state decays into them.
@@ -131,6 +137,8 @@ enum Call {
         src: Vec<(P, Vec<usize>)>,
         dst: (P, Vec<usize>),
     },
+    /// Computed by the previous kernel's call (a col2im after its gemm).
+    Joined,
 }
 
 /// Where a gemm kernel's products go. The call's dimensions may be those of
@@ -155,6 +163,25 @@ enum GemmOut {
     /// single-threaded, the first into the output, the second into this
     /// scratch (m·n, rows contiguous), added after.
     SplitK(P),
+    /// One product per image whose only use is the col2im in the next
+    /// kernel (a convolution's input gradient): each image's product goes
+    /// to its thread's scratch, which stays in cache, and is added into the
+    /// image's pixels from there; the product is never stored whole.
+    Col2Im(Box<Col2ImAfter>),
+}
+
+/// The col2im a gemm kernel runs on each image's product ([`GemmOut::Col2Im`]).
+struct Col2ImAfter {
+    /// The pixels: the first image's, `per` floats each.
+    out: P,
+    per: usize,
+    /// Two products' room: the first half of the images uses the first.
+    scratch: P,
+    c: usize,
+    hw: (usize, usize),
+    kernel: (u64, u64),
+    stride: (u64, u64),
+    padding: (u64, u64),
 }
 
 /// Whether a gemm kernel's one product splits its contraction between the
@@ -302,6 +329,12 @@ impl Program {
 
     pub fn has_input(&self, name: &str) -> bool {
         self.inputs.contains_key(name)
+    }
+
+    /// Kernels computed by the previous kernel's call at `batch` (a col2im
+    /// run on each image's product by the gemm before it).
+    pub fn joined_kernels(&self, batch: usize) -> usize {
+        self.layouts.get(&batch).map_or(0, |l| l.calls.iter().filter(|c| matches!(c, Call::Joined)).count())
     }
 
     /// Gemm kernels per run (each a call of the `gemm` crate, which
@@ -508,6 +541,18 @@ impl Program {
                     Call::Copy { op: g.node(id).op.clone(), src, dst: (addr[&id], concrete(&g.ty(id).shape, batch)) }
                 }
             });
+        }
+        // A col2im right after the per-image gemm that makes its only
+        // operand runs on each image's product as it is made.
+        for i in 1..calls.len() {
+            let (prev, this) = (&self.kernels[i - 1], &self.kernels[i]);
+            let Some(after) = col2im_after(g, prev, this, batch, &addr, &calls[i - 1]) else { continue };
+            let mut room = vec![0.0f32; 2 * after.0].into_boxed_slice();
+            let scratch = P(room.as_mut_ptr());
+            sizes.push(room);
+            let Call::Gemm { out, .. } = &mut calls[i - 1] else { unreachable!("checked by col2im_after") };
+            *out = GemmOut::Col2Im(Box::new(Col2ImAfter { scratch, ..after.1 }));
+            calls[i] = Call::Joined;
         }
         let outputs =
             g.outputs.iter().map(|(name, id)| (name.clone(), (addr[id], elements(&g.ty(*id).shape, batch)))).collect();
@@ -777,6 +822,20 @@ fn run_call(call: &Call) -> Result<(), String> {
                 one_into(a, b, *t, rows, false, Parallelism::Rayon(rayon::current_num_threads()));
                 // SAFETY: the scratch holds the m×n product; the output n×m.
                 unsafe { transpose(t.get(), c.get(), m, n) };
+            } else if let GemmOut::Col2Im(e) = out {
+                let e = &**e;
+                by_images(each.len(), e.per, |b0, b1| {
+                    // SAFETY: the scratch holds two m×n products; the
+                    // halves use their own.
+                    let t = if b0 == 0 { e.scratch } else { P(unsafe { e.scratch.0.add(m * n) }) };
+                    for (b, (a, bb, _)) in each.iter().enumerate().take(b1).skip(b0) {
+                        one_into(*a, *bb, t, rows, false, Parallelism::None);
+                        // SAFETY: image b's pixels, written by this half only.
+                        unsafe {
+                            col2im(t.get(), e.out.get().add(b * e.per), 0..1, e.c, e.hw, e.kernel, e.stride, e.padding)
+                        };
+                    }
+                });
             } else if let GemmOut::SplitK(t) = out {
                 let (a, b, c) = each[0];
                 let h = k / 2;
@@ -841,6 +900,7 @@ fn run_call(call: &Call) -> Result<(), String> {
             }
         }
         Call::Copy { op, src, dst } => copy_kernel(op, src, dst)?,
+        Call::Joined => {}
     }
     Ok(())
 }
@@ -1045,15 +1105,7 @@ fn copy_kernel(op: &Op, src: &[(P, Vec<usize>)], dst: &(P, Vec<usize>)) -> Resul
             let (a, o) = (src[0].0, dst.0);
             by_images(n, per, |b0, b1| {
                 // SAFETY: as im2col; images b0..b1 add only into their own pixels.
-                unsafe {
-                    std::ptr::write_bytes(o.get().add(b0 * per), 0, (b1 - b0) * per);
-                    windows(b0..b1, c, hw, *kernel, *stride, *padding, |image, col, n, step| {
-                        let (to, from) = (o.get().add(image), a.get().add(col));
-                        for j in 0..n {
-                            *to.add(j * step) += *from.add(j);
-                        }
-                    });
-                }
+                unsafe { col2im(a.get(), o.get(), b0..b1, c, hw, *kernel, *stride, *padding) }
             });
         }
         Op::MaxPool { size, stride } => {
@@ -1263,6 +1315,85 @@ fn by_images(n: usize, per: usize, f: impl Fn(usize, usize) + Sync) {
     } else {
         f(0, n);
     }
+}
+
+/// col2im of `images`: their pixels in `to` (image 0's first) zeroed, then
+/// every column element added into its pixel from `from` (image 0's
+/// columns first).
+///
+/// # Safety
+/// `from` holds the images' columns and `to` their pixels; they do not
+/// overlap.
+#[allow(clippy::too_many_arguments)]
+unsafe fn col2im(
+    from: *const f32,
+    to: *mut f32,
+    images: std::ops::Range<usize>,
+    c: usize,
+    (h, w): (usize, usize),
+    kernel: (u64, u64),
+    stride: (u64, u64),
+    padding: (u64, u64),
+) {
+    let per = c * h * w;
+    std::ptr::write_bytes(to.add(images.start * per), 0, images.len() * per);
+    windows(images, c, (h, w), kernel, stride, padding, |image, col, n, step| {
+        let (to, from) = (to.add(image), from.add(col));
+        for j in 0..n {
+            *to.add(j * step) += *from.add(j);
+        }
+    });
+}
+
+/// Whether kernel `this` is a col2im whose only operand is the product of
+/// kernel `prev`, computed one image at a time (`call`: one contiguous
+/// product per image, into the product's own buffer), with the pixels
+/// overlapping neither of the product's operands (the memory plan may give
+/// the pixels an operand's room once it is read: the epilogue writes them
+/// while later images are still to be read). Then: the product's floats
+/// per image, and the epilogue less its scratch.
+fn col2im_after(
+    g: &Graph,
+    prev: &Kernel,
+    this: &Kernel,
+    batch: usize,
+    addr: &HashMap<NodeId, P>,
+    call: &Call,
+) -> Option<(usize, Col2ImAfter)> {
+    let ([mm], [c2]) = (&prev.nodes[..], &this.nodes[..]) else { return None };
+    let Op::Col2Im { kernel, stride, padding, .. } = g.node(*c2).op else { return None };
+    let Call::Gemm { m, n, dst, each, out: GemmOut::Direct, .. } = call else { return None };
+    let (m, n) = (*m, *n);
+    let whole = |id: NodeId| {
+        let p = addr[&id].0 as usize;
+        p..p + 4 * elements(&g.ty(id).shape, batch)
+    };
+    let disjoint = |a: &std::ops::Range<usize>, b: &std::ops::Range<usize>| a.end <= b.start || b.end <= a.start;
+    let product = addr[mm].0 as usize;
+    let pixels = whole(*c2);
+    let so = concrete(&g.ty(*c2).shape, batch);
+    let ok = matches!(g.node(*mm).op, Op::MatMul { .. })
+        && g.inputs(*c2) == [*mm]
+        && g.users(*mm).len() == 1
+        && !g.outputs.iter().any(|(_, id)| id == mm)
+        && so.len() == 4
+        && each.len() == batch
+        && *dst == (n as isize, 1)
+        && each.iter().enumerate().all(|(b, (_, _, c))| c.0 as usize == product + 4 * b * m * n)
+        && g.inputs(*mm).iter().all(|x| disjoint(&whole(*x), &pixels));
+    ok.then(|| {
+        let after = Col2ImAfter {
+            out: addr[c2],
+            per: so[1] * so[2] * so[3],
+            scratch: P(std::ptr::null_mut()),
+            c: so[1],
+            hw: (so[2], so[3]),
+            kernel,
+            stride,
+            padding,
+        };
+        (m * n, after)
+    })
 }
 
 /// The loop nest of im2col and col2im, in runs: for every (image, channel,
