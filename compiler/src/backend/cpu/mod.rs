@@ -177,6 +177,12 @@ struct Col2ImAfter {
     per: usize,
     /// Two products' room: the first half of the images uses the first.
     scratch: P,
+    geo: Windows,
+}
+
+/// The geometry of im2col's and col2im's windows over [c, h, w] images.
+#[derive(Clone, Copy)]
+struct Windows {
     c: usize,
     hw: (usize, usize),
     kernel: (u64, u64),
@@ -546,12 +552,9 @@ impl Program {
         // operand runs on each image's product as it is made.
         for i in 1..calls.len() {
             let (prev, this) = (&self.kernels[i - 1], &self.kernels[i]);
-            let Some(after) = col2im_after(g, prev, this, batch, &addr, &calls[i - 1]) else { continue };
-            let mut room = vec![0.0f32; 2 * after.0].into_boxed_slice();
-            let scratch = P(room.as_mut_ptr());
-            sizes.push(room);
+            let Some(after) = col2im_after(g, prev, this, batch, &addr, &calls[i - 1], &mut sizes) else { continue };
             let Call::Gemm { out, .. } = &mut calls[i - 1] else { unreachable!("checked by col2im_after") };
-            *out = GemmOut::Col2Im(Box::new(Col2ImAfter { scratch, ..after.1 }));
+            *out = GemmOut::Col2Im(Box::new(after));
             calls[i] = Call::Joined;
         }
         let outputs =
@@ -831,9 +834,7 @@ fn run_call(call: &Call) -> Result<(), String> {
                     for (b, (a, bb, _)) in each.iter().enumerate().take(b1).skip(b0) {
                         one_into(*a, *bb, t, rows, false, Parallelism::None);
                         // SAFETY: image b's pixels, written by this half only.
-                        unsafe {
-                            col2im(t.get(), e.out.get().add(b * e.per), 0..1, e.c, e.hw, e.kernel, e.stride, e.padding)
-                        };
+                        unsafe { col2im(t.get(), e.out.get().add(b * e.per), 0..1, &e.geo) };
                     }
                 });
             } else if let GemmOut::SplitK(t) = out {
@@ -1103,9 +1104,10 @@ fn copy_kernel(op: &Op, src: &[(P, Vec<usize>)], dst: &(P, Vec<usize>)) -> Resul
             let (n, c, hw) = (os[0], os[1], (os[2], os[3]));
             let per = len(os) / n.max(1);
             let (a, o) = (src[0].0, dst.0);
+            let geo = Windows { c, hw, kernel: *kernel, stride: *stride, padding: *padding };
             by_images(n, per, |b0, b1| {
                 // SAFETY: as im2col; images b0..b1 add only into their own pixels.
-                unsafe { col2im(a.get(), o.get(), b0..b1, c, hw, *kernel, *stride, *padding) }
+                unsafe { col2im(a.get(), o.get(), b0..b1, &geo) }
             });
         }
         Op::MaxPool { size, stride } => {
@@ -1324,20 +1326,11 @@ fn by_images(n: usize, per: usize, f: impl Fn(usize, usize) + Sync) {
 /// # Safety
 /// `from` holds the images' columns and `to` their pixels; they do not
 /// overlap.
-#[allow(clippy::too_many_arguments)]
-unsafe fn col2im(
-    from: *const f32,
-    to: *mut f32,
-    images: std::ops::Range<usize>,
-    c: usize,
-    (h, w): (usize, usize),
-    kernel: (u64, u64),
-    stride: (u64, u64),
-    padding: (u64, u64),
-) {
-    let per = c * h * w;
+unsafe fn col2im(from: *const f32, to: *mut f32, images: std::ops::Range<usize>, geo: &Windows) {
+    let Windows { c, hw, kernel, stride, padding } = *geo;
+    let per = c * hw.0 * hw.1;
     std::ptr::write_bytes(to.add(images.start * per), 0, images.len() * per);
-    windows(images, c, (h, w), kernel, stride, padding, |image, col, n, step| {
+    windows(images, c, hw, kernel, stride, padding, |image, col, n, step| {
         let (to, from) = (to.add(image), from.add(col));
         for j in 0..n {
             *to.add(j * step) += *from.add(j);
@@ -1350,8 +1343,8 @@ unsafe fn col2im(
 /// product per image, into the product's own buffer), with the pixels
 /// overlapping neither of the product's operands (the memory plan may give
 /// the pixels an operand's room once it is read: the epilogue writes them
-/// while later images are still to be read). Then: the product's floats
-/// per image, and the epilogue less its scratch.
+/// while later images are still to be read). Then the epilogue, its
+/// scratch (two products) kept in `sizes`.
 fn col2im_after(
     g: &Graph,
     prev: &Kernel,
@@ -1359,7 +1352,8 @@ fn col2im_after(
     batch: usize,
     addr: &HashMap<NodeId, P>,
     call: &Call,
-) -> Option<(usize, Col2ImAfter)> {
+    sizes: &mut Vec<Box<[f32]>>,
+) -> Option<Col2ImAfter> {
     let ([mm], [c2]) = (&prev.nodes[..], &this.nodes[..]) else { return None };
     let Op::Col2Im { kernel, stride, padding, .. } = g.node(*c2).op else { return None };
     let Call::Gemm { m, n, dst, each, out: GemmOut::Direct, .. } = call else { return None };
@@ -1382,17 +1376,11 @@ fn col2im_after(
         && each.iter().enumerate().all(|(b, (_, _, c))| c.0 as usize == product + 4 * b * m * n)
         && g.inputs(*mm).iter().all(|x| disjoint(&whole(*x), &pixels));
     ok.then(|| {
-        let after = Col2ImAfter {
-            out: addr[c2],
-            per: so[1] * so[2] * so[3],
-            scratch: P(std::ptr::null_mut()),
-            c: so[1],
-            hw: (so[2], so[3]),
-            kernel,
-            stride,
-            padding,
-        };
-        (m * n, after)
+        let mut room = vec![0.0f32; 2 * m * n].into_boxed_slice();
+        let scratch = P(room.as_mut_ptr());
+        sizes.push(room);
+        let geo = Windows { c: so[1], hw: (so[2], so[3]), kernel, stride, padding };
+        Col2ImAfter { out: addr[c2], per: so[1] * so[2] * so[3], scratch, geo }
     })
 }
 
