@@ -14,7 +14,7 @@ use modelc_compiler::step::StepConfig;
 
 use crate::check_spec;
 
-fn model_and_config(spec: &str) -> (ModelInfo, StepConfig, f64) {
+pub(crate) fn model_and_config(spec: &str) -> (ModelInfo, StepConfig, f64) {
     let (_, program, errors) = check_spec(Path::new(spec));
     assert!(errors.is_empty(), "{errors:?}");
     match program.finetunes.first() {
@@ -33,7 +33,7 @@ fn model_and_config(spec: &str) -> (ModelInfo, StepConfig, f64) {
 }
 
 /// A random batch of `n` samples as the trainer feeds it (f32).
-fn batch(model: &ModelInfo, n: usize, seed: u64) -> (Vec<f32>, Vec<f32>) {
+pub(crate) fn batch(model: &ModelInfo, n: usize, seed: u64) -> (Vec<f32>, Vec<f32>) {
     let g = lower::forward(model, Mode::Eval).expect("lowers");
     let inputs = random_inputs(&g, n, &mut Rng::new(seed));
     let take = |role: Role| {
@@ -55,10 +55,22 @@ fn normwise(a: &[f32], b: &[f32]) -> f64 {
 }
 
 fn compare(spec: &str, n: usize, steps: usize) {
+    compare_on(spec, n, steps, &|model, cfg, init| Ok(Box::new(Compiled::new(model, cfg, init)?)));
+}
+
+/// Makes the executor under test.
+pub(crate) type Make =
+    dyn Fn(&ModelInfo, &StepConfig, &modelc::checkpoint::Tensors) -> Result<Box<dyn Executor>, String>;
+
+/// `steps` training steps of `spec` at batch `n` on the executor `make`
+/// builds, against the interpreter: the first step's loss, accuracy,
+/// parameters and state to 1e-4 (normwise), the loss curve to 1e-3, and an
+/// evaluation batch.
+pub(crate) fn compare_on(spec: &str, n: usize, steps: usize, make: &Make) {
     let (model, cfg, lr) = model_and_config(spec);
     let init = modelc::init::init(&model, 3).expect("init");
     let mut reference = Interpreter::new(&model, &cfg, &init).expect("interpreter");
-    let mut compiled = Compiled::new(&model, &cfg, &init).unwrap_or_else(|e| panic!("{spec}: {e}"));
+    let mut compiled = make(&model, &cfg, &init).unwrap_or_else(|e| panic!("{spec}: {e}"));
     let mut curve = Vec::new();
     let mut worst = 0f64;
     for step in 1..=steps as u64 {

@@ -5,6 +5,7 @@ mod checker;
 mod checkpoint;
 mod cli;
 mod compiled;
+mod cuda;
 mod data;
 mod finetune;
 mod ir;

@@ -132,14 +132,14 @@ fn xor_module_snapshot() {
 /// One instruction: its guard (negated?, predicate), opcode, operands.
 type Instruction = (Option<(bool, String)>, String, Vec<String>);
 
-struct Emu {
+pub(crate) struct Emu {
     lines: Vec<Instruction>,
     labels: std::collections::HashMap<String, usize>,
     params: Vec<String>,
 }
 
 impl Emu {
-    fn new(entry: &str) -> Emu {
+    pub(crate) fn new(entry: &str) -> Emu {
         let (mut lines, mut labels, mut params) = (Vec::new(), std::collections::HashMap::new(), Vec::new());
         for raw in entry.lines() {
             let l = raw.trim();
@@ -172,7 +172,7 @@ impl Emu {
 
     /// Runs the entry on `bufs` (operands in parameter order) over `n`
     /// elements with `blocks` × `threads` threads.
-    fn run(&self, bufs: &mut [Vec<f32>], n: u64, blocks: u64, threads: u64) {
+    pub(crate) fn run(&self, bufs: &mut [Vec<f32>], n: u64, blocks: u64, threads: u64) {
         for block in 0..blocks {
             for thread in 0..threads {
                 self.thread(bufs, n, (block, threads, thread, blocks));

@@ -279,8 +279,8 @@ struct Scripted {
 }
 
 impl Executor for Scripted {
-    fn name(&self) -> &'static str {
-        "scripted"
+    fn name(&self) -> String {
+        "scripted".into()
     }
     fn train_step(&mut self, _: &Batch, _: f64, _: u64, _: u64) -> Result<Stats, String> {
         let loss = self.train[self.at.min(self.train.len() - 1)];
@@ -321,8 +321,8 @@ struct Counting {
 }
 
 impl Executor for Counting {
-    fn name(&self) -> &'static str {
-        "counting"
+    fn name(&self) -> String {
+        "counting".into()
     }
     fn train_step(&mut self, _: &Batch, _: f64, _: u64, _: u64) -> Result<Stats, String> {
         self.w += 1.0;
@@ -469,8 +469,8 @@ fn images_of_the_wrong_size_are_refused_at_load() {
 struct Steps(Vec<u64>);
 
 impl Executor for Steps {
-    fn name(&self) -> &'static str {
-        "steps"
+    fn name(&self) -> String {
+        "steps".into()
     }
     fn train_step(&mut self, _: &Batch, _: f64, step: u64, _: u64) -> Result<Stats, String> {
         self.0.push(step);

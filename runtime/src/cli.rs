@@ -102,8 +102,8 @@ enum Command {
         /// Continue from the resume point (last.state.safetensors) in the output folder.
         #[arg(long)]
         resume: bool,
-        /// Which executor runs the model: compiled native code, or the f64 reference interpreter (slow; for checking).
-        #[arg(long, value_enum, default_value_t = ExecutorKind::Cpu)]
+        /// Where the model runs: compiled native code on the CPU, an NVIDIA GPU (CUDA), or the f64 reference interpreter (slow; for checking).
+        #[arg(long = "device", visible_alias = "executor", value_enum, default_value_t = ExecutorKind::Cpu)]
         executor: ExecutorKind,
     },
     /// Evaluate a checkpoint: on the train block's test data, or on the whole of --data.
@@ -122,8 +122,8 @@ enum Command {
         /// Test data to evaluate on, all of it: an MNIST folder (its test split) or a labelled CSV file, read with the checkpoint's preprocessing.
         #[arg(long)]
         data: Option<PathBuf>,
-        /// Which executor runs the model: compiled native code, or the f64 reference interpreter (slow; for checking).
-        #[arg(long, value_enum, default_value_t = ExecutorKind::Cpu)]
+        /// Where the model runs: compiled native code on the CPU, an NVIDIA GPU (CUDA), or the f64 reference interpreter (slow; for checking).
+        #[arg(long = "device", visible_alias = "executor", value_enum, default_value_t = ExecutorKind::Cpu)]
         executor: ExecutorKind,
     },
     /// Predict the class of every sample of an IDX image file or a CSV file.
@@ -142,8 +142,8 @@ enum Command {
         /// Predict the first N samples only.
         #[arg(long)]
         limit: Option<usize>,
-        /// Which executor runs the model: compiled native code, or the f64 reference interpreter (slow; for checking).
-        #[arg(long, value_enum, default_value_t = ExecutorKind::Cpu)]
+        /// Where the model runs: compiled native code on the CPU, an NVIDIA GPU (CUDA), or the f64 reference interpreter (slow; for checking).
+        #[arg(long = "device", visible_alias = "executor", value_enum, default_value_t = ExecutorKind::Cpu)]
         executor: ExecutorKind,
     },
     /// Print generated code: the CLIF of every kernel the CPU backend lowers.
@@ -262,6 +262,8 @@ enum Stage {
 enum ExecutorKind {
     /// Native code: Cranelift kernels and gemm, f32.
     Cpu,
+    /// An NVIDIA GPU: PTX kernels and cuBLAS, f32.
+    Cuda,
     /// The f64 reference interpreter.
     Interp,
 }
@@ -274,6 +276,7 @@ fn executor(
 ) -> Result<Box<dyn crate::exec::Executor>> {
     Ok(match kind {
         ExecutorKind::Cpu => Box::new(crate::exec::Compiled::new(model, cfg, init)?),
+        ExecutorKind::Cuda => Box::new(crate::exec::Cuda::new(model, cfg, init)?),
         ExecutorKind::Interp => Box::new(crate::exec::Interpreter::new(model, cfg, init)?),
     })
 }

@@ -1,7 +1,8 @@
 //! Executors run a model's training step and evaluation graph. The trainer
-//! talks to them through [`Executor`]; there are two: [`Compiled`] (native
+//! talks to them through [`Executor`]; there are three: [`Compiled`] (native
 //! code from the CPU backend, f32; the default) and [`Interpreter`] (the
-//! f64 reference interpreter: slow, exact; `--executor interp`).
+//! f64 reference interpreter: slow, exact; `--executor interp`); [`Cuda`]
+//! runs both on an NVIDIA GPU (`--device cuda`).
 
 use std::collections::HashMap;
 
@@ -36,7 +37,7 @@ pub struct Batch<'a> {
 
 pub trait Executor {
     /// A short name for messages: "reference interpreter (f64)".
-    fn name(&self) -> &'static str;
+    fn name(&self) -> String;
     /// One training step: updates parameters and optimizer state in place;
     /// returns the loss and the accuracy metric (no predictions).
     fn train_step(&mut self, batch: &Batch, lr: f64, step: u64, seed: u64) -> Result<Stats, String>;
@@ -147,8 +148,8 @@ impl Interpreter {
 }
 
 impl Executor for Interpreter {
-    fn name(&self) -> &'static str {
-        "reference interpreter (f64)"
+    fn name(&self) -> String {
+        "reference interpreter (f64)".into()
     }
 
     fn train_step(&mut self, batch: &Batch, lr: f64, step: u64, seed: u64) -> Result<Stats, String> {
@@ -340,8 +341,8 @@ impl Compiled {
 }
 
 impl Executor for Compiled {
-    fn name(&self) -> &'static str {
-        "compiled CPU code (Cranelift + gemm, f32)"
+    fn name(&self) -> String {
+        "compiled CPU code (Cranelift + gemm, f32)".into()
     }
 
     fn train_step(&mut self, batch: &Batch, lr: f64, step: u64, seed: u64) -> Result<Stats, String> {
@@ -391,5 +392,164 @@ impl Executor for Compiled {
         let mut names: Vec<&String> = self.tensors.keys().collect();
         names.sort();
         names.into_iter().find(|n| self.tensors[*n].1.iter().any(|v| !v.is_finite())).cloned()
+    }
+}
+
+/// The CUDA executor: the training step and the evaluation graph as two
+/// GPU programs ([`modelc_compiler::backend::cuda::Program`]) sharing the
+/// parameters and optimizer state in device memory. f32 throughout. A step
+/// uploads the batch and the step's scalars, queues every kernel, and reads
+/// back the loss and the accuracy metric.
+pub struct Cuda {
+    // The programs go before the buffers they point into.
+    step: cuda::Program,
+    eval: cuda::Program,
+    data: String,
+    target: String,
+    tensors: HashMap<String, (Vec<usize>, cuda::Buffer)>,
+    params: Vec<String>,
+    accuracy: Option<String>,
+    predictions: Option<String>,
+}
+
+use modelc_compiler::backend::cuda;
+
+impl Cuda {
+    /// Opens the GPU, compiles `model`'s training step and evaluation graph
+    /// for it; starts from `init` parameters and zero optimizer state.
+    pub fn new(model: &ModelInfo, cfg: &StepConfig, init: &Tensors) -> Result<Cuda, String> {
+        let dev = cuda::Device::open()?;
+        let (step_graph, eval_graph, (data, _), (target, _)) = graphs(model, cfg)?;
+        let mut tensors = HashMap::new();
+        for (name, (shape, values)) in init {
+            tensors.insert(name.clone(), (shape.clone(), cuda::Buffer::from(&dev, values)?));
+        }
+        for (name, id) in step_graph.inputs_of(Role::State) {
+            let shape = concrete(&step_graph.ty(id).shape.0, 1);
+            let n = shape.iter().product();
+            tensors.insert(name, (shape, cuda::Buffer::new(&dev, n)?));
+        }
+        let mut step = cuda::Program::new(&dev, step_graph).map_err(|e| format!("compiling the training step: {e}"))?;
+        let mut eval =
+            cuda::Program::new(&dev, eval_graph).map_err(|e| format!("compiling the evaluation graph: {e}"))?;
+        for program in [&mut step, &mut eval] {
+            for (name, _) in program.input_shapes() {
+                if let Some((_, t)) = tensors.get(&name) {
+                    // SAFETY: the buffer lives in `tensors` as long as the
+                    // programs (fields of the same struct, never replaced).
+                    unsafe { program.bind(&name, t.ptr(), t.len())? };
+                } else if ![data.as_str(), target.as_str(), "lr", "step", "seed"].contains(&name.as_str()) {
+                    return Err(format!("the GPU program needs input `{name}`, which the trainer does not have"));
+                }
+            }
+        }
+        let params = model.params.iter().map(|p| p.name.clone()).collect();
+        let outputs = &eval.graph().outputs;
+        let predictions = outputs.iter().find(|(k, _)| k == "predictions").map(|(k, _)| k.clone()).or_else(|| {
+            let mut named: Vec<&String> =
+                outputs.iter().map(|(k, _)| k).filter(|k| k.starts_with("predictions.")).collect();
+            named.sort();
+            named.first().map(|k| k.to_string())
+        });
+        Ok(Cuda { step, eval, data, target, tensors, params, accuracy: accuracy_output(model), predictions })
+    }
+
+    fn stats(
+        p: &cuda::Program,
+        batch: usize,
+        accuracy: Option<&str>,
+        predictions: Option<&str>,
+    ) -> Result<Stats, String> {
+        let first = |name: &str| -> Result<Option<f64>, String> {
+            if !p.has_output(name) {
+                return Ok(None);
+            }
+            Ok(p.output(name, batch)?.first().map(|v| *v as f64))
+        };
+        Ok(Stats {
+            loss: first("loss")?.unwrap_or(f64::NAN),
+            accuracy: match accuracy {
+                Some(a) => first(a)?,
+                None => None,
+            },
+            predictions: match predictions {
+                Some(name) => p.output(name, batch)?,
+                None => Vec::new(),
+            },
+        })
+    }
+}
+
+impl Executor for Cuda {
+    fn name(&self) -> String {
+        let d = self.step.device();
+        format!("CUDA on {} (sm_{}): PTX kernels + cuBLAS, f32", d.name, d.sm)
+    }
+
+    fn train_step(&mut self, batch: &Batch, lr: f64, step: u64, seed: u64) -> Result<Stats, String> {
+        let p = &mut self.step;
+        p.upload(&self.data, batch.n, batch.features)?;
+        p.upload(&self.target, batch.n, batch.labels)?;
+        for (name, v) in [("lr", lr), ("step", step as f64), ("seed", seed as f64)] {
+            if p.has_input(name) {
+                p.upload(name, batch.n, &[v as f32])?;
+            }
+        }
+        p.run(batch.n)?;
+        Self::stats(p, batch.n, self.accuracy.as_deref(), None)
+    }
+
+    fn evaluate(&mut self, batch: &Batch) -> Result<Stats, String> {
+        let p = &mut self.eval;
+        p.upload(&self.data, batch.n, batch.features)?;
+        p.upload(&self.target, batch.n, batch.labels)?;
+        p.run(batch.n)?;
+        Self::stats(p, batch.n, self.accuracy.as_deref(), self.predictions.as_deref())
+    }
+
+    fn parameters(&self) -> Tensors {
+        self.params
+            .iter()
+            .map(|p| {
+                let (s, b) = &self.tensors[p];
+                // A failed read (the GPU in an error state) gives NaNs, which
+                // the trainer's checks report, rather than a panic.
+                let v = b.download(b.len()).unwrap_or_else(|_| vec![f32::NAN; b.len()]);
+                (p.clone(), (s.clone(), v))
+            })
+            .collect()
+    }
+
+    fn set_parameters(&mut self, t: &Tensors) {
+        for (name, (_, data)) in t {
+            if let Some((_, b)) = self.tensors.get_mut(name) {
+                if b.len() == data.len() {
+                    // A failed write shows in the next step's error.
+                    let _ = b.upload(data);
+                }
+            }
+        }
+    }
+
+    fn state(&self) -> Tensors {
+        self.tensors
+            .iter()
+            .filter(|(k, _)| !self.params.contains(k))
+            .map(|(k, (s, b))| {
+                (k.clone(), (s.clone(), b.download(b.len()).unwrap_or_else(|_| vec![f32::NAN; b.len()])))
+            })
+            .collect()
+    }
+
+    fn first_non_finite(&self) -> Option<String> {
+        let mut names: Vec<&String> = self.tensors.keys().collect();
+        names.sort();
+        names
+            .into_iter()
+            .find(|n| {
+                let b = &self.tensors[*n].1;
+                b.download(b.len()).map_or(true, |v| v.iter().any(|x| !x.is_finite()))
+            })
+            .cloned()
     }
 }

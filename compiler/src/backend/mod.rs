@@ -2,7 +2,9 @@
 //! fused graph's kernels to native code (Cranelift for elementwise loops and
 //! reductions, the `gemm` crate for matmuls, copy loops for data movement)
 //! and runs them over one arena; `ptx` renders the same kernels as PTX for
-//! NVIDIA GPUs (elementwise kernels today; no CUDA runtime yet).
+//! NVIDIA GPUs; `cuda` loads that PTX through the CUDA driver (loaded at run
+//! time), runs matmuls through cuBLAS, and runs the whole step on the GPU.
 
 pub mod cpu;
+pub mod cuda;
 pub mod ptx;
