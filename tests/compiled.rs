@@ -44,7 +44,7 @@ pub(crate) fn batch(model: &ModelInfo, n: usize, seed: u64) -> (Vec<f32>, Vec<f3
 }
 
 /// max |a − b| / max |b| over a tensor.
-fn normwise(a: &[f32], b: &[f32]) -> f64 {
+pub(crate) fn normwise(a: &[f32], b: &[f32]) -> f64 {
     let diff = a.iter().zip(b).map(|(x, y)| (*x as f64 - *y as f64).abs()).fold(0.0, f64::max);
     let scale = b.iter().map(|y| (*y as f64).abs()).fold(0.0, f64::max);
     if scale == 0.0 {

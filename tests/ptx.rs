@@ -256,7 +256,12 @@ impl Emu {
                 "mad.lo.u64" => Some(v(1).wrapping_mul(v(2)).wrapping_add(v(3))),
                 "shr.u64" => Some(v(1) >> v(2)),
                 "xor.b64" => Some(v(1) ^ v(2)),
+                "and.b64" => Some(v(1) & v(2)),
                 "trap" => panic!("the kernel trapped (an index out of range)"),
+                // Each thread runs as a warp of its own (lane 0 alone): the
+                // warp-combining path of a reduction runs only on a GPU
+                // (tests/cuda.rs), the per-lane path here.
+                "activemask.b32" => Some(1),
                 "sub.u64" => Some(v(1).wrapping_sub(v(2))),
                 "min.u64" => Some(v(1).min(v(2))),
                 "setp.eq.u64" => Some((v(1) == v(2)) as u64),

@@ -451,7 +451,51 @@ impl Cuda {
             named.sort();
             named.first().map(|k| k.to_string())
         });
+        if std::env::var_os("MODELC_PROFILE").is_some() {
+            step.start_profile();
+        }
         Ok(Cuda { step, eval, data, target, tensors, params, accuracy: accuracy_output(model), predictions })
+    }
+
+    /// Captures steps into CUDA graphs (the default) or launches every
+    /// kernel every step.
+    pub fn use_graphs(&mut self, on: bool) {
+        self.step.use_graphs(on);
+        self.eval.use_graphs(on);
+    }
+
+    /// Whether training steps at `batch` replay a captured CUDA graph.
+    pub fn replays_a_graph(&self, batch: usize) -> bool {
+        self.step.replays_a_graph(batch)
+    }
+
+    /// The training step's kernels by GPU time (CUDA events around each
+    /// launch), as text; empty unless `MODELC_PROFILE` was set when the
+    /// executor was made.
+    pub fn profile_report(&self) -> String {
+        let rows = self.step.profile();
+        if rows.is_empty() {
+            return String::new();
+        }
+        let total: f64 = rows.iter().map(|r| r.2).sum();
+        let steps = rows.iter().map(|r| r.3).max().unwrap_or(1).max(1) as f64;
+        let mut out = format!("{:>6} {:>9} {:>6}  kernel (GPU time, CUDA events)\n", "share", "µs/call", "index");
+        let take = std::env::var("MODELC_PROFILE_ROWS").ok().and_then(|v| v.parse().ok()).unwrap_or(25);
+        for (i, what, ms, n) in rows.iter().take(take) {
+            let what: String = what.chars().take(90).collect();
+            out.push_str(&format!(
+                "{:>5.1}% {:>9.1} {i:>6}  {what}\n",
+                100.0 * ms / total,
+                1e3 * ms / (*n).max(1) as f64
+            ));
+        }
+        let mut kinds: std::collections::BTreeMap<&str, f64> = std::collections::BTreeMap::new();
+        for (_, what, ms, _) in &rows {
+            *kinds.entry(what.split(' ').next().unwrap_or("")).or_default() += ms;
+        }
+        let by: Vec<String> = kinds.iter().map(|(k, t)| format!("{k} {:.1}%", 100.0 * t / total)).collect();
+        out.push_str(&format!("by kind: {}; {:.3} ms of GPU time per step\n", by.join(", "), total / steps));
+        out
     }
 
     fn stats(
@@ -477,6 +521,15 @@ impl Cuda {
                 None => Vec::new(),
             },
         })
+    }
+}
+
+impl Drop for Cuda {
+    fn drop(&mut self) {
+        let report = self.profile_report();
+        if !report.is_empty() {
+            eprint!("{report}");
+        }
     }
 }
 

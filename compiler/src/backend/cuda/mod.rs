@@ -6,16 +6,23 @@
 //! live in one device arena per program laid out by the kernel stage's
 //! memory plan, inputs in their own device buffers. [`plan`] turns the
 //! kernels into launches at a batch size (no CUDA needed, so the tests
-//! emulate it); [`Program`] resolves them to device addresses and runs
-//! them on the context's default stream, in order.
+//! emulate it); [`Program`] resolves them to device addresses and queues
+//! them, in order, on the device's one stream.
+//!
+//! Everything a program does goes through that stream (a non-blocking one,
+//! which cuBLAS uses too): allocations are zeroed on it, uploads are
+//! queued on it from page-locked staging memory, reads wait for it. The
+//! first run at a batch size launches every kernel (and CUDA loads them);
+//! the second is captured into a CUDA graph, which later runs replay in
+//! one launch (cuBLAS has its workspace up front for that). A step then
+//! costs the host the batch's copies, one graph launch and the reads of
+//! the loss and metrics; `MODELC_CUDA_GRAPH=0` launches every kernel every
+//! run instead, and a profile ([`Program::start_profile`]) times each
+//! launch with CUDA events.
 //!
 //! CUDA is loaded at run time (cudarc's dynamic loading): building and
 //! testing need no CUDA, and [`Device::open`] on a machine without a driver,
 //! cuBLAS or GPU returns an error saying which, never a panic.
-//!
-//! What a step costs on the host: one launch per kernel (one `sgemm` call,
-//! or one strided-batched call, per gemm kernel in most graphs), the batch
-//! uploaded before, and whatever outputs the caller reads after.
 
 pub mod plan;
 
@@ -33,10 +40,18 @@ use crate::kernel::fusion::{self, Kernel};
 use crate::kernel::layout;
 use plan::{Addr, Launch, Mem, Plan};
 
-/// One GPU: its context (the primary one), cuBLAS on the default stream.
+/// cuBLAS's workspace: given up front, so that its calls can be captured
+/// in a CUDA graph (a call that allocated its own could not).
+const BLAS_WORKSPACE: usize = 32 << 20;
+
+/// One GPU: its context (the primary one), one stream everything runs on in
+/// order, cuBLAS on that stream with its workspace.
 pub struct Device {
-    ctx: Arc<CudaContext>,
+    // cuBLAS goes before the stream and the context it uses.
     blas: CudaBlas,
+    workspace: sys::CUdeviceptr,
+    stream: Arc<cudarc::driver::CudaStream>,
+    ctx: Arc<CudaContext>,
     /// "NVIDIA H200".
     pub name: String,
     /// Compute capability as 10·major + minor (90 for Hopper).
@@ -85,13 +100,26 @@ impl Device {
         let multiprocessors = ctx
             .attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
             .map_err(|e| drv_err("reading the multiprocessor count", e))? as u32;
-        let blas = CudaBlas::new(ctx.default_stream()).map_err(|e| format!("starting cuBLAS: {e}"))?;
+        let stream = ctx.new_stream().map_err(|e| drv_err("making a stream", e))?;
+        let blas = CudaBlas::new(stream.clone()).map_err(|e| format!("starting cuBLAS: {e}"))?;
+        // SAFETY: a plain allocation, handed to cuBLAS and freed on drop.
+        let workspace =
+            unsafe { drv::malloc_sync(BLAS_WORKSPACE) }.map_err(|e| drv_err("allocating cuBLAS's workspace", e))?;
         // Full f32 products, as the CPU and the interpreter compute them.
-        // SAFETY: a valid handle.
-        unsafe { blas_sys::cublasSetMathMode(*blas.handle(), blas_sys::cublasMath_t::CUBLAS_PEDANTIC_MATH) }
-            .result()
-            .map_err(|e| format!("setting cuBLAS's math mode: {e}"))?;
-        Ok(Arc::new(Device { ctx, blas, name, sm: (major * 10 + minor) as u32, multiprocessors }))
+        // SAFETY: a valid handle and workspace.
+        unsafe {
+            blas_sys::cublasSetMathMode(*blas.handle(), blas_sys::cublasMath_t::CUBLAS_PEDANTIC_MATH)
+                .result()
+                .map_err(|e| format!("setting cuBLAS's math mode: {e}"))?;
+            blas_sys::cublasSetWorkspace_v2(*blas.handle(), workspace as *mut c_void, BLAS_WORKSPACE)
+                .result()
+                .map_err(|e| format!("setting cuBLAS's workspace: {e}"))?;
+        }
+        Ok(Arc::new(Device { blas, workspace, stream, ctx, name, sm: (major * 10 + minor) as u32, multiprocessors }))
+    }
+
+    fn stream(&self) -> sys::CUstream {
+        self.stream.cu_stream()
     }
 
     fn bind(&self) -> Result<(), String> {
@@ -101,7 +129,21 @@ impl Device {
     /// Waits for everything queued.
     pub fn synchronize(&self) -> Result<(), String> {
         self.bind()?;
-        self.ctx.synchronize().map_err(|e| drv_err("running on the GPU", e))
+        // SAFETY: the device's own stream.
+        unsafe { sys::cuStreamSynchronize(self.stream()) }.result().map_err(|e| drv_err("running on the GPU", e))
+    }
+}
+
+impl Drop for Device {
+    fn drop(&mut self) {
+        if self.bind().is_ok() {
+            // SAFETY: allocated once in `open`; cuBLAS is done with it once
+            // the stream is idle.
+            unsafe {
+                let _ = sys::cuStreamSynchronize(self.stream());
+                let _ = drv::free_sync(self.workspace);
+            }
+        }
     }
 }
 
@@ -119,8 +161,16 @@ impl Buffer {
         // SAFETY: a plain allocation, zeroed before use.
         let ptr = unsafe { drv::malloc_sync(bytes) }.map_err(|e| drv_err(&format!("allocating {bytes} bytes"), e))?;
         let b = Buffer { ptr, len, dev: dev.clone() };
+        // On the device's stream, waited for: a plain cuMemsetD32 would run
+        // on the legacy default stream, which the device's non-blocking
+        // stream does not wait for, and could zero the memory after the
+        // first kernels wrote it (a large arena did: char_gpt's loss was
+        // infinite at its first step).
         // SAFETY: `len` floats at `ptr`.
-        unsafe { sys::cuMemsetD32_v2(ptr, 0, len.max(1)) }.result().map_err(|e| drv_err("zeroing", e))?;
+        unsafe { sys::cuMemsetD32Async(ptr, 0, len.max(1), dev.stream()) }
+            .result()
+            .map_err(|e| drv_err("zeroing", e))?;
+        dev.synchronize()?;
         Ok(b)
     }
 
@@ -128,6 +178,20 @@ impl Buffer {
     pub fn from(dev: &Arc<Device>, values: &[f32]) -> Result<Buffer, String> {
         let mut b = Buffer::new(dev, values.len())?;
         b.upload(values)?;
+        Ok(b)
+    }
+
+    /// A buffer holding device addresses (cuBLAS's pointer arrays).
+    fn from_addresses(dev: &Arc<Device>, values: &[u64]) -> Result<Buffer, String> {
+        let b = Buffer::new(dev, 2 * values.len())?;
+        dev.bind()?;
+        // SAFETY: 8·len bytes fit at `ptr`; waited for before `values` goes.
+        unsafe {
+            sys::cuMemcpyHtoDAsync_v2(b.ptr, values.as_ptr() as *const c_void, 8 * values.len(), dev.stream())
+                .result()
+                .map_err(|e| drv_err("copying to the GPU", e))?;
+        }
+        dev.synchronize()?;
         Ok(b)
     }
 
@@ -157,28 +221,76 @@ impl Buffer {
 
 impl Drop for Buffer {
     fn drop(&mut self) {
-        if self.dev.bind().is_ok() {
-            // SAFETY: allocated by `malloc_sync`, freed once.
+        if self.dev.synchronize().is_ok() {
+            // SAFETY: allocated by `malloc_sync`, freed once, after every
+            // use queued on the device's stream.
             let _ = unsafe { drv::free_sync(self.ptr) };
         }
     }
 }
 
+/// Copies `values` to `ptr` in stream order and waits for the copy (the
+/// host memory is the caller's).
 fn upload(dev: &Device, ptr: u64, room: usize, values: &[f32]) -> Result<(), String> {
     if values.len() > room {
         return Err(format!("{} values for a device buffer of {room}", values.len()));
     }
     dev.bind()?;
-    // SAFETY: `values.len()` floats fit at `ptr`; a synchronous copy.
-    unsafe { drv::memcpy_htod_sync(ptr, values) }.map_err(|e| drv_err("copying to the GPU", e))
+    // SAFETY: `values.len()` floats fit at `ptr`; the copy is waited for
+    // before `values` can go.
+    unsafe {
+        sys::cuMemcpyHtoDAsync_v2(ptr, values.as_ptr() as *const c_void, 4 * values.len(), dev.stream())
+            .result()
+            .map_err(|e| drv_err("copying to the GPU", e))?;
+    }
+    dev.synchronize()
 }
 
+/// `len` floats at `ptr`, after everything queued before.
 fn download(dev: &Device, ptr: u64, len: usize) -> Result<Vec<f32>, String> {
-    dev.bind()?;
     let mut out = vec![0f32; len];
-    // SAFETY: `len` floats at `ptr`; a synchronous copy after queued work.
-    unsafe { drv::memcpy_dtoh_sync(&mut out, ptr) }.map_err(|e| drv_err("running the step on the GPU", e))?;
+    download_into(dev, ptr, &mut out)?;
     Ok(out)
+}
+
+fn download_into(dev: &Device, ptr: u64, out: &mut [f32]) -> Result<(), String> {
+    dev.bind()?;
+    // SAFETY: `out.len()` floats at `ptr`; waited for before returning.
+    unsafe {
+        sys::cuMemcpyDtoHAsync_v2(out.as_mut_ptr() as *mut c_void, ptr, 4 * out.len(), dev.stream())
+            .result()
+            .map_err(|e| drv_err("running the step on the GPU", e))?;
+    }
+    dev.synchronize().map_err(|e| e.replace("running on the GPU", "running the step on the GPU"))
+}
+
+/// Page-locked host memory, which copies to the device without staging.
+struct Pinned {
+    ptr: *mut f32,
+    len: usize,
+    dev: Arc<Device>,
+}
+
+impl Pinned {
+    fn new(dev: &Arc<Device>, len: usize) -> Result<Pinned, String> {
+        dev.bind()?;
+        let mut p: *mut c_void = std::ptr::null_mut();
+        // SAFETY: an allocation of `len` floats, freed on drop.
+        unsafe { sys::cuMemHostAlloc(&mut p, 4 * len.max(1), 0) }
+            .result()
+            .map_err(|e| drv_err("allocating page-locked memory", e))?;
+        Ok(Pinned { ptr: p as *mut f32, len, dev: dev.clone() })
+    }
+}
+
+impl Drop for Pinned {
+    fn drop(&mut self) {
+        if self.dev.bind().is_ok() {
+            // SAFETY: allocated by cuMemHostAlloc; no copy from it is in
+            // flight (every upload is waited for).
+            let _ = unsafe { sys::cuMemFreeHost(self.ptr as *mut c_void) };
+        }
+    }
 }
 
 /// The loaded module of a program's PTX.
@@ -195,7 +307,9 @@ impl Drop for Module {
 }
 
 enum Storage {
-    Owned(Buffer),
+    /// The program's own buffer, and the page-locked memory its values
+    /// are staged in.
+    Owned(Buffer, Option<Pinned>),
     Bound(u64, usize),
 }
 
@@ -218,6 +332,24 @@ struct ReadyBlas {
     a: u64,
     b: u64,
     c: u64,
+    /// A call over pointer arrays: the As, then the Bs, then the Cs.
+    arrays: Option<Buffer>,
+}
+
+/// A captured run, replayed by one launch.
+struct CudaGraph(sys::CUgraphExec, Arc<Device>);
+
+impl Drop for CudaGraph {
+    fn drop(&mut self) {
+        if self.1.bind().is_ok() {
+            // SAFETY: instantiated once, destroyed once, when no replay is
+            // in flight (layouts go after a synchronizing read or at drop).
+            unsafe {
+                let _ = sys::cuStreamSynchronize(self.1.stream());
+                let _ = sys::cuGraphExecDestroy(self.0);
+            }
+        }
+    }
 }
 
 /// A program's launches at one batch size.
@@ -225,7 +357,24 @@ struct Layout {
     ready: Vec<Ready>,
     /// Named outputs: device address and element count.
     outputs: HashMap<String, (u64, usize)>,
+    /// The launches captured as a CUDA graph (from the second run on).
+    graph: Option<CudaGraph>,
+    runs: u64,
     _sizes: Buffer,
+    _scratch: Buffer,
+}
+
+/// Time per kernel from CUDA events around each launch, when profiling.
+#[derive(Clone, Default)]
+struct Spent {
+    ms: f64,
+    runs: u64,
+}
+
+/// Whether runs are captured into CUDA graphs by default: yes unless
+/// `MODELC_CUDA_GRAPH=0` (for comparing; the profile never captures).
+fn graphs_enabled() -> bool {
+    std::env::var("MODELC_CUDA_GRAPH").map_or(true, |v| v != "0")
 }
 
 /// A fused graph compiled for a GPU (see the module docs).
@@ -235,12 +384,21 @@ pub struct Program {
     inputs: HashMap<String, Input>,
     consts: HashMap<NodeId, Buffer>,
     functions: HashMap<usize, sys::CUfunction>,
+    /// The entry that adds a gemm kernel's products ([`super::ptx::SUM_MATS`]).
+    sum_mats: sys::CUfunction,
     _module: Module,
     g: Graph,
     kernels: Vec<Kernel>,
     entries: Vec<Result<String, String>>,
     feedback: layout::Feedback,
     capacity: usize,
+    /// Per kernel, when profiling ([`Program::start_profile`]).
+    profile: Option<Vec<Spent>>,
+    /// Per launch of a plan, the kernel it belongs to (the kernel count
+    /// for copy-backs).
+    kernel_of: Vec<usize>,
+    /// Whether runs are captured into CUDA graphs.
+    graphs: bool,
     dev: Arc<Device>,
 }
 
@@ -270,13 +428,17 @@ impl Program {
                 functions.insert(i, f);
             }
         }
+        let cname = std::ffi::CString::new(super::ptx::SUM_MATS).expect("a plain name");
+        // SAFETY: every module holds this entry.
+        let sum_mats = unsafe { drv::module::get_function(module.0, cname) }
+            .map_err(|e| drv_err(&format!("finding entry {}", super::ptx::SUM_MATS), e))?;
         let mut inputs = HashMap::new();
         let mut consts = HashMap::new();
         for id in g.ids() {
             match &g.node(id).op {
                 Op::Input { name, .. } => {
                     let shape = g.ty(id).shape.clone();
-                    let storage = Storage::Owned(Buffer::new(dev, elements(&shape, 1))?);
+                    let storage = Storage::Owned(Buffer::new(dev, elements(&shape, 1))?, None);
                     inputs.insert(name.clone(), Input { node: id, shape, storage });
                 }
                 Op::Const { value } => {
@@ -299,12 +461,16 @@ impl Program {
             inputs,
             consts,
             functions,
+            sum_mats,
             _module: module,
             g,
             kernels,
             entries,
             feedback,
             capacity: 1,
+            profile: None,
+            kernel_of: Vec::new(),
+            graphs: graphs_enabled(),
             dev: dev.clone(),
         })
     }
@@ -354,10 +520,11 @@ impl Program {
             return Ok(());
         }
         for input in self.inputs.values_mut() {
-            if let Storage::Owned(b) = &mut input.storage {
+            if let Storage::Owned(b, staging) = &mut input.storage {
                 let len = elements(&input.shape, batch);
                 if len > b.len() {
                     *b = Buffer::new(&self.dev, len)?;
+                    *staging = None;
                 }
             }
         }
@@ -369,22 +536,43 @@ impl Program {
     /// Copies `values` into input `name` for a run at `batch`.
     pub fn upload(&mut self, name: &str, batch: usize, values: &[f32]) -> Result<(), String> {
         self.reserve(batch)?;
-        let input = self.inputs.get(name).ok_or_else(|| format!("the program has no input `{name}`"))?;
+        let dev = self.dev.clone();
+        let input = self.inputs.get_mut(name).ok_or_else(|| format!("the program has no input `{name}`"))?;
         let len = elements(&input.shape, batch);
         if values.len() != len {
             return Err(format!("input `{name}`: {} values for a batch of {batch} that needs {len}", values.len()));
         }
-        let (ptr, room) = match &input.storage {
-            Storage::Owned(b) => (b.ptr(), b.len()),
-            Storage::Bound(p, n) => (*p, *n),
-        };
-        upload(&self.dev, ptr, room, values)
+        match &mut input.storage {
+            Storage::Owned(b, staging) => {
+                if staging.as_ref().is_none_or(|p| p.len < b.len()) {
+                    *staging = Some(Pinned::new(&dev, b.len())?);
+                }
+                let p = staging.as_ref().expect("made above");
+                // The last copy from this memory is done (already so when
+                // the last run's outputs were read: then this waits for
+                // nothing).
+                dev.synchronize()?;
+                // SAFETY: `p` holds at least `len` floats, none in flight.
+                unsafe { std::ptr::copy_nonoverlapping(values.as_ptr(), p.ptr, len) };
+                dev.bind()?;
+                // SAFETY: `len` floats at both ends.
+                unsafe {
+                    sys::cuMemcpyHtoDAsync_v2(b.ptr(), p.ptr as *const c_void, 4 * len, dev.stream())
+                        .result()
+                        .map_err(|e| drv_err("copying to the GPU", e))?;
+                }
+                // Queued, not waited for: the run that reads it follows in
+                // the same stream.
+                Ok(())
+            }
+            Storage::Bound(p, n) => upload(&dev, *p, *n, values),
+        }
     }
 
     fn input_ptr(&self, id: NodeId) -> u64 {
         let Op::Input { name, .. } = &self.g.node(id).op else { unreachable!("an input") };
         match &self.inputs[name].storage {
-            Storage::Owned(b) => b.ptr(),
+            Storage::Owned(b, _) => b.ptr(),
             Storage::Bound(p, _) => *p,
         }
     }
@@ -400,6 +588,20 @@ impl Program {
             return Ok(());
         }
         let plan = self.plan(batch)?;
+        // Fills belong to the entry after them.
+        let mut kernel_of = vec![self.kernels.len(); plan.launches.len()];
+        let mut next = self.kernels.len();
+        for (i, l) in plan.launches.iter().enumerate().rev() {
+            match l {
+                Launch::Entry { kernel, .. } | Launch::Gemm { kernel, .. } | Launch::SumMats { kernel, .. } => {
+                    next = *kernel
+                }
+                Launch::CopyBack { .. } => next = self.kernels.len(),
+                Launch::Fill { .. } => {}
+            }
+            kernel_of[i] = next;
+        }
+        self.kernel_of = kernel_of;
         let floats = (plan.arena_bytes / 4) as usize;
         if self.arena.as_ref().is_none_or(|a| a.len() < floats) {
             self.layouts.clear();
@@ -407,6 +609,7 @@ impl Program {
             self.arena = Some(Buffer::new(&self.dev, floats)?);
         }
         let sizes = Buffer::from(&self.dev, &plan.sizes)?;
+        let scratch = Buffer::new(&self.dev, plan.scratch_floats)?;
         let arena = self.arena.as_ref().expect("made above").ptr();
         let at = |a: Addr| -> u64 {
             let base = match a.mem {
@@ -414,6 +617,7 @@ impl Program {
                 Mem::Input(x) => self.input_ptr(x),
                 Mem::Const(c) => self.consts[&c].ptr(),
                 Mem::Size(i) => sizes.ptr() + 4 * i as u64,
+                Mem::Scratch => scratch.ptr(),
                 Mem::Null => return 0,
             };
             base + 4 * a.offset as u64
@@ -422,61 +626,141 @@ impl Program {
         let ready = plan
             .launches
             .iter()
-            .map(|l| match l {
-                Launch::Entry { kernel, args, count, threads, .. } => {
-                    let mut params: Vec<u64> = args.iter().map(|a| at(*a)).collect();
-                    params.push(*count);
-                    let blocks = threads.div_ceil(super::ptx::BLOCK as u64).clamp(1, most as u64) as u32;
-                    Ready::Entry { f: self.functions[kernel], params, grid: blocks }
-                }
-                Launch::Fill { at: a, len, value } => Ready::Fill { ptr: at(*a), len: *len, bits: value.to_bits() },
-                Launch::Gemm { calls, .. } => Ready::Gemm(
-                    calls.iter().map(|c| ReadyBlas { call: c.clone(), a: at(c.a), b: at(c.b), c: at(c.c) }).collect(),
-                ),
-                Launch::CopyBack { from, to, len } => Ready::Copy { from: at(*from), to: at(*to), len: *len },
+            .map(|l| -> Result<Ready, String> {
+                Ok(match l {
+                    Launch::Entry { kernel, args, count, threads, .. } => {
+                        let mut params: Vec<u64> = args.iter().map(|a| at(*a)).collect();
+                        params.push(*count);
+                        let blocks = threads.div_ceil(super::ptx::BLOCK as u64).clamp(1, most as u64) as u32;
+                        Ready::Entry { f: self.functions[kernel], params, grid: blocks }
+                    }
+                    Launch::Fill { at: a, len, value } => Ready::Fill { ptr: at(*a), len: *len, bits: value.to_bits() },
+                    Launch::Gemm { calls, .. } => Ready::Gemm(
+                        calls
+                            .iter()
+                            .map(|c| {
+                                let (a, b, cc) = (at(c.a), at(c.b), at(c.c));
+                                let arrays = if c.list.is_empty() {
+                                    None
+                                } else {
+                                    let mut v: Vec<u64> = c.list.iter().map(|o| a + 4 * o.0 as u64).collect();
+                                    v.extend(c.list.iter().map(|o| b + 4 * o.1 as u64));
+                                    v.extend(c.list.iter().map(|o| cc + 4 * o.2 as u64));
+                                    Some(Buffer::from_addresses(&self.dev, &v))
+                                };
+                                Ok(ReadyBlas { call: c.clone(), a, b, c: cc, arrays: arrays.transpose()? })
+                            })
+                            .collect::<Result<Vec<_>, String>>()?,
+                    ),
+                    Launch::CopyBack { from, to, len } => Ready::Copy { from: at(*from), to: at(*to), len: *len },
+                    Launch::SumMats { from, to, count, len, .. } => {
+                        let blocks = (*len as u64).div_ceil(super::ptx::BLOCK as u64).clamp(1, most as u64) as u32;
+                        let packed = ((*count as u64) << 32) | *len as u64;
+                        Ready::Entry { f: self.sum_mats, params: vec![at(*from), at(*to), packed], grid: blocks }
+                    }
+                })
             })
-            .collect();
+            .collect::<Result<Vec<_>, String>>()?;
         let outputs = plan.outputs.iter().map(|(name, a, n)| (name.clone(), (at(*a), *n))).collect();
-        self.layouts.insert(batch, Layout { ready, outputs, _sizes: sizes });
+        self.layouts.insert(batch, Layout { ready, outputs, graph: None, runs: 0, _sizes: sizes, _scratch: scratch });
         Ok(())
     }
 
     /// Queues a run on `batch` samples (inputs uploaded for that batch).
-    /// Errors of the kernels themselves surface at the next read.
+    /// Errors of the kernels themselves surface at the next read. The first
+    /// run at a batch size launches every kernel; the second captures them
+    /// into a CUDA graph, which every later run replays in one launch.
     pub fn run(&mut self, batch: usize) -> Result<(), String> {
         self.layout(batch)?;
         self.dev.bind()?;
-        let stream: sys::CUstream = std::ptr::null_mut();
+        let stream = self.dev.stream();
         let handle = *self.dev.blas.handle();
-        for r in &self.layouts[&batch].ready {
-            match r {
-                Ready::Entry { f, params, grid } => {
-                    let mut p: Vec<*mut c_void> = params.iter().map(|v| v as *const u64 as *mut c_void).collect();
-                    // SAFETY: the entry takes these u64 parameters (pointers
-                    // into live buffers, then the count).
-                    unsafe { drv::launch_kernel(*f, (*grid, 1, 1), (super::ptx::BLOCK, 1, 1), 0, stream, &mut p) }
-                        .map_err(|e| drv_err("launching a kernel", e))?;
-                }
-                Ready::Fill { ptr, len, bits } => {
-                    // SAFETY: `len` floats at `ptr`.
-                    unsafe { sys::cuMemsetD32Async(*ptr, *bits, *len, stream) }
-                        .result()
-                        .map_err(|e| drv_err("filling a buffer", e))?;
-                }
-                Ready::Gemm(calls) => {
-                    for c in calls {
-                        gemm(handle, c)?;
-                    }
-                }
-                Ready::Copy { from, to, len } => {
-                    // SAFETY: `len` floats at both, not overlapping.
-                    unsafe { sys::cuMemcpyDtoDAsync_v2(*to, *from, *len * 4, stream) }
-                        .result()
-                        .map_err(|e| drv_err("copying back", e))?;
-                }
+        let layout = self.layouts.get_mut(&batch).expect("made above");
+        layout.runs += 1;
+        if let Some(spent) = &mut self.profile {
+            // The first run at a batch size loads every kernel it uses
+            // (CUDA loads modules lazily, cuBLAS's too): not timed.
+            if layout.runs > 1 {
+                return enqueue_timed(&layout.ready, stream, handle, &self.kernel_of, spent);
+            }
+            return enqueue(&layout.ready, stream, handle);
+        }
+        if let Some(g) = &layout.graph {
+            // SAFETY: an instantiated graph of this layout's launches.
+            return unsafe { sys::cuGraphLaunch(g.0, stream) }.result().map_err(|e| drv_err("launching the step", e));
+        }
+        if layout.runs < 2 || !self.graphs {
+            return enqueue(&layout.ready, stream, handle);
+        }
+        // SAFETY: capture on this thread of launches on the device's stream.
+        unsafe { sys::cuStreamBeginCapture_v2(stream, sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL) }
+            .result()
+            .map_err(|e| drv_err("capturing the step", e))?;
+        let queued = enqueue(&layout.ready, stream, handle);
+        let mut graph: sys::CUgraph = std::ptr::null_mut();
+        // SAFETY: ends the capture begun above, whatever happened inside.
+        let ended = unsafe { sys::cuStreamEndCapture(stream, &mut graph) }.result();
+        queued?;
+        ended.map_err(|e| drv_err("capturing the step", e))?;
+        let mut exec: sys::CUgraphExec = std::ptr::null_mut();
+        // SAFETY: a captured graph, instantiated once, then destroyed (the
+        // executable graph is independent of it).
+        let made = unsafe { sys::cuGraphInstantiateWithFlags(&mut exec, graph, 0) }.result();
+        // SAFETY: as above.
+        let _ = unsafe { sys::cuGraphDestroy(graph) };
+        made.map_err(|e| drv_err("instantiating the step's graph", e))?;
+        let g = CudaGraph(exec, self.dev.clone());
+        // SAFETY: as above.
+        unsafe { sys::cuGraphLaunch(g.0, stream) }.result().map_err(|e| drv_err("launching the step", e))?;
+        layout.graph = Some(g);
+        Ok(())
+    }
+
+    /// Captures runs into CUDA graphs (the default) or launches every
+    /// kernel every run.
+    pub fn use_graphs(&mut self, on: bool) {
+        self.graphs = on;
+        if !on {
+            for l in self.layouts.values_mut() {
+                l.graph = None;
             }
         }
-        Ok(())
+    }
+
+    /// Whether the runs at `batch` replay a captured CUDA graph.
+    pub fn replays_a_graph(&self, batch: usize) -> bool {
+        self.layouts.get(&batch).is_some_and(|l| l.graph.is_some())
+    }
+
+    /// Starts timing every launch (CUDA events around each; runs are no
+    /// longer captured into graphs while profiling, and the first run at
+    /// each batch size, which loads the kernels, is not timed).
+    pub fn start_profile(&mut self) {
+        self.profile = Some(vec![Spent::default(); self.kernels.len() + 1]);
+    }
+
+    /// Kernels by GPU time since `start_profile`, most first: (kernel index,
+    /// what it is, milliseconds, runs). Fills are counted with their
+    /// kernel; copy-backs under the last index.
+    pub fn profile(&self) -> Vec<(usize, String, f64, u64)> {
+        let Some(spent) = &self.profile else { return Vec::new() };
+        let mut rows: Vec<(usize, String, f64, u64)> = spent
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.runs > 0)
+            .map(|(i, s)| {
+                let what = match self.kernels.get(i) {
+                    Some(k) => {
+                        let ops: Vec<String> = k.nodes.iter().map(|n| self.g.node(*n).op.name()).collect();
+                        format!("{:?} {}", k.kind, ops.join(" "))
+                    }
+                    None => "copy-backs".into(),
+                };
+                (i, what, s.ms, s.runs)
+            })
+            .collect();
+        rows.sort_by(|a, b| b.2.total_cmp(&a.2));
+        rows
     }
 
     /// Output `name` of the last run at `batch` (waits for it).
@@ -495,6 +779,84 @@ impl Program {
     }
 }
 
+/// Queues `ready` on `stream`.
+fn enqueue(ready: &[Ready], stream: sys::CUstream, handle: blas_sys::cublasHandle_t) -> Result<(), String> {
+    ready.iter().try_for_each(|r| enqueue_one(r, stream, handle))
+}
+
+fn enqueue_one(r: &Ready, stream: sys::CUstream, handle: blas_sys::cublasHandle_t) -> Result<(), String> {
+    match r {
+        Ready::Entry { f, params, grid } => {
+            let mut p: Vec<*mut c_void> = params.iter().map(|v| v as *const u64 as *mut c_void).collect();
+            // SAFETY: the entry takes these u64 parameters (pointers into
+            // live buffers, then the count).
+            unsafe { drv::launch_kernel(*f, (*grid, 1, 1), (super::ptx::BLOCK, 1, 1), 0, stream, &mut p) }
+                .map_err(|e| drv_err("launching a kernel", e))
+        }
+        Ready::Fill { ptr, len, bits } => {
+            // SAFETY: `len` floats at `ptr`.
+            unsafe { sys::cuMemsetD32Async(*ptr, *bits, *len, stream) }
+                .result()
+                .map_err(|e| drv_err("filling a buffer", e))
+        }
+        Ready::Gemm(calls) => calls.iter().try_for_each(|c| gemm(handle, c)),
+        Ready::Copy { from, to, len } => {
+            // SAFETY: `len` floats at both, not overlapping.
+            unsafe { sys::cuMemcpyDtoDAsync_v2(*to, *from, *len * 4, stream) }
+                .result()
+                .map_err(|e| drv_err("copying back", e))
+        }
+    }
+}
+
+/// Queues `ready` with an event pair around each launch, waits, and adds
+/// the times to the launches' kernels.
+fn enqueue_timed(
+    ready: &[Ready],
+    stream: sys::CUstream,
+    handle: blas_sys::cublasHandle_t,
+    kernel_of: &[usize],
+    spent: &mut [Spent],
+) -> Result<(), String> {
+    let event = || -> Result<sys::CUevent, String> {
+        let mut e: sys::CUevent = std::ptr::null_mut();
+        // SAFETY: a new event, destroyed below.
+        unsafe { sys::cuEventCreate(&mut e, 0) }.result().map_err(|e| drv_err("making an event", e))?;
+        Ok(e)
+    };
+    let mut events = Vec::with_capacity(ready.len() + 1);
+    events.push(event()?);
+    // SAFETY: events recorded on the device's stream.
+    unsafe { sys::cuEventRecord(events[0], stream) }.result().map_err(|e| drv_err("recording an event", e))?;
+    for r in ready {
+        enqueue_one(r, stream, handle)?;
+        let e = event()?;
+        // SAFETY: as above.
+        unsafe { sys::cuEventRecord(e, stream) }.result().map_err(|e| drv_err("recording an event", e))?;
+        events.push(e);
+    }
+    // SAFETY: the device's stream.
+    unsafe { sys::cuStreamSynchronize(stream) }.result().map_err(|e| drv_err("running the step on the GPU", e))?;
+    let mut counted = vec![false; spent.len()];
+    for (i, k) in kernel_of.iter().enumerate().take(ready.len()) {
+        let mut ms = 0f32;
+        // SAFETY: both events recorded and complete.
+        unsafe { sys::cuEventElapsedTime_v2(&mut ms, events[i], events[i + 1]) }
+            .result()
+            .map_err(|e| drv_err("reading an event", e))?;
+        spent[*k].ms += ms as f64;
+        if !counted[*k] {
+            spent[*k].runs += 1;
+            counted[*k] = true;
+        }
+    }
+    for e in events {
+        // SAFETY: made above, used no more.
+        let _ = unsafe { sys::cuEventDestroy_v2(e) };
+    }
+    Ok(())
+}
+
 fn gemm(handle: blas_sys::cublasHandle_t, r: &ReadyBlas) -> Result<(), String> {
     let c = &r.call;
     let op =
@@ -503,7 +865,28 @@ fn gemm(handle: blas_sys::cublasHandle_t, r: &ReadyBlas) -> Result<(), String> {
     // SAFETY: the plan's dimensions and strides keep every access inside
     // the operands' buffers; α and β live on the host for the call.
     let res = unsafe {
-        if c.count == 1 {
+        if let Some(arrays) = &r.arrays {
+            let n = c.count as u64;
+            let base = arrays.ptr();
+            blas_sys::cublasSgemmBatched(
+                handle,
+                op(c.ta),
+                op(c.tb),
+                c.m,
+                c.n,
+                c.k,
+                &alpha,
+                base as *const *const f32,
+                c.lda,
+                (base + 8 * n) as *const *const f32,
+                c.ldb,
+                &beta,
+                (base + 16 * n) as *const *mut f32,
+                c.ldc,
+                c.count,
+            )
+            .result()
+        } else if c.count == 1 {
             blas_result::sgemm(
                 handle,
                 op(c.ta),

@@ -12,9 +12,12 @@
 //!   product C = A·B with contiguous rows is computed as Cᵀ = Bᵀ·Aᵀ (the
 //!   operands swapped, nothing copied), one with contiguous columns as it
 //!   stands; transposed operands become `T` flags. The kernel stage's calls
-//!   ([`crate::kernel::layout::GemmDims`]) whose offsets step evenly become
-//!   one strided-batched call; a batch summed into one output runs its
-//!   products in order, the first with β = 0 and the rest with β = 1.
+//!   ([`crate::kernel::layout::GemmDims`]) become one strided-batched call
+//!   when their offsets step evenly, else one call over pointer arrays; a
+//!   batch summed into one output computes its products side by side in
+//!   scratch in one such call and adds them in order (the PTX entry
+//!   `SUM_MATS`); one with a strided output runs them in order, the first
+//!   with β = 0 and the rest with β = 1.
 //! - Feedback outputs not written in place are copied back last.
 
 use crate::gradcheck::concrete;
@@ -34,6 +37,9 @@ pub enum Mem {
     Const(NodeId),
     /// The i-th `size_of` value of the plan ([`Plan::sizes`]).
     Size(usize),
+    /// Scratch for the products of a gemm kernel that sums them
+    /// ([`Plan::scratch_floats`]).
+    Scratch,
     /// Nothing (a value computed inside a kernel, never read).
     Null,
 }
@@ -51,7 +57,8 @@ impl Addr {
     }
 }
 
-/// One cuBLAS `sgemm` (column-major; `count` > 1: strided batched):
+/// One cuBLAS `sgemm` (column-major; `count` > 1: strided batched, or
+/// batched over pointer arrays when `list` is not empty):
 /// C = op(A)·op(B) + β·C, op(A) m×k, op(B) k×n, C m×n.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Blas {
@@ -71,6 +78,10 @@ pub struct Blas {
     pub stride_c: i64,
     pub count: i32,
     pub beta: f32,
+    /// Per product, the offsets of A, B and C from `a`, `b` and `c` (a
+    /// batch whose offsets do not step evenly: attention's heads written
+    /// into a permuted output); the strides are then unused.
+    pub list: Vec<(usize, usize, usize)>,
 }
 
 /// One step of the plan, in order.
@@ -86,6 +97,10 @@ pub enum Launch {
     Gemm { kernel: usize, calls: Vec<Blas> },
     /// A feedback output copied into its input after the step.
     CopyBack { from: Addr, to: Addr, len: usize },
+    /// Kernel `kernel`'s `count` products of `len` floats at `from`, one
+    /// after another, added into `to` in order (the PTX entry
+    /// [`super::super::ptx::SUM_MATS`]).
+    SumMats { kernel: usize, from: Addr, to: Addr, count: usize, len: usize },
 }
 
 /// The launches of a step at one batch size.
@@ -96,6 +111,8 @@ pub struct Plan {
     /// The `size_of` values at this batch size ([`Mem::Size`]).
     pub sizes: Vec<f32>,
     pub arena_bytes: u64,
+    /// Floats of [`Mem::Scratch`] the plan uses.
+    pub scratch_floats: usize,
     /// Named outputs: address and element count.
     pub outputs: Vec<(String, Addr, usize)>,
 }
@@ -129,6 +146,7 @@ pub fn plan(
     }
     let elems = |id: NodeId| concrete(&g.ty(id).shape, batch).iter().product::<usize>();
     let mut launches = Vec::new();
+    let mut scratch_floats = 0;
     for (i, k) in kernels.iter().enumerate() {
         match k.kind {
             KernelKind::Gemm => {
@@ -143,8 +161,25 @@ pub fn plan(
                     _ => layout::gemm_dims_summed(g, id, batch),
                 };
                 let ins = g.inputs(id);
-                let calls = blas(&d, addr[&ins[0]], addr[&ins[1]], addr[&out])
-                    .map_err(|why| format!("kernel {i} (a matmul) cannot run on CUDA: {why}"))?;
+                let fail = |why: String| format!("kernel {i} (a matmul) cannot run on CUDA: {why}");
+                if d.sum && d.dst == (d.n as isize, 1) {
+                    // The products side by side in scratch, in one batched
+                    // call, then added in order.
+                    let len = d.m * d.n;
+                    let mut apart = d.clone();
+                    apart.sum = false;
+                    for (j, e) in apart.each.iter_mut().enumerate() {
+                        e.2 = j * len;
+                    }
+                    let scratch = Addr { mem: Mem::Scratch, offset: 0 };
+                    let calls = blas(&apart, addr[&ins[0]], addr[&ins[1]], scratch).map_err(fail)?;
+                    launches.push(Launch::Gemm { kernel: i, calls });
+                    let count = apart.each.len();
+                    launches.push(Launch::SumMats { kernel: i, from: scratch, to: addr[&out], count, len });
+                    scratch_floats = scratch_floats.max(count * len);
+                    continue;
+                }
+                let calls = blas(&d, addr[&ins[0]], addr[&ins[1]], addr[&out]).map_err(fail)?;
                 launches.push(Launch::Gemm { kernel: i, calls });
             }
             KernelKind::Elementwise | KernelKind::Copy => {
@@ -182,7 +217,7 @@ pub fn plan(
         launches.push(Launch::CopyBack { from: addr[v], to: addr[x], len: elems(*x) });
     }
     let outputs = g.outputs.iter().map(|(name, id)| (name.clone(), addr[id], elems(*id))).collect();
-    Ok(Plan { batch, launches, sizes, arena_bytes: mem.arena_bytes, outputs })
+    Ok(Plan { batch, launches, sizes, arena_bytes: mem.arena_bytes, scratch_floats, outputs })
 }
 
 /// How a stored matrix is read by cuBLAS: (transposed, leading dimension),
@@ -250,34 +285,37 @@ pub fn blas(d: &GemmDims, a: Addr, b: Addr, c: Addr) -> Result<Vec<Blas>, String
             stride_c: stride.2,
             count: int(count)?,
             beta,
+            list: Vec::new(),
         })
     };
     if d.sum {
         // Every product into the one output, in order.
         return each.iter().enumerate().map(|(i, e)| one(*e, (0, 0, 0), 1, if i == 0 { 0.0 } else { 1.0 })).collect();
     }
-    // Runs of calls whose offsets step evenly: one strided-batched call each.
-    let mut calls = Vec::new();
-    let mut i = 0;
-    while i < each.len() {
-        let step = |j: usize| {
-            let (p, q) = (each[j], each[j + 1]);
-            (q.0 as i64 - p.0 as i64, q.1 as i64 - p.1 as i64, q.2 as i64 - p.2 as i64)
-        };
-        let mut end = i + 1;
-        if end < each.len() && {
-            let s = step(i);
-            s.0 >= 0 && s.1 >= 0 && s.2 > 0
-        } {
-            let s = step(i);
-            while end < each.len() && step(end - 1) == s {
-                end += 1;
-            }
-            calls.push(one(each[i], s, end - i, 0.0)?);
-        } else {
-            calls.push(one(each[i], (0, 0, 0), 1, 0.0)?);
-        }
-        i = end;
+    // Offsets that step evenly: one strided-batched call; otherwise one
+    // call over pointer arrays.
+    let even = each.len() > 1 && {
+        let s0 = (
+            each[1].0 as i64 - each[0].0 as i64,
+            each[1].1 as i64 - each[0].1 as i64,
+            each[1].2 as i64 - each[0].2 as i64,
+        );
+        s0.0 >= 0
+            && s0.1 >= 0
+            && s0.2 > 0
+            && each.windows(2).all(|w| {
+                (w[1].0 as i64 - w[0].0 as i64, w[1].1 as i64 - w[0].1 as i64, w[1].2 as i64 - w[0].2 as i64) == s0
+            })
+    };
+    if each.len() > 1 && !even {
+        let mut call = one((0, 0, 0), (0, 0, 0), each.len(), 0.0)?;
+        call.list = each;
+        return Ok(vec![call]);
     }
-    Ok(calls)
+    if each.len() == 1 {
+        return Ok(vec![one(each[0], (0, 0, 0), 1, 0.0)?]);
+    }
+    let (p, q) = (each[0], each[1]);
+    let stride = (q.0 as i64 - p.0 as i64, q.1 as i64 - p.1 as i64, q.2 as i64 - p.2 as i64);
+    Ok(vec![one(each[0], stride, each.len(), 0.0)?])
 }
