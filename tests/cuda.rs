@@ -276,8 +276,13 @@ fn cuda_steps_match_the_interpreter() {
         }
     };
     println!("running on {} (sm_{})", dev.name, dev.sm);
-    let make: &crate::compiled::Make =
-        &|model, cfg, init| Ok(Box::new(modelc::exec::Cuda::new(model, cfg, init)?) as Box<dyn modelc::exec::Executor>);
+    // In f32 (a spec's `precision bf16` too: bf16 products are checked by
+    // `cuda_bf16_products_round_to_bf16` and by training to accuracy).
+    let make: &crate::compiled::Make = &|model, cfg, init| {
+        let mut cfg = cfg.clone();
+        cfg.bf16 = false;
+        Ok(Box::new(modelc::exec::Cuda::new(model, &cfg, init)?) as Box<dyn modelc::exec::Executor>)
+    };
     let mut specs: Vec<String> = Vec::new();
     for dir in ["specs", "tests/zoo"] {
         for e in std::fs::read_dir(dir).expect(dir).flatten() {
@@ -373,4 +378,68 @@ fn cuda_graph_replays_match_launches() {
         }
         println!("{spec}: five steps replayed from a graph match launching every kernel");
     }
+}
+
+/// `precision bf16` on the CPU trains in f32 and says so.
+#[test]
+fn bf16_on_the_cpu_says_it_runs_f32() {
+    let out = std::env::temp_dir().join(format!("modelc-bf16-cpu-{}", std::process::id()));
+    let out_s = out.to_string_lossy().to_string();
+    let args = ["train", "specs/lenet5_bf16.model", "--limit", "128", "--test-limit", "32", "--set", "epochs=1"];
+    let (code, stdout, err) = crate::modelc(&[&args[..], &["--out", &out_s]].concat());
+    let _ = std::fs::remove_dir_all(&out);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        stdout.contains("`precision bf16` applies on a GPU (--device cuda); this run is f32 throughout"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("compiled CPU code (Cranelift + gemm, f32)"), "{stdout}");
+}
+
+/// Without a GPU, `--device cuda` is an error that says what is missing,
+/// before anything is written.
+#[test]
+fn device_cuda_without_a_gpu_is_a_clear_error() {
+    let Err(why) = cuda::Device::open() else {
+        println!("skipped: this machine has a GPU");
+        return;
+    };
+    let out = std::env::temp_dir().join(format!("modelc-no-gpu-{}", std::process::id()));
+    let out_s = out.to_string_lossy().to_string();
+    let (code, _, err) = crate::modelc(&["train", "specs/xor.model", "--device", "cuda", "--out", &out_s]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains(&why), "the error names what is missing: {err}");
+    assert!(!out.join("log.jsonl").exists(), "nothing is written");
+    let _ = std::fs::remove_dir_all(&out);
+}
+
+/// `precision bf16` multiplies on the tensor cores: the first steps' losses
+/// move off the f32 ones by bf16's rounding (they differ, by under 2%).
+#[test]
+fn cuda_bf16_products_round_to_bf16() {
+    use modelc::exec::{Batch, Cuda, Executor};
+    if let Err(why) = cuda::Device::open() {
+        assert!(std::env::var_os("MODELC_REQUIRE_CUDA").is_none(), "MODELC_REQUIRE_CUDA is set, but: {why}");
+        println!("skipped: no GPU to run on ({why})");
+        return;
+    }
+    let (model, mut cfg, lr) = model_and_config("specs/lenet5.model");
+    let init = modelc::init::init(&model, 3).expect("init");
+    let losses = |cfg: &modelc_compiler::step::StepConfig| -> Vec<f64> {
+        let mut c = Cuda::new(&model, cfg, &init).expect("compiles");
+        (1..=3u64)
+            .map(|s| {
+                let (x, y) = crate::compiled::batch(&model, 64, s);
+                c.train_step(&Batch { n: 64, features: &x, labels: &y }, lr, s, 7).expect("step").loss
+            })
+            .collect()
+    };
+    let f32s = losses(&cfg);
+    cfg.bf16 = true;
+    let bf16s = losses(&cfg);
+    for (a, b) in bf16s.iter().zip(&f32s) {
+        let rel = (a - b).abs() / b.abs();
+        assert!(rel > 0.0 && rel < 2e-2, "bf16 loss {a} against f32 {b}: relative {rel:e}");
+    }
+    println!("lenet5, three steps: bf16 losses {bf16s:?}, f32 {f32s:?}");
 }

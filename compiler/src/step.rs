@@ -34,6 +34,9 @@ pub struct StepConfig {
     pub lr_scale: BTreeMap<String, f64>,
     /// The trainable parameters (all when `None`).
     pub trainable: Option<BTreeSet<String>>,
+    /// Matrix products in bf16 on a GPU (`precision bf16`); the graph is
+    /// the same, and the CPU runs f32.
+    pub bf16: bool,
 }
 
 impl StepConfig {
@@ -46,6 +49,7 @@ impl StepConfig {
             clip_grad_norm: t.clip_grad_norm,
             lr_scale: t.lr_scale.clone(),
             trainable: t.trainable.clone(),
+            bf16: t.precision.as_deref() == Some("bf16"),
         })
     }
 }

@@ -268,6 +268,14 @@ enum ExecutorKind {
     Interp,
 }
 
+/// Says, when a stage asks for `precision bf16` and runs anywhere but on
+/// a GPU, that it runs f32.
+fn precision_note(kind: ExecutorKind, cfg: &modelc_compiler::step::StepConfig, out: &mut dyn Write) {
+    if cfg.bf16 && kind != ExecutorKind::Cuda {
+        let _ = writeln!(out, "note: `precision bf16` applies on a GPU (--device cuda); this run is f32 throughout");
+    }
+}
+
 fn executor(
     kind: ExecutorKind,
     model: &ModelInfo,
@@ -924,6 +932,7 @@ fn train(
             let data_source = info.data.as_ref().ok_or("the train block has no data")?;
             let data = crate::train::load(data_source, model, info, &opts)?;
             let init = crate::init::init(model, opts.seed.unwrap_or(info.seed))?;
+            precision_note(kind, &cfg, out);
             let mut exec = executor(kind, model, &cfg, &init)?;
             let outcome = crate::train::run(exec.as_mut(), model, info, &data, &opts, out)?;
             report(out, &outcome);
@@ -959,6 +968,7 @@ fn train(
             for (st, cfg) in &stages {
                 // The stage switch: its own step compiled, state carried.
                 let switch = std::time::Instant::now();
+                precision_note(kind, cfg, out);
                 let mut exec = executor(kind, model, cfg, &params)?;
                 // Optimizer state goes on for what goes on training with the
                 // same optimizer (same names and shapes); the rest starts at 0.

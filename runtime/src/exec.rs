@@ -410,6 +410,7 @@ pub struct Cuda {
     params: Vec<String>,
     accuracy: Option<String>,
     predictions: Option<String>,
+    bf16: bool,
 }
 
 use modelc_compiler::backend::cuda;
@@ -451,10 +452,22 @@ impl Cuda {
             named.sort();
             named.first().map(|k| k.to_string())
         });
+        step.set_bf16(cfg.bf16);
+        eval.set_bf16(cfg.bf16);
         if std::env::var_os("MODELC_PROFILE").is_some() {
             step.start_profile();
         }
-        Ok(Cuda { step, eval, data, target, tensors, params, accuracy: accuracy_output(model), predictions })
+        Ok(Cuda {
+            step,
+            eval,
+            data,
+            target,
+            tensors,
+            params,
+            accuracy: accuracy_output(model),
+            predictions,
+            bf16: cfg.bf16,
+        })
     }
 
     /// Captures steps into CUDA graphs (the default) or launches every
@@ -536,7 +549,8 @@ impl Drop for Cuda {
 impl Executor for Cuda {
     fn name(&self) -> String {
         let d = self.step.device();
-        format!("CUDA on {} (sm_{}): PTX kernels + cuBLAS, f32", d.name, d.sm)
+        let precision = if self.bf16 { "bf16 matrix products (f32 accumulation), f32 elsewhere" } else { "f32" };
+        format!("CUDA on {} (sm_{}): PTX kernels + cuBLAS, {precision}", d.name, d.sm)
     }
 
     fn train_step(&mut self, batch: &Batch, lr: f64, step: u64, seed: u64) -> Result<Stats, String> {

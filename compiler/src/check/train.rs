@@ -191,6 +191,8 @@ pub struct TrainInfo {
     pub schedule: Schedule,
     pub weight_decay: f64,
     pub clip_grad_norm: Option<f64>,
+    /// `precision` ([`PRECISIONS`]); `None`: f32.
+    pub precision: Option<String>,
     pub early_stop: Option<EarlyStop>,
     pub seed: u64,
     pub validation: f64,
@@ -350,6 +352,11 @@ const SOURCES: Table = &[
 /// 96 symbols) and `bytes` (256).
 const VOCABS: &[&str] = &["chars", "bytes"];
 
+/// What a step's matrix products multiply in: `f32`, or `bf16` (inputs
+/// rounded to bfloat16 on a GPU's tensor cores, f32 accumulation and
+/// outputs; everything else stays f32). The CPU runs f32 either way.
+pub const PRECISIONS: &[&str] = &["f32", "bf16"];
+
 /// Where a setting may appear.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Block {
@@ -381,6 +388,7 @@ const SETTINGS: &[(&str, Option<Param>, &[Block])] = &[
     ("early_stop", None, &[Block::Train, Block::Finetune]),
     ("seed", Some(req("value", Ty::NON_NEGATIVE_INT)), &[Block::Train, Block::Finetune]),
     ("validation", Some(req("fraction", Ty::FRACTION)), &[Block::Train, Block::Finetune]),
+    ("precision", Some(req("type", Ty::Choice(PRECISIONS))), &[Block::Train, Block::Finetune, Block::Stage]),
     ("weights", Some(req("path", Ty::Str)), &[Block::Finetune]),
     ("lora", None, &[Block::Finetune]),
     ("train", None, &[Block::Stage]),
@@ -730,6 +738,7 @@ impl<'a> SettingsChecker<'a> {
             schedule: Schedule::Constant,
             weight_decay: 0.0,
             clip_grad_norm: None,
+            precision: None,
             early_stop: None,
             seed: 0,
             validation: 0.0,
@@ -759,6 +768,12 @@ impl<'a> SettingsChecker<'a> {
                 "early_stop" => {
                     info.early_stop = self.early_stop(args, *sp);
                     spans.insert("early_stop", *sp);
+                }
+                "precision" => {
+                    if let Some((Value::Name(n) | Value::Str(n), vsp, _)) = self.single(key, args, *sp) {
+                        info.precision = Some(n);
+                        spans.insert("precision", vsp);
+                    }
                 }
                 "batch" | "epochs" | "seed" | "weight_decay" | "clip_grad_norm" | "validation" | "weights" => {
                     let Some((v, vsp, _)) = self.single(key, args, *sp) else {
@@ -1248,6 +1263,7 @@ impl<'a> SettingsChecker<'a> {
             schedule: if raw.seen.contains_key("schedule") { own.schedule } else { parent.schedule.clone() },
             weight_decay: if raw.seen.contains_key("weight_decay") { own.weight_decay } else { parent.weight_decay },
             clip_grad_norm: own.clip_grad_norm.or(parent.clip_grad_norm),
+            precision: own.precision.clone().or_else(|| parent.precision.clone()),
             batch: if raw.seen.contains_key("batch") { own.batch } else { parent.batch },
             ..parent.clone()
         })

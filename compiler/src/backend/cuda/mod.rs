@@ -399,6 +399,8 @@ pub struct Program {
     kernel_of: Vec<usize>,
     /// Whether runs are captured into CUDA graphs.
     graphs: bool,
+    /// Matrix products on bf16 tensor cores (f32 accumulation and outputs).
+    bf16: bool,
     dev: Arc<Device>,
 }
 
@@ -471,6 +473,7 @@ impl Program {
             profile: None,
             kernel_of: Vec::new(),
             graphs: graphs_enabled(),
+            bf16: false,
             dev: dev.clone(),
         })
     }
@@ -675,28 +678,40 @@ impl Program {
         self.dev.bind()?;
         let stream = self.dev.stream();
         let handle = *self.dev.blas.handle();
+        // cuBLAS picks its kernels when called (or captured): the math
+        // mode of this program's products first.
+        let mode = if self.bf16 {
+            blas_sys::cublasMath_t::CUBLAS_DEFAULT_MATH
+        } else {
+            blas_sys::cublasMath_t::CUBLAS_PEDANTIC_MATH
+        };
+        // SAFETY: the device's handle.
+        unsafe { blas_sys::cublasSetMathMode(handle, mode) }
+            .result()
+            .map_err(|e| format!("setting cuBLAS's math mode: {e}"))?;
+        let bf16 = self.bf16;
         let layout = self.layouts.get_mut(&batch).expect("made above");
         layout.runs += 1;
         if let Some(spent) = &mut self.profile {
             // The first run at a batch size loads every kernel it uses
             // (CUDA loads modules lazily, cuBLAS's too): not timed.
             if layout.runs > 1 {
-                return enqueue_timed(&layout.ready, stream, handle, &self.kernel_of, spent);
+                return enqueue_timed(&layout.ready, stream, handle, bf16, &self.kernel_of, spent);
             }
-            return enqueue(&layout.ready, stream, handle);
+            return enqueue(&layout.ready, stream, handle, bf16);
         }
         if let Some(g) = &layout.graph {
             // SAFETY: an instantiated graph of this layout's launches.
             return unsafe { sys::cuGraphLaunch(g.0, stream) }.result().map_err(|e| drv_err("launching the step", e));
         }
         if layout.runs < 2 || !self.graphs {
-            return enqueue(&layout.ready, stream, handle);
+            return enqueue(&layout.ready, stream, handle, bf16);
         }
         // SAFETY: capture on this thread of launches on the device's stream.
         unsafe { sys::cuStreamBeginCapture_v2(stream, sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL) }
             .result()
             .map_err(|e| drv_err("capturing the step", e))?;
-        let queued = enqueue(&layout.ready, stream, handle);
+        let queued = enqueue(&layout.ready, stream, handle, bf16);
         let mut graph: sys::CUgraph = std::ptr::null_mut();
         // SAFETY: ends the capture begun above, whatever happened inside.
         let ended = unsafe { sys::cuStreamEndCapture(stream, &mut graph) }.result();
@@ -714,6 +729,17 @@ impl Program {
         unsafe { sys::cuGraphLaunch(g.0, stream) }.result().map_err(|e| drv_err("launching the step", e))?;
         layout.graph = Some(g);
         Ok(())
+    }
+
+    /// Multiplies matrices with inputs rounded to bfloat16 on the tensor
+    /// cores, accumulating and writing f32 (cuBLAS's
+    /// `CUBLAS_COMPUTE_32F_FAST_16BF`), instead of in pedantic f32.
+    /// Everything else stays f32, in memory too.
+    pub fn set_bf16(&mut self, on: bool) {
+        self.bf16 = on;
+        for l in self.layouts.values_mut() {
+            l.graph = None;
+        }
     }
 
     /// Captures runs into CUDA graphs (the default) or launches every
@@ -780,11 +806,11 @@ impl Program {
 }
 
 /// Queues `ready` on `stream`.
-fn enqueue(ready: &[Ready], stream: sys::CUstream, handle: blas_sys::cublasHandle_t) -> Result<(), String> {
-    ready.iter().try_for_each(|r| enqueue_one(r, stream, handle))
+fn enqueue(ready: &[Ready], stream: sys::CUstream, handle: blas_sys::cublasHandle_t, bf16: bool) -> Result<(), String> {
+    ready.iter().try_for_each(|r| enqueue_one(r, stream, handle, bf16))
 }
 
-fn enqueue_one(r: &Ready, stream: sys::CUstream, handle: blas_sys::cublasHandle_t) -> Result<(), String> {
+fn enqueue_one(r: &Ready, stream: sys::CUstream, handle: blas_sys::cublasHandle_t, bf16: bool) -> Result<(), String> {
     match r {
         Ready::Entry { f, params, grid } => {
             let mut p: Vec<*mut c_void> = params.iter().map(|v| v as *const u64 as *mut c_void).collect();
@@ -799,7 +825,7 @@ fn enqueue_one(r: &Ready, stream: sys::CUstream, handle: blas_sys::cublasHandle_
                 .result()
                 .map_err(|e| drv_err("filling a buffer", e))
         }
-        Ready::Gemm(calls) => calls.iter().try_for_each(|c| gemm(handle, c)),
+        Ready::Gemm(calls) => calls.iter().try_for_each(|c| if bf16 { gemm_bf16(handle, c) } else { gemm(handle, c) }),
         Ready::Copy { from, to, len } => {
             // SAFETY: `len` floats at both, not overlapping.
             unsafe { sys::cuMemcpyDtoDAsync_v2(*to, *from, *len * 4, stream) }
@@ -815,6 +841,7 @@ fn enqueue_timed(
     ready: &[Ready],
     stream: sys::CUstream,
     handle: blas_sys::cublasHandle_t,
+    bf16: bool,
     kernel_of: &[usize],
     spent: &mut [Spent],
 ) -> Result<(), String> {
@@ -829,7 +856,7 @@ fn enqueue_timed(
     // SAFETY: events recorded on the device's stream.
     unsafe { sys::cuEventRecord(events[0], stream) }.result().map_err(|e| drv_err("recording an event", e))?;
     for r in ready {
-        enqueue_one(r, stream, handle)?;
+        enqueue_one(r, stream, handle, bf16)?;
         let e = event()?;
         // SAFETY: as above.
         unsafe { sys::cuEventRecord(e, stream) }.result().map_err(|e| drv_err("recording an event", e))?;
@@ -855,6 +882,75 @@ fn enqueue_timed(
         let _ = unsafe { sys::cuEventDestroy_v2(e) };
     }
     Ok(())
+}
+
+/// A product as `gemm` computes it, on bf16 tensor cores: f32 operands
+/// rounded to bfloat16 inside cuBLAS, f32 accumulation and output.
+fn gemm_bf16(handle: blas_sys::cublasHandle_t, r: &ReadyBlas) -> Result<(), String> {
+    use blas_sys::cudaDataType::CUDA_R_32F as F32;
+    let c = &r.call;
+    let op =
+        |t: bool| if t { blas_sys::cublasOperation_t::CUBLAS_OP_T } else { blas_sys::cublasOperation_t::CUBLAS_OP_N };
+    let (alpha, beta) = (1f32, c.beta);
+    let (pa, pb) = (&alpha as *const f32 as *const c_void, &beta as *const f32 as *const c_void);
+    let compute = blas_sys::cublasComputeType_t::CUBLAS_COMPUTE_32F_FAST_16BF;
+    let algo = blas_sys::cublasGemmAlgo_t::CUBLAS_GEMM_DFALT;
+    // SAFETY: as `gemm`.
+    let status = unsafe {
+        if let Some(arrays) = &r.arrays {
+            let n = c.count as u64;
+            let base = arrays.ptr();
+            blas_sys::cublasGemmBatchedEx(
+                handle,
+                op(c.ta),
+                op(c.tb),
+                c.m,
+                c.n,
+                c.k,
+                pa,
+                base as *const *const c_void,
+                F32,
+                c.lda,
+                (base + 8 * n) as *const *const c_void,
+                F32,
+                c.ldb,
+                pb,
+                (base + 16 * n) as *const *mut c_void,
+                F32,
+                c.ldc,
+                c.count,
+                compute,
+                algo,
+            )
+        } else {
+            blas_sys::cublasGemmStridedBatchedEx(
+                handle,
+                op(c.ta),
+                op(c.tb),
+                c.m,
+                c.n,
+                c.k,
+                pa,
+                r.a as *const c_void,
+                F32,
+                c.lda,
+                c.stride_a,
+                r.b as *const c_void,
+                F32,
+                c.ldb,
+                c.stride_b,
+                pb,
+                r.c as *mut c_void,
+                F32,
+                c.ldc,
+                c.stride_c,
+                c.count,
+                compute,
+                algo,
+            )
+        }
+    };
+    status.result().map_err(|e| format!("cuBLAS gemm in bf16 ({}×{}×{}, {} calls): {e}", c.m, c.n, c.k, c.count))
 }
 
 fn gemm(handle: blas_sys::cublasHandle_t, r: &ReadyBlas) -> Result<(), String> {
