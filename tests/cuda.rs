@@ -437,23 +437,28 @@ fn cuda_bf16_products_round_to_bf16() {
         println!("skipped: no GPU to run on ({why})");
         return;
     }
-    let (model, mut cfg, lr) = model_and_config("specs/lenet5.model");
-    let init = modelc::init::init(&model, 3).expect("init");
-    let losses = |cfg: &modelc_compiler::step::StepConfig| -> Vec<f64> {
-        let mut c = Cuda::new(&model, cfg, &init).expect("compiles");
-        (1..=3u64)
-            .map(|s| {
-                let (x, y) = crate::compiled::batch(&model, 64, s);
-                c.train_step(&Batch { n: 64, features: &x, labels: &y }, lr, s, 7).expect("step").loss
-            })
-            .collect()
-    };
-    let f32s = losses(&cfg);
-    cfg.bf16 = true;
-    let bf16s = losses(&cfg);
-    for (a, b) in bf16s.iter().zip(&f32s) {
-        let rel = (a - b).abs() / b.abs();
-        assert!(rel > 0.0 && rel < 2e-2, "bf16 loss {a} against f32 {b}: relative {rel:e}");
+    // LeNet-5: strided-batched and summed products; char_gpt_tiny: the
+    // pointer-array calls of attention's heads too.
+    for (spec, n) in [("specs/lenet5.model", 64), ("specs/char_gpt_tiny.model", 16)] {
+        let (model, mut cfg, lr) = model_and_config(spec);
+        let init = modelc::init::init(&model, 3).expect("init");
+        let losses = |cfg: &modelc_compiler::step::StepConfig| -> Vec<f64> {
+            let mut c = Cuda::new(&model, cfg, &init).expect("compiles");
+            (1..=3u64)
+                .map(|s| {
+                    let (x, y) = crate::compiled::batch(&model, n, s);
+                    c.train_step(&Batch { n, features: &x, labels: &y }, lr, s, 7).expect("step").loss
+                })
+                .collect()
+        };
+        cfg.bf16 = false;
+        let f32s = losses(&cfg);
+        cfg.bf16 = true;
+        let bf16s = losses(&cfg);
+        for (a, b) in bf16s.iter().zip(&f32s) {
+            let rel = (a - b).abs() / b.abs();
+            assert!(rel > 0.0 && rel < 2e-2, "{spec}: bf16 loss {a} against f32 {b}: relative {rel:e}");
+        }
+        println!("{spec}, three steps: bf16 losses {bf16s:?}, f32 {f32s:?}");
     }
-    println!("lenet5, three steps: bf16 losses {bf16s:?}, f32 {f32s:?}");
 }

@@ -397,7 +397,8 @@ impl Executor for Compiled {
 
 /// The CUDA executor: the training step and the evaluation graph as two
 /// GPU programs ([`modelc_compiler::backend::cuda::Program`]) sharing the
-/// parameters and optimizer state in device memory. f32 throughout. A step
+/// parameters and optimizer state in device memory. f32 throughout, but
+/// for the matrix products under `precision bf16`. A step
 /// uploads the batch and the step's scalars, queues every kernel, and reads
 /// back the loss and the accuracy metric.
 pub struct Cuda {
@@ -455,7 +456,7 @@ impl Cuda {
         step.set_bf16(cfg.bf16);
         eval.set_bf16(cfg.bf16);
         if std::env::var_os("MODELC_PROFILE").is_some() {
-            step.start_profile();
+            step.start_profile()?;
         }
         Ok(Cuda {
             step,

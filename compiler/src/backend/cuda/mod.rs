@@ -2,7 +2,8 @@
 //! backend's sibling over the same kernel stage. Elementwise and
 //! data-movement kernels are the PTX renderer's entries
 //! ([`super::ptx::module`], `.target` from the device), loaded once per
-//! program; matmuls are cuBLAS `sgemm` calls (pure f32: no TF32); values
+//! program; matmuls are cuBLAS calls (pedantic f32, no TF32; bf16 tensor
+//! cores with f32 accumulation under `precision bf16`); values
 //! live in one device arena per program laid out by the kernel stage's
 //! memory plan, inputs in their own device buffers. [`plan`] turns the
 //! kernels into launches at a batch size (no CUDA needed, so the tests
@@ -10,8 +11,9 @@
 //! them, in order, on the device's one stream.
 //!
 //! Everything a program does goes through that stream (a non-blocking one,
-//! which cuBLAS uses too): allocations are zeroed on it, uploads are
-//! queued on it from page-locked staging memory, reads wait for it. The
+//! which cuBLAS uses too): allocations are zeroed on it, batch inputs are
+//! queued on it from page-locked staging memory (other uploads are copied
+//! and waited for), reads wait for it. The
 //! first run at a batch size launches every kernel (and CUDA loads them);
 //! the second is captured into a CUDA graph, which later runs replay in
 //! one launch (cuBLAS has its workspace up front for that). A step then
@@ -106,14 +108,21 @@ impl Device {
         let workspace =
             unsafe { drv::malloc_sync(BLAS_WORKSPACE) }.map_err(|e| drv_err("allocating cuBLAS's workspace", e))?;
         // Full f32 products, as the CPU and the interpreter compute them.
-        // SAFETY: a valid handle and workspace.
-        unsafe {
+        // SAFETY: a valid handle and workspace (freed if cuBLAS refuses it).
+        let set = unsafe {
             blas_sys::cublasSetMathMode(*blas.handle(), blas_sys::cublasMath_t::CUBLAS_PEDANTIC_MATH)
                 .result()
-                .map_err(|e| format!("setting cuBLAS's math mode: {e}"))?;
-            blas_sys::cublasSetWorkspace_v2(*blas.handle(), workspace as *mut c_void, BLAS_WORKSPACE)
-                .result()
-                .map_err(|e| format!("setting cuBLAS's workspace: {e}"))?;
+                .map_err(|e| format!("setting cuBLAS's math mode: {e}"))
+                .and_then(|_| {
+                    blas_sys::cublasSetWorkspace_v2(*blas.handle(), workspace as *mut c_void, BLAS_WORKSPACE)
+                        .result()
+                        .map_err(|e| format!("setting cuBLAS's workspace: {e}"))
+                })
+        };
+        if let Err(e) = set {
+            // SAFETY: allocated above, used by nothing.
+            let _ = unsafe { drv::free_sync(workspace) };
+            return Err(e);
         }
         Ok(Arc::new(Device { blas, workspace, stream, ctx, name, sm: (major * 10 + minor) as u32, multiprocessors }))
     }
@@ -285,9 +294,9 @@ impl Pinned {
 
 impl Drop for Pinned {
     fn drop(&mut self) {
-        if self.dev.bind().is_ok() {
+        if self.dev.synchronize().is_ok() {
             // SAFETY: allocated by cuMemHostAlloc; no copy from it is in
-            // flight (every upload is waited for).
+            // flight once the stream is idle.
             let _ = unsafe { sys::cuMemFreeHost(self.ptr as *mut c_void) };
         }
     }
@@ -360,6 +369,9 @@ struct Layout {
     /// The launches captured as a CUDA graph (from the second run on).
     graph: Option<CudaGraph>,
     runs: u64,
+    /// Per launch, the kernel it belongs to (the kernel count for
+    /// copy-backs), for the profile.
+    kernel_of: Vec<usize>,
     _sizes: Buffer,
     _scratch: Buffer,
 }
@@ -394,9 +406,6 @@ pub struct Program {
     capacity: usize,
     /// Per kernel, when profiling ([`Program::start_profile`]).
     profile: Option<Vec<Spent>>,
-    /// Per launch of a plan, the kernel it belongs to (the kernel count
-    /// for copy-backs).
-    kernel_of: Vec<usize>,
     /// Whether runs are captured into CUDA graphs.
     graphs: bool,
     /// Matrix products on bf16 tensor cores (f32 accumulation and outputs).
@@ -413,7 +422,9 @@ impl Program {
     pub fn new(dev: &Arc<Device>, g: VerifiedGraph) -> Result<Program, String> {
         let g = g.into_graph();
         let kernels = fusion::fuse(&g);
-        let (text, entries) = super::ptx::module(&g, &kernels, dev.sm);
+        // PTX 7.8 names targets up to sm_90; the driver compiles sm_90 PTX
+        // for later GPUs.
+        let (text, entries) = super::ptx::module(&g, &kernels, dev.sm.min(90));
         dev.bind()?;
         let c = std::ffi::CString::new(text).map_err(|_| "the PTX holds a NUL byte")?;
         // SAFETY: a NUL-terminated PTX module.
@@ -471,7 +482,6 @@ impl Program {
             feedback,
             capacity: 1,
             profile: None,
-            kernel_of: Vec::new(),
             graphs: graphs_enabled(),
             bf16: false,
             dev: dev.clone(),
@@ -604,7 +614,6 @@ impl Program {
             }
             kernel_of[i] = next;
         }
-        self.kernel_of = kernel_of;
         let floats = (plan.arena_bytes / 4) as usize;
         if self.arena.as_ref().is_none_or(|a| a.len() < floats) {
             self.layouts.clear();
@@ -665,7 +674,8 @@ impl Program {
             })
             .collect::<Result<Vec<_>, String>>()?;
         let outputs = plan.outputs.iter().map(|(name, a, n)| (name.clone(), (at(*a), *n))).collect();
-        self.layouts.insert(batch, Layout { ready, outputs, graph: None, runs: 0, _sizes: sizes, _scratch: scratch });
+        let layout = Layout { ready, outputs, graph: None, runs: 0, kernel_of, _sizes: sizes, _scratch: scratch };
+        self.layouts.insert(batch, layout);
         Ok(())
     }
 
@@ -696,7 +706,7 @@ impl Program {
             // The first run at a batch size loads every kernel it uses
             // (CUDA loads modules lazily, cuBLAS's too): not timed.
             if layout.runs > 1 {
-                return enqueue_timed(&layout.ready, stream, handle, bf16, &self.kernel_of, spent);
+                return enqueue_timed(&layout.ready, stream, handle, bf16, &layout.kernel_of, spent);
             }
             return enqueue(&layout.ready, stream, handle, bf16);
         }
@@ -715,7 +725,13 @@ impl Program {
         let mut graph: sys::CUgraph = std::ptr::null_mut();
         // SAFETY: ends the capture begun above, whatever happened inside.
         let ended = unsafe { sys::cuStreamEndCapture(stream, &mut graph) }.result();
-        queued?;
+        if let Err(e) = queued {
+            if ended.is_ok() && !graph.is_null() {
+                // SAFETY: captured above, never instantiated.
+                let _ = unsafe { sys::cuGraphDestroy(graph) };
+            }
+            return Err(e);
+        }
         ended.map_err(|e| drv_err("capturing the step", e))?;
         let mut exec: sys::CUgraphExec = std::ptr::null_mut();
         // SAFETY: a captured graph, instantiated once, then destroyed (the
@@ -738,7 +754,9 @@ impl Program {
     pub fn set_bf16(&mut self, on: bool) {
         self.bf16 = on;
         for l in self.layouts.values_mut() {
+            // Captured with the other mode: launched again, then recaptured.
             l.graph = None;
+            l.runs = 0;
         }
     }
 
@@ -746,10 +764,9 @@ impl Program {
     /// kernel every run.
     pub fn use_graphs(&mut self, on: bool) {
         self.graphs = on;
-        if !on {
-            for l in self.layouts.values_mut() {
-                l.graph = None;
-            }
+        for l in self.layouts.values_mut() {
+            l.graph = None;
+            l.runs = 0;
         }
     }
 
@@ -761,8 +778,19 @@ impl Program {
     /// Starts timing every launch (CUDA events around each; runs are no
     /// longer captured into graphs while profiling, and the first run at
     /// each batch size, which loads the kernels, is not timed).
-    pub fn start_profile(&mut self) {
+    pub fn start_profile(&mut self) -> Result<(), String> {
+        let mut v = 0;
+        // SAFETY: writes one int.
+        unsafe { sys::cuDriverGetVersion(&mut v) }.result().map_err(|e| drv_err("reading the driver's version", e))?;
+        if v < 12080 {
+            return Err(format!(
+                "the profile needs a CUDA 12.8 driver or later (cuEventElapsedTime_v2); this one is {}.{}",
+                v / 1000,
+                v % 1000 / 10
+            ));
+        }
         self.profile = Some(vec![Spent::default(); self.kernels.len() + 1]);
+        Ok(())
     }
 
     /// Kernels by GPU time since `start_profile`, most first: (kernel index,

@@ -98,7 +98,7 @@ pub enum Launch {
     /// A feedback output copied into its input after the step.
     CopyBack { from: Addr, to: Addr, len: usize },
     /// Kernel `kernel`'s `count` products of `len` floats at `from`, one
-    /// after another, added into `to` in order (the PTX entry
+    /// after another, summed in order into `to` (overwritten; the PTX entry
     /// [`super::super::ptx::SUM_MATS`]).
     SumMats { kernel: usize, from: Addr, to: Addr, count: usize, len: usize },
 }
@@ -127,6 +127,9 @@ pub fn plan(
     feedback: &Feedback,
     batch: usize,
 ) -> Result<Plan, String> {
+    if batch == 0 {
+        return Err("a batch of 0 samples".into());
+    }
     let mem = memory::plan(g, kernels, batch as u64);
     let mut sizes = Vec::new();
     let mut addr: std::collections::HashMap<NodeId, Addr> = std::collections::HashMap::new();
@@ -175,6 +178,11 @@ pub fn plan(
                     let calls = blas(&apart, addr[&ins[0]], addr[&ins[1]], scratch).map_err(fail)?;
                     launches.push(Launch::Gemm { kernel: i, calls });
                     let count = apart.each.len();
+                    if len >= 1 << 32 || count >= 1 << 32 {
+                        return Err(fail(format!(
+                            "{count} products of {len} floats: past the summing kernel's 32-bit counts"
+                        )));
+                    }
                     launches.push(Launch::SumMats { kernel: i, from: scratch, to: addr[&out], count, len });
                     scratch_floats = scratch_floats.max(count * len);
                     continue;
