@@ -144,6 +144,40 @@ fn emulate(g: &Graph, batch: usize, inputs: &HashMap<String, interp::Tensor>) ->
     p.outputs.iter().map(|(name, a, len)| (name.clone(), mem.read(*a, *len))).collect()
 }
 
+/// Every spec and zoo model file, sorted.
+fn all_specs() -> Vec<String> {
+    let mut specs: Vec<String> = Vec::new();
+    for dir in ["specs", "tests/zoo"] {
+        for e in std::fs::read_dir(dir).expect(dir).flatten() {
+            let p = e.path();
+            if p.extension().is_some_and(|x| x == "model") {
+                specs.push(p.to_string_lossy().into_owned());
+            }
+        }
+    }
+    specs.sort();
+    specs
+}
+
+/// Whether `spec` checks clean and trains (a train block or a finetune).
+fn trains(spec: &str) -> bool {
+    let (_, program, errors) = crate::check_spec(Path::new(spec));
+    errors.is_empty() && !(program.trains.is_empty() && program.finetunes.is_empty())
+}
+
+/// The GPU, or None after printing why the test is skipped (a failure
+/// instead under `MODELC_REQUIRE_CUDA`).
+fn gpu() -> Option<std::sync::Arc<cuda::Device>> {
+    match cuda::Device::open() {
+        Ok(d) => Some(d),
+        Err(why) => {
+            assert!(std::env::var_os("MODELC_REQUIRE_CUDA").is_none(), "MODELC_REQUIRE_CUDA is set, but: {why}");
+            println!("skipped: no GPU to run on ({why})");
+            None
+        }
+    }
+}
+
 /// max |a − b| / max |b|.
 fn normwise(a: &[f32], b: &[f64]) -> f64 {
     let diff = a.iter().zip(b).map(|(x, y)| (*x as f64 - y).abs()).fold(0.0, f64::max);
@@ -191,22 +225,8 @@ fn emulated_step_matches(spec: &str, batch: usize) {
 /// Every spec's and zoo model's step, emulated, against the interpreter.
 #[test]
 fn emulated_cuda_steps_match_the_interpreter() {
-    let mut specs: Vec<String> = Vec::new();
-    for dir in ["specs", "tests/zoo"] {
-        for e in std::fs::read_dir(dir).expect(dir).flatten() {
-            let p = e.path();
-            if p.extension().is_some_and(|x| x == "model") {
-                specs.push(p.to_string_lossy().into_owned());
-            }
-        }
-    }
-    specs.sort();
     let mut ran = 0;
-    for spec in &specs {
-        let (_, program, errors) = crate::check_spec(Path::new(spec));
-        if !errors.is_empty() || (program.trains.is_empty() && program.finetunes.is_empty()) {
-            continue;
-        }
+    for spec in all_specs().iter().filter(|s| trains(s)) {
         // char_gpt's full size at one sequence (its emulation is the slowest).
         let batch = if spec.ends_with("/char_gpt.model") {
             1
@@ -281,14 +301,7 @@ fn every_gemm_layout_maps_to_cublas() {
 /// The GPU, when there is one: every spec's steps against the interpreter.
 #[test]
 fn cuda_steps_match_the_interpreter() {
-    let dev = match cuda::Device::open() {
-        Ok(d) => d,
-        Err(why) => {
-            assert!(std::env::var_os("MODELC_REQUIRE_CUDA").is_none(), "MODELC_REQUIRE_CUDA is set, but: {why}");
-            println!("skipped: no GPU to run on ({why})");
-            return;
-        }
-    };
+    let Some(dev) = gpu() else { return };
     println!("running on {} (sm_{})", dev.name, dev.sm);
     // In f32 (a spec's `precision bf16` too: bf16 products are checked by
     // `cuda_bf16_products_round_to_bf16` and by training to accuracy).
@@ -297,21 +310,7 @@ fn cuda_steps_match_the_interpreter() {
         cfg.bf16 = false;
         Ok(Box::new(modelc::exec::Cuda::new(model, &cfg, init)?) as Box<dyn modelc::exec::Executor>)
     };
-    let mut specs: Vec<String> = Vec::new();
-    for dir in ["specs", "tests/zoo"] {
-        for e in std::fs::read_dir(dir).expect(dir).flatten() {
-            let p = e.path();
-            if p.extension().is_some_and(|x| x == "model") {
-                specs.push(p.to_string_lossy().into_owned());
-            }
-        }
-    }
-    specs.sort();
-    for spec in &specs {
-        let (_, program, errors) = crate::check_spec(Path::new(spec));
-        if !errors.is_empty() || (program.trains.is_empty() && program.finetunes.is_empty()) {
-            continue;
-        }
+    for spec in all_specs().iter().filter(|s| trains(s)) {
         // char_gpt's full size is slow in the interpreter: batch 1.
         let n = if spec.ends_with("char_gpt.model") { 1 } else { 3 };
         compare_on(spec, n, 3, make);
@@ -326,14 +325,7 @@ fn cuda_steps_match_the_interpreter() {
 /// landed after the first kernels: char_gpt's loss was infinite).
 #[test]
 fn cuda_buffers_are_zeroed_before_later_work() {
-    let dev = match cuda::Device::open() {
-        Ok(d) => d,
-        Err(why) => {
-            assert!(std::env::var_os("MODELC_REQUIRE_CUDA").is_none(), "MODELC_REQUIRE_CUDA is set, but: {why}");
-            println!("skipped: no GPU to run on ({why})");
-            return;
-        }
-    };
+    let Some(dev) = gpu() else { return };
     let n = 1 << 26;
     let values: Vec<f32> = (0..n).map(|i| (i % 7 + 1) as f32).collect();
     for _ in 0..3 {
@@ -352,9 +344,7 @@ fn cuda_buffers_are_zeroed_before_later_work() {
 #[test]
 fn cuda_graph_replays_match_launches() {
     use modelc::exec::{Batch, Cuda, Executor};
-    if let Err(why) = cuda::Device::open() {
-        assert!(std::env::var_os("MODELC_REQUIRE_CUDA").is_none(), "MODELC_REQUIRE_CUDA is set, but: {why}");
-        println!("skipped: no GPU to run on ({why})");
+    if gpu().is_none() {
         return;
     }
     for (spec, n) in [("specs/lenet5.model", 64), ("specs/char_gpt_tiny.model", 16), ("specs/mnist_mlp.model", 64)] {
@@ -432,9 +422,7 @@ fn device_cuda_without_a_gpu_is_a_clear_error() {
 #[test]
 fn cuda_bf16_products_round_to_bf16() {
     use modelc::exec::{Batch, Cuda, Executor};
-    if let Err(why) = cuda::Device::open() {
-        assert!(std::env::var_os("MODELC_REQUIRE_CUDA").is_none(), "MODELC_REQUIRE_CUDA is set, but: {why}");
-        println!("skipped: no GPU to run on ({why})");
+    if gpu().is_none() {
         return;
     }
     // LeNet-5: strided-batched and summed products; char_gpt_tiny: the

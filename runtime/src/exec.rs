@@ -75,6 +75,25 @@ fn accuracy_output(model: &ModelInfo) -> Option<String> {
     })
 }
 
+/// The evaluation graph's output of class predictions, as the interpreter
+/// picks it: the loss head's `predictions`, else the first metric head's
+/// (by name).
+fn predictions_output(eval: &Graph) -> Option<String> {
+    let outputs = &eval.outputs;
+    outputs.iter().find(|(k, _)| k == "predictions").map(|(k, _)| k.clone()).or_else(|| {
+        let mut named: Vec<&String> =
+            outputs.iter().map(|(k, _)| k).filter(|k| k.starts_with("predictions.")).collect();
+        named.sort();
+        named.first().map(|k| k.to_string())
+    })
+}
+
+/// Whether the trainer feeds input `name` itself each step (the batch and
+/// the step's scalars), rather than binding it to a parameter or state.
+fn fed_by_the_trainer(name: &str, data: &str, target: &str) -> bool {
+    [data, target, "lr", "step", "seed"].contains(&name)
+}
+
 fn concrete(dims: &[Dim], n: usize) -> Vec<usize> {
     modelc_compiler::gradcheck::concrete(&modelc_compiler::ir::Shape(dims.to_vec()), n)
 }
@@ -256,21 +275,13 @@ impl Compiled {
                     // programs (fields of the same struct, never replaced
                     // or resized) and is touched only between runs.
                     unsafe { program.bind(&name, t.as_mut_ptr(), t.len())? };
-                } else if ![data.as_str(), target.as_str(), "lr", "step", "seed"].contains(&name.as_str()) {
+                } else if !fed_by_the_trainer(&name, &data, &target) {
                     return Err(format!("the compiled program needs input `{name}`, which the trainer does not have"));
                 }
             }
         }
         let params = model.params.iter().map(|p| p.name.clone()).collect();
-        // As the interpreter: the loss head's `predictions`, else the first
-        // metric head's (by name).
-        let outputs = &eval.graph().outputs;
-        let predictions = outputs.iter().find(|(k, _)| k == "predictions").map(|(k, _)| k.clone()).or_else(|| {
-            let mut named: Vec<&String> =
-                outputs.iter().map(|(k, _)| k).filter(|k| k.starts_with("predictions.")).collect();
-            named.sort();
-            named.first().map(|k| k.to_string())
-        });
+        let predictions = predictions_output(eval.graph());
         Ok(Compiled { step, eval, data, target, tensors, params, accuracy: accuracy_output(model), predictions })
     }
 
@@ -440,19 +451,13 @@ impl Cuda {
                     // SAFETY: the buffer lives in `tensors` as long as the
                     // programs (fields of the same struct, never replaced).
                     unsafe { program.bind(&name, t.ptr(), t.len())? };
-                } else if ![data.as_str(), target.as_str(), "lr", "step", "seed"].contains(&name.as_str()) {
+                } else if !fed_by_the_trainer(&name, &data, &target) {
                     return Err(format!("the GPU program needs input `{name}`, which the trainer does not have"));
                 }
             }
         }
         let params = model.params.iter().map(|p| p.name.clone()).collect();
-        let outputs = &eval.graph().outputs;
-        let predictions = outputs.iter().find(|(k, _)| k == "predictions").map(|(k, _)| k.clone()).or_else(|| {
-            let mut named: Vec<&String> =
-                outputs.iter().map(|(k, _)| k).filter(|k| k.starts_with("predictions.")).collect();
-            named.sort();
-            named.first().map(|k| k.to_string())
-        });
+        let predictions = predictions_output(eval.graph());
         step.set_bf16(cfg.bf16);
         eval.set_bf16(cfg.bf16);
         if std::env::var_os("MODELC_PROFILE").is_some() {
