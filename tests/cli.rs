@@ -121,4 +121,7 @@ fn emit_ptx_renders_a_module() {
     let (code, _, err) = modelc(&["emit", "specs/lenet5.model", "--target", "ptx", "--sm", "7"]);
     assert_eq!(code, 1);
     assert!(err.contains("--sm 7 is not a compute capability"), "{err}");
+    let (code, _, err) = modelc(&["emit", "specs/lenet5.model", "--target", "ptx", "--sm", "100"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("targets sm_70 to sm_90; for a later GPU emit sm_90"), "{err}");
 }

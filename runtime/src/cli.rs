@@ -1649,6 +1649,12 @@ fn emit_ptx(
     if !(50..=120).contains(&sm) {
         return Err(format!("--sm {sm} is not a compute capability (80 for A100, 90 for H100)"));
     }
+    if !(70..=90).contains(&sm) {
+        return Err(format!(
+            "--sm {sm}: modelc's PTX (ISA {}) targets sm_70 to sm_90; for a later GPU emit sm_90, which its driver compiles",
+            modelc_compiler::backend::ptx::PTX_VERSION
+        ));
+    }
     let Some((_, program)) = load(path, err, color)? else { return Ok(1) };
     let (model, cfg) = select(&program, only)?;
     let g = verify::verify(build_graph(&model.name, &model, cfg.as_ref(), Stage::Optimized)?)?;
